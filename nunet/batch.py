@@ -1,0 +1,238 @@
+"""Filtering files and folders: output naming, skipping, atomic writes, per-file records.
+
+A batch never stops at a bad file: each file gets a :class:`FileRecord` whose status is
+``ok``, ``skipped`` (output exists, no overwrite), ``dry-run`` or ``failed`` (with a
+one-line error). Inputs are only read; outputs are written to a temporary file in the
+output folder and renamed, so an interrupted batch leaves no partial file and a rerun
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nunet.errors import ImageWriteError, NUNetError
+from nunet.registry import DEFAULT_MODEL
+
+DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.png", "*.jpg")
+DEFAULT_TEMPLATE = "{stem}.tif"
+#: Used instead of the default template when the output folder is the input folder.
+SAME_FOLDER_TEMPLATE = "{stem}_nunet.tif"
+
+
+@dataclass
+class FilterOptions:
+    """How each image is filtered and written (the CLI's per-image options)."""
+
+    model: str = DEFAULT_MODEL
+    axes: str | None = None
+    channel: int | list[int] | None = None
+    tile_size: int | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    dtype: str = "float32"
+    overwrite: bool = False
+
+
+@dataclass
+class FileRecord:
+    """What happened to one input file (one entry of the JSON report)."""
+
+    input: str
+    output: str | None
+    status: str
+    shape: list[int] | None = None
+    axes: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    traceback: str | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        record = asdict(self)
+        record.pop("traceback")
+        return record
+
+
+def collect_inputs(input_dir: Path, output_dir: Path, patterns: Sequence[str] = DEFAULT_PATTERNS,
+                   recursive: bool = False, template: str = DEFAULT_TEMPLATE) -> list[Path]:
+    """Files of ``input_dir`` matching any pattern, sorted, never the batch's own outputs.
+
+    Files inside ``output_dir`` (when it lies inside ``input_dir``) are excluded, and when
+    both folders are the same, so are files whose name matches the output template.
+    Temporary ``.part`` files and hidden files are always excluded.
+    """
+    input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
+    candidates = input_dir.rglob("*") if recursive else input_dir.glob("*")
+    own_outputs = _template_glob(template) if input_dir == output_dir else None
+    found = []
+    for path in candidates:
+        if not path.is_file() or path.name.startswith(".") or path.suffix == ".part":
+            continue
+        if not any(fnmatch.fnmatch(path.name.lower(), p.lower()) for p in patterns):
+            continue
+        if output_dir != input_dir and output_dir in path.resolve().parents:
+            continue
+        if own_outputs and fnmatch.fnmatch(path.name, own_outputs):
+            continue
+        found.append(path)
+    return sorted(found)
+
+
+def _template_glob(template: str) -> str:
+    """The glob matching every name a template can produce (``{stem}_nunet.tif`` -> ``*_nunet.tif``)."""
+    glob = template
+    for key in ("stem", "name", "model"):
+        glob = glob.replace("{" + key + "}", "*")
+    return glob
+
+
+def output_path(input_path: Path, input_root: Path, output_dir: Path, template: str, model: str) -> Path:
+    """Output file for an input: sub-folders mirrored, file name from the template.
+
+    The template may use ``{stem}`` (input name without suffix), ``{name}`` (with suffix)
+    and ``{model}`` (the model name or file stem).
+    """
+    rel = input_path.resolve().relative_to(input_root.resolve())
+    model_tag = Path(model).stem if model.endswith(".pt") else model
+    try:
+        name = template.format(stem=input_path.stem, name=input_path.name, model=model_tag)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"bad name template '{template}': use {{stem}}, {{name}} or {{model}}") from exc
+    return output_dir / rel.parent / name
+
+
+def filter_file(input_path: Path, output: Path, options: FilterOptions, model=None,
+                progress: bool = False, dry_run: bool = False) -> FileRecord:
+    """Read, filter and write one file; never raises for a bad file, returns its record.
+
+    Parameters
+    ----------
+    input_path, output : Path
+        Source image and destination TIFF.
+    options : FilterOptions
+        Filtering and writing options.
+    model : LoadedModel, optional
+        An already loaded model (a batch loads it once); default ``options.model``.
+    progress : bool
+        Show a per-plane progress bar.
+    dry_run : bool
+        Only report what would be done.
+    """
+    from nunet.inference import filter_image
+    from nunet.io import convert_dtype, read_image, with_data, write_image
+
+    record = FileRecord(str(input_path), str(output), "ok")
+    start = time.perf_counter()
+    try:
+        if output.resolve() == input_path.resolve():
+            raise ImageWriteError(f"{output}: output would overwrite the input; choose another name or folder")
+        if output.exists() and not options.overwrite:
+            record.status = "skipped"
+            return record
+        if dry_run:
+            record.status = "dry-run"
+            return record
+        image = read_image(input_path)
+        if options.axes:
+            image = with_data(image, image.data, options.axes)
+        record.shape, record.axes = list(image.data.shape), image.axes
+        result = filter_image(image, model if model is not None else options.model,
+                              channel=options.channel, tile_size=options.tile_size,
+                              batch_size=options.batch_size, device=options.device,
+                              precision=options.precision, progress=progress)
+        result = with_data(result, convert_dtype(result.data, options.dtype), result.axes)
+        write_image(result, output, overwrite=options.overwrite)
+    except NUNetError as exc:
+        _fail(record, str(exc))
+    except Exception as exc:  # a batch must go on past any bad file
+        _fail(record, f"{input_path}: {type(exc).__name__}: {exc}".splitlines()[0])
+    finally:
+        record.seconds = round(time.perf_counter() - start, 4)
+    return record
+
+
+def _fail(record: FileRecord, message: str) -> None:
+    record.status = "failed"
+    record.error = message
+    record.traceback = traceback.format_exc()
+
+
+def run_batch(input_dir: Path, output_dir: Path, options: FilterOptions, *,
+              patterns: Sequence[str] = DEFAULT_PATTERNS, recursive: bool = False,
+              template: str | None = None, dry_run: bool = False,
+              on_start: Callable[[int], None] | None = None,
+              on_file: Callable[[FileRecord], None] | None = None) -> list[FileRecord]:
+    """Filter every matching file of ``input_dir`` into ``output_dir``.
+
+    Parameters
+    ----------
+    input_dir, output_dir : Path
+        Folders; ``output_dir`` may equal or lie inside ``input_dir``.
+    options : FilterOptions
+        Per-image options; the model is loaded once for the whole batch.
+    patterns : sequence of str
+        Glob patterns on file names (case-insensitive).
+    recursive : bool
+        Descend into sub-folders and mirror them in ``output_dir``.
+    template : str, optional
+        Output name template (see :func:`output_path`). Default ``{stem}.tif``, or
+        ``{stem}_nunet.tif`` when the output folder is the input folder.
+    dry_run : bool
+        Plan only: records say ``dry-run`` or ``skipped``; nothing is read or written.
+    on_start, on_file : callable, optional
+        Called with the number of inputs, then with each finished record.
+
+    Raises
+    ------
+    NUNetError
+        When the batch cannot start: missing input folder, no matching file, unknown model.
+    """
+    from nunet.errors import ImageReadError
+    from nunet.inference import get_model, resolve_device
+    from nunet.registry import resolve_model
+
+    if not input_dir.is_dir():
+        raise ImageReadError(f"{input_dir}: input folder not found")
+    same = input_dir.resolve() == output_dir.resolve()
+    template = template or (SAME_FOLDER_TEMPLATE if same else DEFAULT_TEMPLATE)
+    inputs = collect_inputs(input_dir, output_dir, patterns, recursive, template)
+    if not inputs:
+        raise ImageReadError(f"{input_dir}: no files matching {' '.join(patterns)}"
+                             + (" (recursive)" if recursive else ""))
+    resolve_model(options.model)
+    model = None if dry_run else get_model(options.model, resolve_device(options.device))
+    model_tag = model.name if model is not None else str(options.model)
+    if on_start:
+        on_start(len(inputs))
+    records: list[FileRecord] = []
+    claimed: dict[Path, Path] = {}
+    for path in inputs:
+        try:
+            out = output_path(path, input_dir, output_dir, template, model_tag)
+        except ValueError as exc:
+            raise NUNetError(str(exc)) from exc
+        if out in claimed:
+            record = FileRecord(str(path), str(out), "failed",
+                                error=f"{path}: output name {out.name} already used by {claimed[out].name}")
+        else:
+            claimed[out] = path
+            record = filter_file(path, out, options, model=model, dry_run=dry_run)
+        records.append(record)
+        if on_file:
+            on_file(record)
+    return records
+
+
+def write_report(records: Sequence[FileRecord], path: Path) -> None:
+    """Write the JSON report (one record per file) atomically."""
+    from nunet._atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump([r.to_json() for r in records], fh, indent=2)

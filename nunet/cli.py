@@ -1,0 +1,205 @@
+"""Command line: ``nunet filter|batch|models`` and ``nunet-batch``. Parses options, calls the library.
+
+Exit codes: 0 every file succeeded (or was skipped), 1 some file failed, 2 usage error or
+a batch that cannot start (missing folder or model, no matching file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from nunet.batch import DEFAULT_PATTERNS, FileRecord, FilterOptions
+from nunet.errors import NUNetError
+from nunet.registry import DEFAULT_MODEL
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+app = typer.Typer(help="NU-Net: a smart filter for nuclei and cells (a drop-in replacement for DoG).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name or TorchScript .pt file.")]
+AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters of TZCYXS (default: from the file).")]
+ChannelOpt = Annotated[Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2 (default: all).")]
+TileOpt = Annotated[Optional[int], typer.Option(help="Tile planes larger than this many pixels (0: never; "
+                                                     "default: planes over 2048x2048).")]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (default 1 on CPU, 8 on GPU).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+PrecisionOpt = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (GPU).")]
+DtypeOpt = Annotated[str, typer.Option(help="Output pixel type: float32 ([0, 1]), uint8 or uint16 (full range).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-file lines and tracebacks.")]
+
+
+def _options(model: str, axes: str | None, channel: str | None, tile_size: int | None,
+             batch_size: int | None, device: str, precision: str, dtype: str, overwrite: bool) -> FilterOptions:
+    if dtype not in ("float32", "uint8", "uint16"):
+        raise typer.BadParameter(f"'{dtype}' is not one of float32, uint8, uint16", param_hint="--dtype")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise typer.BadParameter(f"'{precision}' is not one of fp32, bf16, fp16", param_hint="--precision")
+    return FilterOptions(model=model, axes=axes, channel=_parse_channel(channel), tile_size=tile_size,
+                         batch_size=batch_size, device=device, precision=precision, dtype=dtype,
+                         overwrite=overwrite)
+
+
+def _parse_channel(text: str | None) -> int | list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not a channel index or comma-separated list",
+                                 param_hint="--channel") from None
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
+def _report_failures(records: list[FileRecord], verbose: bool) -> int:
+    ok = sum(r.status == "ok" for r in records)
+    skipped = sum(r.status == "skipped" for r in records)
+    planned = sum(r.status == "dry-run" for r in records)
+    failed = [r for r in records if r.status == "failed"]
+    parts = [f"{ok} filtered", f"{skipped} skipped (exist; --overwrite to replace)"]
+    if planned:
+        parts.insert(0, f"{planned} to filter (dry run)")
+    parts.append(f"{len(failed)} failed")
+    err.print(", ".join(parts))
+    for r in failed:
+        err.print(f"[red]FAILED[/red] {r.error}")
+        if verbose and r.traceback:
+            err.print(r.traceback)
+    return 1 if failed else 0
+
+
+@app.command("filter")
+def filter_cmd(
+    input: Annotated[Path, typer.Argument(help="Input image (.tif, .tiff, .png, .jpg).")],
+    output: Annotated[Path, typer.Argument(help="Output ImageJ TIFF.")],
+    model: ModelOpt = DEFAULT_MODEL, axes: AxesOpt = None, channel: ChannelOpt = None,
+    tile_size: TileOpt = None, batch_size: BatchOpt = None, device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32", dtype: DtypeOpt = "float32", overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Filter one image into a calibrated ImageJ TIFF."""
+    from nunet.batch import filter_file
+    from nunet.inference import get_model, resolve_device
+
+    options = _options(model, axes, channel, tile_size, batch_size, device, precision, dtype, overwrite)
+    try:
+        loaded = get_model(options.model, resolve_device(options.device))
+    except NUNetError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    record = filter_file(input, output, options, model=loaded, progress=True)
+    if record.status == "skipped":
+        err.print(f"skipped: {output} exists (use --overwrite to replace)")
+    elif record.status == "failed":
+        err.print(f"[red]error:[/red] {record.error}")
+        if verbose and record.traceback:
+            err.print(record.traceback)
+        raise typer.Exit(1)
+    elif verbose:
+        err.print(f"{input} -> {output} ({record.seconds:.2f} s)")
+
+
+def batch(
+    input_dir: Annotated[Path, typer.Argument(help="Folder of input images.")],
+    output_dir: Annotated[Path, typer.Argument(help="Folder for the filtered TIFFs (created if needed).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    pattern: Annotated[Optional[list[str]], typer.Option(
+        help="File name glob, repeatable (default: *.tif *.tiff *.png *.jpg).")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, "
+                                             "mirrored in the output.")] = False,
+    name_template: Annotated[Optional[str], typer.Option(
+        help="Output name from {stem}, {name}, {model} (default {stem}.tif; {stem}_nunet.tif "
+             "when OUTPUT_DIR is INPUT_DIR).")] = None,
+    axes: AxesOpt = None, channel: ChannelOpt = None, tile_size: TileOpt = None,
+    batch_size: BatchOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    dtype: DtypeOpt = "float32", overwrite: OverwriteOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; write nothing.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Write a JSON report, one record per file.")] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Filter every image of a folder; keeps going past bad files and lists them at the end."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from nunet.batch import run_batch, write_report
+
+    options = _options(model, axes, channel, tile_size, batch_size, device, precision, dtype, overwrite)
+    progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+                        disable=dry_run)
+    task = progress.add_task("filtering", total=None)
+
+    def on_file(record: FileRecord) -> None:
+        progress.advance(task)
+        if dry_run or verbose or record.status == "skipped":
+            line = {"ok": f"{record.input} -> {record.output} ({record.seconds:.2f} s)",
+                    "dry-run": f"would filter {record.input} -> {record.output}",
+                    "skipped": f"skip {record.output}: exists",
+                    "failed": f"[red]failed[/red] {record.error}"}[record.status]
+            progress.console.print(line)
+
+    with progress:
+        try:
+            records = run_batch(input_dir, output_dir, options, patterns=pattern or DEFAULT_PATTERNS,
+                                recursive=recursive, template=name_template, dry_run=dry_run,
+                                on_start=lambda n: progress.update(task, total=n), on_file=on_file)
+        except NUNetError as exc:
+            progress.stop()
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+    if report is not None:
+        write_report(records, report)
+    raise typer.Exit(_report_failures(records, verbose))
+
+
+app.command("batch")(batch)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered models (works offline)."""
+    from rich.table import Table
+
+    from nunet.registry import ENV_VAR, list_models, model_dirs
+
+    entries = list_models()
+    table = Table(title="NU-Net models")
+    for column in ("name", "w", "size", "description"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e.name, "-" if e.w is None else f"{e.w:g}", f"{e.size_bytes / 1e6:.1f} MB", e.description)
+    out.print(table)
+    if not entries:
+        folders = ", ".join(str(d) for d in model_dirs()) or "none"
+        err.print(f"no models found (searched: {folders}; add folders with {ENV_VAR})")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from nunet._version import __version__
+
+        out.print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                 help="Print the version and exit.")] = False) -> None:
+    """NU-Net: a smart filter for nuclei and cells (a drop-in replacement for DoG)."""
+
+
+def main() -> None:
+    """Entry point of ``nunet``."""
+    app()
+
+
+def batch_main() -> None:
+    """Entry point of ``nunet-batch`` (the ``batch`` command on its own)."""
+    single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    single.command()(batch)
+    single()

@@ -1,0 +1,21 @@
+"""Exceptions whose message is the one line a user sees (no traceback unless --verbose)."""
+
+
+class NUNetError(Exception):
+    """Base class of every error nunet reports to users."""
+
+
+class ImageReadError(NUNetError):
+    """An input file cannot be read as an image (names the file and the problem)."""
+
+
+class ImageWriteError(NUNetError):
+    """An output file cannot be written (names the file and the problem)."""
+
+
+class AxesError(NUNetError, ValueError):
+    """An axes string or channel selection does not match the image."""
+
+
+class ModelError(NUNetError):
+    """A model cannot be found, read or run."""

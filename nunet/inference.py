@@ -1,0 +1,310 @@
+"""Filtering images with a NU-Net model: axes, normalisation, padding, batching, tiling.
+
+Normalisation
+-------------
+Each YX plane is mapped linearly so that its 0.1 and 99.9 percentiles become 0 and 255
+(the range the network was trained on); values outside are clipped. Because the first
+convolution is followed by InstanceNorm, the network barely depends on the input's gain
+and offset: the percentiles only decide which rare outliers (hot pixels) are clipped.
+A constant plane is mapped to 0. The output is clipped to 0..255 and divided by 255,
+giving float32 in [0, 1].
+
+Geometry
+--------
+Each plane is reflect-padded at its bottom and right to a multiple of 4 (at least 8 px)
+and the output cropped back, so the output has exactly the input's spatial shape. RGB
+input (an ``S`` axis) becomes grey with ITU-R 601 luma weights (0.299, 0.587, 0.114);
+an alpha sample is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nunet.errors import AxesError, ModelError
+from nunet.io import Image, check_axes, guess_axes, with_data
+from nunet.registry import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import torch
+
+    from nunet.modelfile import LoadedModel
+
+PERCENTILES = (0.1, 99.9)
+#: Planes with more pixels than this are tiled when ``tile_size`` is None.
+AUTO_TILE_PIXELS = 2048 * 2048
+AUTO_TILE_SIZE = 1024
+PRECISIONS = ("fp32", "bf16", "fp16")
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Map ``"auto"`` to ``"cuda"``, then ``"mps"``, then ``"cpu"``; check an explicit choice exists."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' requested but CUDA is not available")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError(f"device '{device}' requested but MPS is not available")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+@lru_cache(maxsize=4)
+def _cached_model(path: str, mtime: float, device: str) -> "LoadedModel":
+    from nunet.modelfile import load_model_file
+
+    return load_model_file(path, device=device)
+
+
+def get_model(model: "str | os.PathLike | LoadedModel", device: str) -> "LoadedModel":
+    """Return a loaded model on ``device``, reusing recently loaded files (cheap in loops)."""
+    from nunet.modelfile import LoadedModel
+    from nunet.registry import load_model, resolve_model
+
+    if isinstance(model, LoadedModel):
+        return load_model(model, device=device)
+    path = resolve_model(model).resolve()
+    return _cached_model(str(path), path.stat().st_mtime, device)
+
+
+def normalise_plane(plane: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
+    """Map a plane's percentiles to 0..255 (clipped), as float32 (see module docstring)."""
+    plane = np.asarray(plane, dtype=np.float32)
+    lo, hi = np.percentile(plane, percentiles)
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("plane contains NaN or infinite values")
+    if hi <= lo:
+        return np.zeros_like(plane)
+    out = (plane - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+def padded_shape(height: int, width: int) -> tuple[int, int]:
+    """Smallest shape >= (height, width) with sides multiples of 4 and at least 8."""
+    return max(8, -(-height // 4) * 4), max(8, -(-width // 4) * 4)
+
+
+def pad_plane(plane: np.ndarray) -> np.ndarray:
+    """Reflect-pad a (..., H, W) array at the bottom/right to :func:`padded_shape`."""
+    height, width = plane.shape[-2:]
+    ph, pw = padded_shape(height, width)
+    pads = [(0, 0)] * (plane.ndim - 2) + [(0, ph - height), (0, pw - width)]
+    mode = "reflect" if min(height, width) > 1 else "edge"
+    return np.pad(plane, pads, mode=mode)
+
+
+def _to_grey(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    if "S" not in axes:
+        return data, axes
+    samples = data.shape[-1]
+    rgb = data[..., :3].astype(np.float32)
+    grey = rgb @ LUMA if samples >= 3 else rgb.mean(axis=-1)
+    return grey, axes[:-1]
+
+
+def _select_channels(data: np.ndarray, axes: str, channel: int | Sequence[int] | None) -> tuple[np.ndarray, str]:
+    if channel is None:
+        return data, axes
+    if "C" not in axes:
+        raise AxesError(f"channel={channel} given but the image has no C axis (axes '{axes}')")
+    c = axes.index("C")
+    picks = [channel] if isinstance(channel, int) else list(channel)
+    n = data.shape[c]
+    bad = [p for p in picks if not -n <= p < n]
+    if bad or not picks:
+        raise AxesError(f"channel {channel} out of range: the image has {n} channel(s) (0..{n - 1})")
+    data = np.take(data, picks, axis=c)
+    if isinstance(channel, int):
+        return np.squeeze(data, axis=c), axes.replace("C", "")
+    return data, axes
+
+
+def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
+                 channel: int | Sequence[int] | None = None, tile_size: int | None = None,
+                 batch_size: int | None = None, device: str = "auto", precision: str = "fp32",
+                 percentiles: tuple[float, float] = PERCENTILES, progress: bool = False) -> Image:
+    """Filter every YX plane of an :class:`~nunet.io.Image`; keep its calibration.
+
+    Returns
+    -------
+    Image
+        float32 data in [0, 1]; axes as the input's, without ``S`` (RGB becomes grey) and
+        without ``C`` when ``channel`` is a single int.
+
+    See :func:`enhance` for the parameters.
+    """
+    axes = check_axes(image.axes, image.data.shape)
+    data, axes = _to_grey(image.data, axes)
+    data, axes = _select_channels(data, axes, channel)
+    other = [i for i, a in enumerate(axes) if a not in "YX"]
+    order = other + [axes.index("Y"), axes.index("X")]
+    moved = np.transpose(data, order)
+    lead_shape = moved.shape[:-2]
+    planes = moved.reshape((-1,) + moved.shape[-2:])
+    out = filter_planes(planes, model, tile_size=tile_size, batch_size=batch_size, device=device,
+                        precision=precision, percentiles=percentiles, progress=progress)
+    out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
+    return with_data(image, out, axes)
+
+
+def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
+            axes: str | None = None, channel: int | Sequence[int] | None = None,
+            tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
+            precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
+            progress: bool = False) -> np.ndarray:
+    """Filter an image with NU-Net.
+
+    Parameters
+    ----------
+    image : numpy.ndarray or Image
+        Any integer or float dtype. An :class:`~nunet.io.Image` brings its own axes.
+    model : str, path-like or LoadedModel
+        Registered name, TorchScript file, or a model from :func:`nunet.load_model`.
+    axes : str, optional
+        ImageJ axes of ``image`` (letters of ``TZCYXS``), e.g. ``"TZCYX"``. Guessed when
+        omitted: ``YX``, ``YXS`` (trailing 3 or 4), ``ZYX``, ``TZYX``, ``TZCYX``.
+    channel : int or sequence of int, optional
+        Channels to filter (default: every channel, independently). A single int drops
+        the ``C`` axis from the output.
+    tile_size : int, optional
+        Tile planes larger than this (seam-free, output equal to the whole-plane one).
+        Default: tile planes over 2048x2048 pixels with 1024-px tiles. 0 never tiles.
+    batch_size : int, optional
+        Planes per forward pass (default 1 on CPU, 8 on GPU).
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    precision : str
+        ``fp32``; ``bf16`` (autocast; CPU or GPU); ``fp16`` (autocast, GPU only).
+    percentiles : (float, float)
+        Input percentiles mapped to 0 and 255 (see module docstring).
+    progress : bool
+        Show a progress bar over planes.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 in [0, 1], with exactly the input's spatial (Y, X) shape and its other
+        axes, minus ``S`` and minus ``C`` for a single-int ``channel``.
+    """
+    if isinstance(image, Image):
+        img = image if axes is None else with_data(image, image.data, axes)
+    else:
+        data = np.asarray(image)
+        if np.iscomplexobj(data) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+            raise TypeError(f"unsupported image dtype {data.dtype}")
+        img = Image(data, check_axes(axes, data.shape, "image") if axes else guess_axes(data.shape))
+    return filter_image(img, model, channel=channel, tile_size=tile_size, batch_size=batch_size,
+                        device=device, precision=precision, percentiles=percentiles, progress=progress).data
+
+
+def filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
+                  tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
+                  precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
+                  progress: bool = False) -> np.ndarray:
+    """Filter a stack of planes ``(P, H, W)``; return float32 ``(P, H, W)`` in [0, 1]."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    device = resolve_device(device)
+    if precision == "fp16" and device == "cpu":
+        raise ValueError("precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
+    loaded = get_model(model, device)
+    count, height, width = planes.shape
+    if batch_size is None:
+        batch_size = 1 if device == "cpu" else 8
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ph, pw = padded_shape(height, width)
+    tiled = _use_tiling(ph, pw, tile_size)
+    if tiled:
+        batch_size = 1
+    out = np.empty((count, height, width), dtype=np.float32)
+    starts = range(0, count, batch_size)
+    with _progress(progress, count) as advance, torch.inference_mode(), _autocast(device, precision):
+        for start in starts:
+            stop = min(count, start + batch_size)
+            batch = np.stack([pad_plane(normalise_plane(p, percentiles)) for p in planes[start:stop]])
+            x = torch.from_numpy(batch[:, None]).to(device)
+            if tiled:
+                y = _tiled(loaded.module, x, tile_size or AUTO_TILE_SIZE)
+            else:
+                y = loaded.module(x)
+            y = (y.float().clamp_(0.0, 255.0) / 255.0)[:, 0, :height, :width]
+            out[start:stop] = y.cpu().numpy()
+            advance(stop - start)
+    return out
+
+
+def _use_tiling(height: int, width: int, tile_size: int | None) -> bool:
+    if tile_size is None:
+        return height * width > AUTO_TILE_PIXELS
+    return tile_size > 0 and max(height, width) > tile_size
+
+
+def _tiled(module: "torch.nn.Module", x: "torch.Tensor", tile_size: int) -> "torch.Tensor":
+    from nunet.tiling import tiled_forward
+
+    try:
+        return tiled_forward(module, x, tile_size)
+    except AttributeError as exc:
+        raise ModelError(f"tiling needs a model with NU-Net's layer names ({exc})") from exc
+
+
+def _autocast(device: str, precision: str):
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+class _progress:
+    """Context manager yielding ``advance(n)``; shows a rich bar on stderr when enabled."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled and total > 1
+        self.total = total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress("planes", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=True)
+        self._bar.__enter__()
+        task = self._bar.add_task("planes", total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._bar.__exit__(*exc)
+
+
+def model_label(model: "str | os.PathLike | LoadedModel") -> str:
+    """A short label for reports: the model's name or file name."""
+    from nunet.modelfile import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return model.name
+    return Path(model).name if isinstance(model, os.PathLike) else str(model)

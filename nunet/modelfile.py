@@ -1,0 +1,152 @@
+"""TorchScript model files: writing them with their metadata, reading both back.
+
+The metadata is a JSON document stored inside the TorchScript zip archive as the
+extra file ``nunet.json``, so it can be read with :mod:`zipfile` alone: listing
+models never imports torch and never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nunet._atomic import atomic_path
+from nunet._version import __version__
+from nunet.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+METADATA_FILE = "nunet.json"
+
+#: How inputs are brought to the training range and outputs back to [0, 1]; stored in every model.
+NORMALISATION = {
+    "input": "per plane: percentiles (0.1, 99.9) mapped linearly to 0..255, values outside clipped",
+    "input_range": [0.0, 255.0],
+    "output": "clip to 0..255, divide by 255",
+    "output_range": [0.0, 1.0],
+}
+
+
+@dataclass
+class LoadedModel:
+    """A TorchScript NU-Net ready to run.
+
+    Attributes
+    ----------
+    module : torch.jit.ScriptModule
+        The scripted network, in eval mode, on ``device``.
+    metadata : dict
+        The metadata stored in the file (name, w, nunet version, normalisation, ...).
+    path : Path
+        The file the model was loaded from.
+    device : str
+        The torch device the module lives on.
+    """
+
+    module: Any
+    metadata: dict = field(default_factory=dict)
+    path: Path | None = None
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        """The model's registered name (falls back to the file stem)."""
+        return str(self.metadata.get("name") or (self.path.stem if self.path else "unnamed"))
+
+    @property
+    def w(self) -> float | None:
+        """The morphological/content loss ratio the model was trained with, if known."""
+        w = self.metadata.get("w")
+        return None if w is None else float(w)
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        return self.module(x)
+
+
+def save_model(module: "torch.nn.Module", path: str | os.PathLike, *, name: str, w: float | None,
+               **metadata: Any) -> Path:
+    """Script ``module`` with ``torch.jit.script`` and save it with its metadata.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network (normally a :class:`nunet.NUNet`).
+    path : path-like
+        Destination ``.pt`` file; written atomically (temporary file, then rename).
+    name : str
+        Registry name, e.g. ``"nunet-w8"``.
+    w : float or None
+        Morphological/content loss ratio used in training (None for an untrained net).
+    **metadata
+        Extra JSON-serialisable entries, e.g. ``description=...`` or ``training={...}``.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    import torch
+
+    from nunet.model import count_parameters
+
+    path = Path(path)
+    meta = {
+        "name": name,
+        "w": w,
+        "nunet_version": __version__,
+        "architecture": type(module).__name__,
+        "parameters": count_parameters(module),
+        "normalisation": NORMALISATION,
+        **metadata,
+    }
+    try:
+        payload = json.dumps(meta, indent=2, sort_keys=True)
+    except TypeError as exc:
+        raise ModelError(f"{path}: metadata is not JSON-serialisable ({exc})") from exc
+    was_training = module.training
+    scripted = torch.jit.script(module.eval().cpu())
+    module.train(was_training)
+    with atomic_path(path) as tmp:
+        torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: payload})
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Read a model file's metadata without torch and without unpickling.
+
+    Raises
+    ------
+    ModelError
+        If the file is not a TorchScript archive carrying ``nunet.json``.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entry = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
+            if entry is None:
+                raise ModelError(f"{path}: TorchScript file without nunet metadata ({METADATA_FILE})")
+            return json.loads(archive.read(entry))
+    except FileNotFoundError as exc:
+        raise ModelError(f"{path}: model file not found") from exc
+    except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not a nunet TorchScript model ({exc})") from exc
+
+
+def load_model_file(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """Load a TorchScript model file (``torch.jit.load``, never a pickle) onto ``device``."""
+    import torch
+
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except (RuntimeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot load TorchScript model ({first_line})") from exc
+    module.eval()
+    return LoadedModel(module=module, metadata=metadata, path=path, device=str(device))

@@ -1,0 +1,139 @@
+"""The model registry: named TorchScript models found in model folders.
+
+Search order (the first folder holding a name wins, like ``PATH``):
+
+1. the folders of the environment variable ``NUNET_MODEL_PATH`` (``os.pathsep``-separated);
+2. the ``models/`` folder of the nunet source tree;
+3. ``<sys.prefix>/share/nunet/models`` (where a wheel install puts the shipped models).
+
+A model is a ``*.pt`` TorchScript file carrying nunet metadata; its model card is the
+Markdown file with the same stem (``nunet-w8.pt`` + ``nunet-w8.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nunet.errors import ModelError
+from nunet.modelfile import read_metadata
+
+if TYPE_CHECKING:
+    from nunet.modelfile import LoadedModel
+
+ENV_VAR = "NUNET_MODEL_PATH"
+DEFAULT_MODEL = "nunet-w8"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: its file, card and metadata."""
+
+    name: str
+    path: Path
+    card: Path | None
+    metadata: dict
+
+    @property
+    def w(self) -> float | None:
+        w = self.metadata.get("w")
+        return None if w is None else float(w)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    @property
+    def description(self) -> str:
+        """The metadata description, else the first paragraph line of the model card."""
+        if self.metadata.get("description"):
+            return str(self.metadata["description"])
+        if self.card is not None:
+            for line in self.card.read_text(encoding="utf-8").splitlines():
+                if line.strip() and not line.lstrip().startswith(("#", "---", "|")):
+                    return line.strip()
+        return ""
+
+
+def model_dirs() -> list[Path]:
+    """Return the existing model folders in search order."""
+    dirs = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parent.parent / "models")
+    dirs.append(Path(sys.prefix) / "share" / "nunet" / "models")
+    seen: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.append(d.resolve())
+    return seen
+
+
+def list_models() -> list[ModelEntry]:
+    """Return every registered model, first occurrence of each name in search order.
+
+    Files that are not nunet TorchScript models are ignored.
+    """
+    entries: dict[str, ModelEntry] = {}
+    for folder in model_dirs():
+        for path in sorted(folder.glob("*.pt")):
+            try:
+                metadata = read_metadata(path)
+            except ModelError:
+                continue
+            name = str(metadata.get("name") or path.stem)
+            card = path.with_suffix(".md")
+            entries.setdefault(name, ModelEntry(name, path, card if card.is_file() else None, metadata))
+    return list(entries.values())
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    return os.sep in name_or_path or "/" in name_or_path or name_or_path.endswith(".pt")
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """Return the file of a registered model name, or the given path if it is a file.
+
+    Raises
+    ------
+    ModelError
+        For an unknown name (listing the available names) or a missing file.
+    """
+    text = os.fspath(name_or_path)
+    if Path(text).is_file():
+        return Path(text)
+    if _looks_like_path(text):
+        raise ModelError(f"{text}: model file not found")
+    for entry in list_models():
+        if entry.name == text:
+            return entry.path
+    available = ", ".join(e.name for e in list_models()) or "none (see the README: Models)"
+    raise ModelError(f"unknown model '{text}'; available: {available}")
+
+
+def load_model(name_or_path: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL,
+               device: str = "cpu") -> "LoadedModel":
+    """Load a model by registered name or TorchScript path.
+
+    Parameters
+    ----------
+    name_or_path : str, path-like or LoadedModel
+        A name from :func:`list_models` (e.g. ``"nunet-w8"``) or a ``.pt`` file.
+        An already loaded model is moved to ``device`` and returned.
+    device : str
+        Torch device (``"cpu"``, ``"cuda"``, ``"mps"``...).
+
+    Returns
+    -------
+    LoadedModel
+        With ``.module``, ``.metadata`` and ``.name``.
+    """
+    from nunet.modelfile import LoadedModel, load_model_file
+
+    if isinstance(name_or_path, LoadedModel):
+        if name_or_path.device != str(device):
+            name_or_path.module.to(device)
+            name_or_path.device = str(device)
+        return name_or_path
+    return load_model_file(resolve_model(name_or_path), device=device)
