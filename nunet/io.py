@@ -7,7 +7,11 @@ or OME files (``I``, ``Q``...) become ``Z``, or ``T`` when the file already has 
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -167,13 +171,15 @@ def _read_tiff(path: Path) -> Image:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_warnings() as warnings, tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise ImageReadError(f"{path}: TIFF file without image data")
             series = tif.series[0]
             data = series.asarray()
             axes = _normalise_axes(series.axes)
             calibration = _tiff_calibration(tif)
+        if warnings:
+            raise ImageReadError(f"{path}: corrupt or truncated TIFF ({warnings[0]})")
     except ImageReadError:
         raise
     except AxesError as exc:
@@ -182,6 +188,26 @@ def _read_tiff(path: Path) -> Image:
         raise ImageReadError(f"{path}: not a readable TIFF ({type(exc).__name__}: {_first_line(exc)})") from exc
     data = _check_dtype(data, str(path))
     return Image(data, check_axes(axes, data.shape, str(path)), calibration, path)
+
+
+@contextmanager
+def _tifffile_warnings() -> Iterator[list[str]]:
+    """Collect tifffile's logged warnings: it logs, rather than raises, for truncated files."""
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(re.sub(r"^<[^>]*>\s*", "", record.getMessage().strip().splitlines()[-1]))
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _read_other(path: Path) -> Image:

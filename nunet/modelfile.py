@@ -7,9 +7,13 @@ models never imports torch and never unpickles anything.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +72,14 @@ class LoadedModel:
         return self.module(x)
 
 
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """Silence torch's DeprecationWarning for TorchScript: the model format is TorchScript on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.* is deprecated", category=DeprecationWarning)
+        yield
+
+
 def save_model(module: "torch.nn.Module", path: str | os.PathLike, *, name: str, w: float | None,
                **metadata: Any) -> Path:
     """Script ``module`` with ``torch.jit.script`` and save it with its metadata.
@@ -108,11 +120,10 @@ def save_model(module: "torch.nn.Module", path: str | os.PathLike, *, name: str,
         payload = json.dumps(meta, indent=2, sort_keys=True)
     except TypeError as exc:
         raise ModelError(f"{path}: metadata is not JSON-serialisable ({exc})") from exc
-    was_training = module.training
-    scripted = torch.jit.script(module.eval().cpu())
-    module.train(was_training)
-    with atomic_path(path) as tmp:
-        torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: payload})
+    with _quiet_jit():
+        scripted = torch.jit.script(copy.deepcopy(module).eval().cpu())
+        with atomic_path(path) as tmp:
+            torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: payload})
     return path
 
 
@@ -144,7 +155,8 @@ def load_model_file(path: str | os.PathLike, device: str = "cpu") -> LoadedModel
     path = Path(path)
     metadata = read_metadata(path)
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        with _quiet_jit():
+            module = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: cannot load TorchScript model ({first_line})") from exc

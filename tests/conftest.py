@@ -1,0 +1,60 @@
+"""Shared fixtures: a real TorchScript model saved with save_model, registered in a temp folder."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TEST_MODEL = "nunet-test"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A model folder holding ``nunet-test``: a seeded random NU-Net saved with save_model."""
+    from nunet import save_model
+    from nunet.model import untrained
+
+    folder = tmp_path_factory.mktemp("models")
+    save_model(untrained(seed=1), folder / f"{TEST_MODEL}.pt", name=TEST_MODEL, w=8.0,
+               description="test fixture, random init", training={"steps": 0})
+    (folder / f"{TEST_MODEL}.md").write_text(f"# {TEST_MODEL}\n\nRandom init for tests.\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_path(model_dir) -> Path:
+    return model_dir / f"{TEST_MODEL}.pt"
+
+
+@pytest.fixture(autouse=True)
+def _registry(model_dir, monkeypatch):
+    """Every test sees the fixture model through NUNET_MODEL_PATH."""
+    monkeypatch.setenv("NUNET_MODEL_PATH", str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def model(model_path):
+    from nunet import load_model
+
+    return load_model(model_path)
+
+
+def blobs(shape: tuple[int, ...], seed: int = 0, n: int = 12) -> np.ndarray:
+    """Gaussian blobs on a gradient with noise, float64, last two axes YX."""
+    rng = np.random.default_rng(seed)
+    h, w = shape[-2:]
+    yy, xx = np.mgrid[0:h, 0:w]
+    planes = []
+    for _ in range(int(np.prod(shape[:-2], dtype=int))):
+        plane = 20.0 + 30.0 * xx / w
+        for cy, cx, r in zip(rng.uniform(0, h, n), rng.uniform(0, w, n), rng.uniform(3, 7, n)):
+            plane = plane + 200.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        planes.append(plane + rng.normal(0, 5, (h, w)))
+    return np.stack(planes).reshape(shape)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,100 @@
+"""The network itself and its TorchScript model files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nunet import NUNet, load_model, save_model
+from nunet.errors import ModelError
+from nunet.model import count_parameters
+from nunet.modelfile import read_metadata
+
+
+def test_parameter_count_matches_published_net():
+    assert count_parameters(NUNet()) == 1_668_865
+
+
+def test_layers_follow_the_published_architecture():
+    net = NUNet()
+    convs = [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0])
+             for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[:3] == [(1, 32, 9, 1), (32, 64, 3, 2), (64, 128, 3, 2)]
+    assert convs[3:13] == [(128, 128, 3, 1)] * 10
+    assert convs[13:] == [(128, 64, 3, 1), (64, 32, 3, 1), (32, 1, 9, 1)]
+    pads = [m.padding[0] for m in net.modules() if isinstance(m, nn.ReflectionPad2d)]
+    assert pads == [k // 2 for _, _, k, _ in convs]
+    norms = [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
+    assert len(norms) == 15 and all(n.affine for n in norms)
+
+
+def test_residual_sum_has_no_activation():
+    block = NUNet().res1.eval()
+    x = torch.randn(1, 128, 8, 8)
+    expected = x + block.in2(block.conv2(torch.relu(block.in1(block.conv1(x)))))
+    y = block(x)
+    assert torch.allclose(y, expected)
+    assert (y < 0).any()
+
+
+def test_output_keeps_shape():
+    y = NUNet().eval()(torch.rand(2, 1, 36, 44) * 255)
+    assert y.shape == (2, 1, 36, 44)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    net = NUNet().eval()
+    path = save_model(net, tmp_path / "m.pt", name="round-trip", w=6.5, training={"steps": 12, "lr": 1e-4},
+                      description="a test")
+    loaded = load_model(path)
+    assert loaded.name == "round-trip" and loaded.w == 6.5
+    meta = loaded.metadata
+    assert meta["training"] == {"steps": 12, "lr": 1e-4}
+    assert meta["parameters"] == 1_668_865
+    assert meta["normalisation"]["output_range"] == [0.0, 1.0]
+    assert meta["nunet_version"]
+    x = torch.rand(1, 1, 32, 40) * 255
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x), atol=1e-5)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_metadata_is_readable_without_torch(model_path):
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from nunet.modelfile import read_metadata\n"
+            f"print(read_metadata({str(model_path)!r})['name'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "nunet-test"
+    with zipfile.ZipFile(model_path) as archive:
+        entry = next(n for n in archive.namelist() if n.endswith("extra/nunet.json"))
+        assert json.loads(archive.read(entry))["w"] == 8.0
+
+
+def test_pickled_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save(NUNet().state_dict(), path)
+    with pytest.raises(ModelError, match="checkpoint.pt"):
+        load_model(path)
+
+
+def test_non_model_file_is_refused(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match="junk.pt: not a nunet TorchScript model"):
+        read_metadata(path)
+
+
+def test_scripted_model_equals_eager(model, model_path):
+    from nunet.model import untrained
+
+    net = untrained(seed=1)
+    x = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (1, 1, 48, 64)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.allclose(model(x), net(x), atol=1e-4)
