@@ -16,7 +16,7 @@ from nunet.batch import DEFAULT_PATTERNS, FileRecord, FilterOptions
 from nunet.errors import NUNetError
 from nunet.registry import DEFAULT_MODEL
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 app = typer.Typer(help="NU-Net: a smart filter for nuclei and cells (a drop-in replacement for DoG).",

@@ -1,0 +1,144 @@
+"""enhance(): dtypes, shapes, axes, channels, batching, tiling equality, immutability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import blobs
+from nunet import enhance
+from nunet.errors import AxesError, ModelError
+from nunet.inference import LUMA, normalise_plane, pad_plane
+from nunet.io import Image
+from nunet.tiling import tiled_forward
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64, bool])
+def test_any_numeric_dtype_gives_float_in_unit_range(model, dtype):
+    img = blobs((40, 52))
+    img = (img > 100) if dtype is bool else (img / img.max() * 200).astype(dtype)
+    out = enhance(img, model)
+    assert out.dtype == np.float32 and out.shape == (40, 52)
+    assert 0.0 <= out.min() and out.max() <= 1.0 and out.std() > 0.01
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (5, 6), (1, 30), (64, 64)])
+def test_exact_spatial_shape(model, shape):
+    assert enhance(blobs(shape), model).shape == shape
+
+
+def test_padding_is_reflection_not_resampling(model):
+    img = blobs((50, 61))
+    out = enhance(img, model, percentiles=(0, 100))
+    padded = enhance(np.pad(img, ((0, 2), (0, 3)), mode="reflect"), model, percentiles=(0, 100))
+    # both become the same 52x64 plane (reflection keeps min and max), so the crops agree
+    np.testing.assert_allclose(out, padded[:50, :61], atol=1e-5)
+
+
+def test_invariant_to_gain_and_offset(model):
+    img = blobs((48, 48))
+    np.testing.assert_allclose(enhance(img, model), enhance(img * 7.5 + 300, model), atol=1e-4)
+
+
+def test_constant_plane_is_fine(model):
+    out = enhance(np.full((16, 16), 9, np.uint16), model)
+    assert np.isfinite(out).all()
+
+
+def test_nan_input_is_refused(model):
+    img = blobs((16, 16))
+    img[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        enhance(img, model)
+
+
+def test_input_is_not_modified(model):
+    img = blobs((2, 32, 32)).astype(np.float32)
+    before = img.copy()
+    enhance(img, model, progress=True)
+    np.testing.assert_array_equal(img, before)
+
+
+def test_hyperstack_axes_and_channels_filtered_independently(model):
+    img = blobs((2, 3, 2, 24, 28))  # T Z C Y X
+    out = enhance(img, model, axes="TZCYX")
+    assert out.shape == img.shape
+    np.testing.assert_allclose(out[1, 2, 1], enhance(img[1, 2, 1], model), atol=1e-5)
+
+
+def test_channel_selection(model):
+    img = blobs((3, 24, 28))
+    one = enhance(img, model, axes="CYX", channel=1)
+    assert one.shape == (24, 28)
+    np.testing.assert_allclose(one, enhance(img[1], model), atol=1e-5)
+    two = enhance(img, model, axes="CYX", channel=[0, 2])
+    assert two.shape == (2, 24, 28)
+    with pytest.raises(AxesError, match="out of range"):
+        enhance(img, model, axes="CYX", channel=5)
+    with pytest.raises(AxesError, match="no C axis"):
+        enhance(img, model, axes="ZYX", channel=0)
+
+
+def test_rgb_becomes_grey(model):
+    rgb = np.random.default_rng(0).integers(0, 255, (30, 34, 3)).astype(np.uint8)
+    out = enhance(rgb, model)
+    assert out.shape == (30, 34)
+    np.testing.assert_allclose(out, enhance(rgb.astype(np.float32) @ LUMA, model), atol=1e-5)
+
+
+def test_axes_mismatch_is_a_clear_error(model):
+    with pytest.raises(AxesError, match="axes 'TYX' has 3 letters but the data has 2 dimensions"):
+        enhance(blobs((16, 16)), model, axes="TYX")
+    with pytest.raises(AxesError, match="unknown axis"):
+        enhance(blobs((2, 16, 16)), model, axes="QYX")
+
+
+def test_image_object_keeps_axes(model):
+    img = Image(blobs((2, 20, 20)), "TYX")
+    assert enhance(img, model).shape == (2, 20, 20)
+
+
+def test_batch_size_does_not_change_output(model):
+    img = blobs((5, 32, 36))
+    np.testing.assert_allclose(enhance(img, model, batch_size=1), enhance(img, model, batch_size=3), atol=1e-5)
+
+
+def test_model_by_registered_name_and_unknown_name(model):
+    img = blobs((16, 16))
+    np.testing.assert_allclose(enhance(img, "nunet-test"), enhance(img, model), atol=1e-6)
+    with pytest.raises(ModelError, match="unknown model 'nope'; available: .*nunet-test"):
+        enhance(img, "nope")
+
+
+def test_bf16_stays_close_to_fp32(model):
+    img = blobs((64, 64))
+    ref, low = enhance(img, model), enhance(img, model, precision="bf16")
+    assert np.corrcoef(ref.ravel(), low.ravel())[0, 1] > 0.99
+    with pytest.raises(ValueError, match="fp16"):
+        enhance(img, model, precision="fp16", device="cpu")
+
+
+@pytest.mark.slow
+def test_tiled_output_equals_whole_plane(model):
+    img = blobs((180, 204), seed=3, n=30)
+    whole = enhance(img, model, tile_size=0)
+    tiled = enhance(img, model, tile_size=64)
+    assert np.abs(whole - tiled).max() <= 1e-3
+
+
+@pytest.mark.slow
+def test_naive_tiling_would_show_seams(model):
+    """Control for the test above: tiles run independently (own InstanceNorm stats) differ a lot."""
+    img = blobs((128, 128), seed=4, n=20)
+    x = torch.from_numpy(pad_plane(normalise_plane(img)))[None, None]
+    with torch.inference_mode():
+        whole = model(x)
+        exact = tiled_forward(model.module, x, 64)
+        naive = torch.zeros_like(whole)
+        for y0 in (0, 64):
+            for x0 in (0, 64):
+                naive[..., y0:y0 + 64, x0:x0 + 64] = model(x[..., y0:y0 + 64, x0:x0 + 64])
+    scale = 255.0
+    assert (whole - exact).abs().max() / scale <= 1e-3
+    assert (whole - naive).abs().max() / scale > 1e-2

@@ -1,0 +1,52 @@
+"""The model registry: folders, names, precedence, errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from nunet import list_models, load_model, save_model
+from nunet.errors import ModelError
+from nunet.model import NUNet
+from nunet.registry import resolve_model
+
+
+def test_env_folder_models_are_listed_with_metadata(model_dir):
+    entries = {e.name: e for e in list_models()}
+    entry = entries["nunet-test"]
+    assert entry.w == 8.0 and entry.path.parent == model_dir
+    assert entry.card is not None and entry.description == "test fixture, random init"
+    assert entry.size_bytes > 6_000_000
+
+
+def test_shipped_models_folder_is_scanned():
+    assert "nunet-untrained" in {e.name for e in list_models()}
+
+
+def test_first_folder_wins_and_non_models_are_ignored(tmp_path, model_dir, monkeypatch):
+    first = tmp_path / "first"
+    first.mkdir()
+    save_model(NUNet(), first / "other-file-name.pt", name="nunet-test", w=5.0)
+    (first / "junk.pt").write_bytes(b"not a model")
+    monkeypatch.setenv("NUNET_MODEL_PATH", os.pathsep.join([str(first), str(model_dir)]))
+    entries = {e.name: e for e in list_models()}
+    assert entries["nunet-test"].w == 5.0
+    assert "junk" not in entries
+    assert load_model("nunet-test").w == 5.0
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(ModelError) as info:
+        resolve_model("nunet-w99")
+    assert "unknown model 'nunet-w99'; available:" in str(info.value)
+    assert "nunet-test" in str(info.value)
+
+
+def test_path_outside_registry(tmp_path, model_path):
+    copy = tmp_path / "elsewhere.pt"
+    shutil.copy(model_path, copy)
+    assert load_model(copy).name == "nunet-test"
+    with pytest.raises(ModelError, match="model file not found"):
+        load_model(tmp_path / "nothing.pt")
