@@ -1,0 +1,139 @@
+"""Inference speed and memory of NU-Net on this machine, against baselines measured in the same run.
+
+Prints:
+- the machine's fp32 matmul GFLOP/s (the ceiling) and NU-Net's GFLOP per plane;
+- ms/plane at 400x400 for eager and TorchScript modules, over batch sizes and thread counts,
+  with the achieved GFLOP/s and its ratio to the ceiling (target >= 0.5);
+- peak resident memory of a seam-free tiled plane (default 8192x8192; slow on 2 cores);
+- a scipy Difference-of-Gaussians ms/plane for scale.
+
+Usage: ``python benchmarks/bench_inference.py [--size 400] [--tiled-size 8192] [--repeats 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def best_ms(fn, repeats: int) -> float:
+    """Best wall time of ``fn()`` in milliseconds over ``repeats`` runs (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
+def matmul_gflops(repeats: int) -> float:
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    ms = best_ms(lambda: torch.mm(a, b), repeats)
+    return 2 * 2048**3 / (ms * 1e-3) / 1e9
+
+
+def nunet_gflop(height: int, width: int) -> float:
+    """Multiply-adds x 2 of every convolution of NU-Net for one plane."""
+    import torch
+    from torch import nn
+
+    from nunet import NUNet
+
+    flops = 0
+
+    def hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal flops
+        k = module.kernel_size[0] * module.kernel_size[1]
+        flops += 2 * module.in_channels * module.out_channels * k * output.shape[-2] * output.shape[-1]
+
+    net = NUNet().eval()
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        net(torch.zeros(1, 1, height, width))
+    return flops / 1e9
+
+
+def tiled_peak_memory(size: int, tile: int) -> dict:
+    """Run a tiled plane in a fresh process; return its peak RSS (MB) and seconds."""
+    code = f"""
+import json, resource, time, numpy as np
+from nunet import enhance
+from nunet.model import untrained
+from nunet import save_model
+import tempfile, os
+path = os.path.join(tempfile.mkdtemp(), "m.pt")
+save_model(untrained(0), path, name="bench", w=None)
+plane = np.random.default_rng(0).random(({size}, {size}), dtype=np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+enhance(plane, path, tile_size={tile}, device="cpu")
+print(json.dumps({{"seconds": time.perf_counter() - start,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "before_mb": base / 1024}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=400, help="plane side for the speed figures")
+    parser.add_argument("--tiled-size", type=int, default=8192, help="plane side for the tiled memory figure "
+                        "(0 skips it; 8192 takes tens of minutes on 2 cores)")
+    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import scipy.ndimage as ndi
+    import torch
+
+    from nunet.model import untrained
+
+    threads_max = torch.get_num_threads()
+    ceiling = matmul_gflops(args.repeats)
+    gflop = nunet_gflop(args.size, args.size)
+    print(f"torch {torch.__version__}, {threads_max} threads")
+    print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s; NU-Net: {gflop:.2f} GFLOP per {args.size}x{args.size} plane")
+
+    eager = untrained(0).eval()
+    with torch.no_grad():
+        scripted = torch.jit.freeze(torch.jit.script(untrained(0).eval()))
+    print(f"\n{'module':<12}{'threads':>8}{'batch':>7}{'ms/plane':>10}{'GFLOP/s':>9}{'ratio':>7}")
+    rows = []
+    for name, module in (("eager", eager), ("torchscript", scripted)):
+        for threads in sorted({1, threads_max}):
+            torch.set_num_threads(threads)
+            for batch in (1, 2, 4):
+                x = torch.rand(batch, 1, args.size, args.size) * 255
+                with torch.inference_mode():
+                    ms = best_ms(lambda: module(x), args.repeats) / batch
+                rate = gflop / (ms * 1e-3)
+                rows.append((name, threads, batch, ms))
+                print(f"{name:<12}{threads:>8}{batch:>7}{ms:>10.1f}{rate:>9.1f}{rate / ceiling:>7.2f}")
+    torch.set_num_threads(threads_max)
+    best = min(rows, key=lambda r: r[3])
+    print(f"\nbest: {best[0]}, {best[1]} threads, batch {best[2]}: {best[3]:.1f} ms/plane, "
+          f"{gflop / (best[3] * 1e-3) / ceiling:.2f} of the matmul ceiling (target >= 0.5)")
+
+    plane = np.random.default_rng(0).random((args.size, args.size), dtype=np.float32)
+    dog_ms = best_ms(lambda: ndi.gaussian_filter(plane, 2.0) - ndi.gaussian_filter(plane, 3.2), args.repeats)
+    print(f"scipy DoG (sigma 2, 3.2): {dog_ms:.2f} ms/plane; NU-Net / DoG = {best[3] / dog_ms:.0f}x")
+
+    if args.tiled_size:
+        mem = tiled_peak_memory(args.tiled_size, args.tile)
+        print(f"tiled {args.tiled_size}x{args.tiled_size} plane, tile {args.tile}: peak RSS {mem['peak_mb']:.0f} MB "
+              f"(process before: {mem['before_mb']:.0f} MB), {mem['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
