@@ -31,6 +31,7 @@ class FilterOptions:
     """How each image is filtered and written (the CLI's per-image options)."""
 
     model: str = DEFAULT_MODEL
+    w: float | None = None
     axes: str | None = None
     channel: int | list[int] | None = None
     tile_size: int | None = None
@@ -143,7 +144,7 @@ def filter_file(input_path: Path, output: Path, options: FilterOptions, model=No
         if options.axes:
             image = with_data(image, image.data, options.axes)
         record.shape, record.axes = list(image.data.shape), image.axes
-        result = filter_image(image, model if model is not None else options.model,
+        result = filter_image(image, model if model is not None else options.model, w=options.w,
                               channel=options.channel, tile_size=options.tile_size,
                               batch_size=options.batch_size, device=options.device,
                               precision=options.precision, progress=progress)
@@ -206,9 +207,10 @@ def run_batch(input_dir: Path, output_dir: Path, options: FilterOptions, *,
     if not inputs:
         raise ImageReadError(f"{input_dir}: no files matching {' '.join(patterns)}"
                              + (" (recursive)" if recursive else ""))
-    resolve_model(options.model)
-    model = None if dry_run else get_model(options.model, resolve_device(options.device))
-    model_tag = model.name if model is not None else str(options.model)
+    if options.w is None:
+        resolve_model(options.model)
+    model = None if dry_run or options.w is not None else get_model(options.model, resolve_device(options.device))
+    model_tag = f"w{options.w:g}" if options.w is not None else model.name if model is not None else str(options.model)
     if on_start:
         on_start(len(inputs))
     records: list[FileRecord] = []

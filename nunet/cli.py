@@ -23,6 +23,8 @@ app = typer.Typer(help="NU-Net: a smart filter for nuclei and cells (a drop-in r
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name or TorchScript .pt file.")]
+StrengthOpt = Annotated[Optional[float], typer.Option("--w", help="Filtering strength: blend the two registered "
+                                                     "models whose w brackets it (overrides --model).")]
 AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters of TZCYXS (default: from the file).")]
 ChannelOpt = Annotated[Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2 (default: all).")]
 TileOpt = Annotated[Optional[int], typer.Option(help="Tile planes larger than this many pixels (0: never; "
@@ -35,13 +37,13 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existin
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-file lines and tracebacks.")]
 
 
-def _options(model: str, axes: str | None, channel: str | None, tile_size: int | None,
+def _options(model: str, w: float | None, axes: str | None, channel: str | None, tile_size: int | None,
              batch_size: int | None, device: str, precision: str, dtype: str, overwrite: bool) -> FilterOptions:
     if dtype not in ("float32", "uint8", "uint16"):
         raise typer.BadParameter(f"'{dtype}' is not one of float32, uint8, uint16", param_hint="--dtype")
     if precision not in ("fp32", "bf16", "fp16"):
         raise typer.BadParameter(f"'{precision}' is not one of fp32, bf16, fp16", param_hint="--precision")
-    return FilterOptions(model=model, axes=axes, channel=_parse_channel(channel), tile_size=tile_size,
+    return FilterOptions(model=model, w=w, axes=axes, channel=_parse_channel(channel), tile_size=tile_size,
                          batch_size=batch_size, device=device, precision=precision, dtype=dtype,
                          overwrite=overwrite)
 
@@ -78,7 +80,7 @@ def _report_failures(records: list[FileRecord], verbose: bool) -> int:
 def filter_cmd(
     input: Annotated[Path, typer.Argument(help="Input image (.tif, .tiff, .png, .jpg).")],
     output: Annotated[Path, typer.Argument(help="Output ImageJ TIFF.")],
-    model: ModelOpt = DEFAULT_MODEL, axes: AxesOpt = None, channel: ChannelOpt = None,
+    model: ModelOpt = DEFAULT_MODEL, w: StrengthOpt = None, axes: AxesOpt = None, channel: ChannelOpt = None,
     tile_size: TileOpt = None, batch_size: BatchOpt = None, device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32", dtype: DtypeOpt = "float32", overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
@@ -87,9 +89,9 @@ def filter_cmd(
     from nunet.batch import filter_file
     from nunet.inference import get_model, resolve_device
 
-    options = _options(model, axes, channel, tile_size, batch_size, device, precision, dtype, overwrite)
+    options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, dtype, overwrite)
     try:
-        loaded = get_model(options.model, resolve_device(options.device))
+        loaded = None if options.w is not None else get_model(options.model, resolve_device(options.device))
     except NUNetError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -108,7 +110,7 @@ def filter_cmd(
 def batch(
     input_dir: Annotated[Path, typer.Argument(help="Folder of input images.")],
     output_dir: Annotated[Path, typer.Argument(help="Folder for the filtered TIFFs (created if needed).")],
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = DEFAULT_MODEL, w: StrengthOpt = None,
     pattern: Annotated[Optional[list[str]], typer.Option(
         help="File name glob, repeatable (default: *.tif *.tiff *.png *.jpg).")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, "
@@ -128,7 +130,7 @@ def batch(
 
     from nunet.batch import run_batch, write_report
 
-    options = _options(model, axes, channel, tile_size, batch_size, device, precision, dtype, overwrite)
+    options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, dtype, overwrite)
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
                         disable=dry_run)

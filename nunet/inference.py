@@ -135,7 +135,7 @@ def _select_channels(data: np.ndarray, axes: str, channel: int | Sequence[int] |
 
 
 def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
-                 channel: int | Sequence[int] | None = None, tile_size: int | None = None,
+                 w: float | None = None, channel: int | Sequence[int] | None = None, tile_size: int | None = None,
                  batch_size: int | None = None, device: str = "auto", precision: str = "fp32",
                  percentiles: tuple[float, float] = PERCENTILES, progress: bool = False) -> Image:
     """Filter every YX plane of an :class:`~nunet.io.Image`; keep its calibration.
@@ -156,14 +156,14 @@ def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAUL
     moved = np.transpose(data, order)
     lead_shape = moved.shape[:-2]
     planes = moved.reshape((-1,) + moved.shape[-2:])
-    out = filter_planes(planes, model, tile_size=tile_size, batch_size=batch_size, device=device,
+    out = filter_planes(planes, model, w=w, tile_size=tile_size, batch_size=batch_size, device=device,
                         precision=precision, percentiles=percentiles, progress=progress)
     out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
     return with_data(image, out, axes)
 
 
 def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
-            axes: str | None = None, channel: int | Sequence[int] | None = None,
+            w: float | None = None, axes: str | None = None, channel: int | Sequence[int] | None = None,
             tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
             precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
             progress: bool = False) -> np.ndarray:
@@ -175,6 +175,10 @@ def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel
         Any integer or float dtype. An :class:`~nunet.io.Image` brings its own axes.
     model : str, path-like or LoadedModel
         Registered name, TorchScript file, or a model from :func:`nunet.load_model`.
+    w : float, optional
+        Filtering strength instead of a model: blends the outputs of the two registered
+        models whose w brackets it (e.g. 7.5 -> half nunet-w7, half nunet-w8); ``model``
+        is then ignored. A w outside the registered range is an error.
     axes : str, optional
         ImageJ axes of ``image`` (letters of ``TZCYXS``), e.g. ``"TZCYX"``. Guessed when
         omitted: ``YX``, ``YXS`` (trailing 3 or 4), ``ZYX``, ``TZYX``, ``TZCYX``.
@@ -208,15 +212,63 @@ def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel
         if np.iscomplexobj(data) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
             raise TypeError(f"unsupported image dtype {data.dtype}")
         img = Image(data, check_axes(axes, data.shape, "image") if axes else guess_axes(data.shape))
-    return filter_image(img, model, channel=channel, tile_size=tile_size, batch_size=batch_size,
+    return filter_image(img, model, w=w, channel=channel, tile_size=tile_size, batch_size=batch_size,
                         device=device, precision=precision, percentiles=percentiles, progress=progress).data
 
 
+def blend_weights(w: float, available: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Models and weights whose blend gives strength ``w``: the two registered w's around it.
+
+    Parameters
+    ----------
+    w : float
+        Requested strength.
+    available : sequence of (name, w)
+        Models with a known w.
+
+    Returns
+    -------
+    list of (name, weight)
+        One model with weight 1 for an exact match, else the two nearest with linear weights.
+    """
+    family = sorted(available, key=lambda item: item[1])
+    if not family:
+        raise ModelError("w= needs registered models with a w in their metadata; none found")
+    for name, model_w in family:
+        if abs(model_w - w) < 1e-9:
+            return [(name, 1.0)]
+    lo = [m for m in family if m[1] < w]
+    hi = [m for m in family if m[1] > w]
+    if not lo or not hi:
+        span = ", ".join(f"{n} (w={mw:g})" for n, mw in family)
+        raise ModelError(f"w={w:g} is outside the range of the registered models: {span}")
+    (lo_name, lo_w), (hi_name, hi_w) = lo[-1], hi[0]
+    t = (w - lo_w) / (hi_w - lo_w)
+    return [(lo_name, 1.0 - t), (hi_name, t)]
+
+
 def filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
-                  tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
-                  precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
-                  progress: bool = False) -> np.ndarray:
-    """Filter a stack of planes ``(P, H, W)``; return float32 ``(P, H, W)`` in [0, 1]."""
+                  w: float | None = None, **options) -> np.ndarray:
+    """Filter a stack of planes ``(P, H, W)``; return float32 ``(P, H, W)`` in [0, 1].
+
+    With ``w``, ``model`` is ignored: the output blends the two registered models whose w
+    brackets the requested one (see :func:`blend_weights`). Other options as in :func:`enhance`.
+    """
+    if w is None:
+        return _filter_planes(planes, model, **options)
+    from nunet.registry import list_models
+
+    family = [(e.name, e.w) for e in list_models() if e.w is not None]
+    out = np.zeros(planes.shape, dtype=np.float32)
+    for name, weight in blend_weights(float(w), family):
+        out += np.float32(weight) * _filter_planes(planes, name, **options)
+    return out
+
+
+def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel", *,
+                   tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
+                   precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
+                   progress: bool = False) -> np.ndarray:
     import torch
 
     if precision not in PRECISIONS:
@@ -300,11 +352,3 @@ class _progress:
         if self.enabled:
             self._bar.__exit__(*exc)
 
-
-def model_label(model: "str | os.PathLike | LoadedModel") -> str:
-    """A short label for reports: the model's name or file name."""
-    from nunet.modelfile import LoadedModel
-
-    if isinstance(model, LoadedModel):
-        return model.name
-    return Path(model).name if isinstance(model, os.PathLike) else str(model)

@@ -142,3 +142,29 @@ def test_naive_tiling_would_show_seams(model):
     scale = 255.0
     assert (whole - exact).abs().max() / scale <= 1e-3
     assert (whole - naive).abs().max() / scale > 1e-2
+
+
+def test_blend_weights_picks_bracketing_models():
+    from nunet.inference import blend_weights
+
+    family = [("w10", 10.0), ("w5", 5.0), ("w8", 8.0)]
+    assert blend_weights(8.0, family) == [("w8", 1.0)]
+    (lo, a), (hi, b) = blend_weights(9.5, family)
+    assert (lo, hi) == ("w8", "w10") and a == pytest.approx(0.25) and b == pytest.approx(0.75)
+    with pytest.raises(ModelError, match="outside the range"):
+        blend_weights(4.0, family)
+
+
+def test_w_blends_registered_models(tmp_path, monkeypatch):
+    from nunet import save_model
+    from nunet.model import untrained
+
+    for seed, w in ((2, 5.0), (3, 10.0)):
+        save_model(untrained(seed), tmp_path / f"nunet-w{w:g}.pt", name=f"nunet-w{w:g}", w=w)
+    monkeypatch.setenv("NUNET_MODEL_PATH", str(tmp_path))
+    img = blobs((32, 40))
+    a, b = enhance(img, "nunet-w5"), enhance(img, "nunet-w10")
+    np.testing.assert_allclose(enhance(img, w=6.0), 0.8 * a + 0.2 * b, atol=1e-5)
+    np.testing.assert_allclose(enhance(img, w=10), b, atol=1e-6)
+    with pytest.raises(ModelError, match="w=12 is outside"):
+        enhance(img, w=12)
