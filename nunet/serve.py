@@ -89,6 +89,9 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
 
 def main() -> int:
     """Run the worker on the process's stdin/stdout (stdout text goes to stderr)."""
+    import os
+
     protocol_out = sys.stdout.buffer
     sys.stdout = sys.stderr
+    print(f"nunet worker {__version__} started, pid {os.getpid()}", file=sys.stderr, flush=True)
     return serve(sys.stdin.buffer, protocol_out)
