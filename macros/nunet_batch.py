@@ -16,8 +16,12 @@ def process_folder(input_dir, output_dir, model):
             continue
         imp = IJ.openImage(os.path.join(str(input_dir), name))
         imp.show()
+        before = set(WindowManager.getIDList() or [])
         IJ.run(imp, "NU-Net Filter", "model=[%s] output=32-bit" % model)
-        result = WindowManager.getCurrentImage()
+        created = [i for i in (WindowManager.getIDList() or []) if i not in before]
+        if not created:
+            raise RuntimeError("NU-Net Filter failed on %s (see the Log window)" % name)
+        result = WindowManager.getImage(created[-1])
         IJ.saveAsTiff(result, os.path.join(str(output_dir), name))
         result.close()
         imp.close()

@@ -28,11 +28,12 @@ def as_time_lapse(image):
 
 def prepare(image, model_name):
     """Filter every plane with NU-Net; return the new calibrated hyperstack "NU-Net of <title>"."""
+    before = set(WindowManager.getIDList() or [])
     IJ.run(image, "NU-Net Filter", "model=[%s] w=0 channels=all tile=0 device=auto output=32-bit" % model_name)
-    filtered = WindowManager.getCurrentImage()
-    if filtered is None or filtered is image:
+    created = [i for i in (WindowManager.getIDList() or []) if i not in before]
+    if not created:
         raise RuntimeError("NU-Net Filter produced no image")
-    return filtered
+    return WindowManager.getImage(created[-1])
 
 
 def detect_and_track(filtered, radius, threshold):

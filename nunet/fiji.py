@@ -129,10 +129,10 @@ def from_imageplus(imp: Any) -> Image:
 def _calibration(cal: Any) -> Calibration:
     unit = str(cal.getUnit())
     time_unit = str(cal.getTimeUnit())
+    interval = float(cal.frameInterval) if cal.frameInterval else None
     return Calibration(float(cal.pixelWidth), float(cal.pixelHeight),
                        None if unit in ("pixel", "pixels", "") else unit, float(cal.pixelDepth),
-                       float(cal.frameInterval) if cal.frameInterval else None,
-                       None if time_unit in ("sec", "") else time_unit)
+                       interval, time_unit if interval is not None and time_unit else None)
 
 
 def to_imageplus(image: Image, title: str = "image") -> Any:

@@ -299,8 +299,8 @@ def run():
 def fail(message):
     """Log the message; stop the running macro, or show the error when run from the menu."""
     IJ.log(TITLE + ": " + message)
-    if Macro.getOptions() is not None or Interpreter.getInstance() is not None:
-        Macro.abort()
+    if Interpreter.getInstance() is not None:
+        Interpreter.abort()  # stops the macro after this command; no modal dialog
     else:
         IJ.error(TITLE, message)
 
