@@ -2,7 +2,8 @@
 
 What ``install`` writes (and ``uninstall`` removes), relative to the Fiji/ImageJ folder:
 
-- ``plugins/NU-Net/NU-Net_Filter.py``: the command (menu Plugins > NU-Net > NU-Net Filter);
+- ``plugins/NU-Net/NU-Net_Filter.py``: the command (menu Plugins > NU-Net > NU-Net Filter), and
+  ``nunetplugin.py``, its body (a module, so Jython compiles it once per session);
 - ``plugins/NU-Net/nunet.properties``: the Python that runs the worker (``python -m nunet serve``);
 - ``macros/NU-Net/``: the example macros and scripts;
 - in a plain ImageJ 1 only (no Fiji script runner): ``plugins/jars/nunet-jython-shim.jar``, the small
@@ -55,8 +56,8 @@ def install(root: Path, python: str = sys.executable, jython_jar: Path = DEFAULT
     if not root.is_dir():
         raise NUNetError(f"{root}: not a folder (give the Fiji.app or ImageJ folder)")
     written: list[Path] = []
-    plugin_src = resource_dir("fiji") / "plugins" / "NU-Net" / "NU-Net_Filter.py"
-    written.append(_copy(plugin_src, root / PLUGIN_DIR / plugin_src.name))
+    for plugin_file in sorted((resource_dir("fiji") / "plugins" / "NU-Net").glob("*.py")):
+        written.append(_copy(plugin_file, root / PLUGIN_DIR / plugin_file.name))
     config = root / PLUGIN_DIR / "nunet.properties"
     config.write_text(
         "# written by 'nunet fiji install'\n"
