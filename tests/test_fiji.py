@@ -143,10 +143,31 @@ def test_inprocess_macro_equals_enhance(jvm):
         out = fiji.from_imageplus(result)
     finally:
         fiji.unregister()
-        jvm("ij.WindowManager").closeAllWindows()
+        close_all(jvm)
     assert out.axes == "TYX" and out.calibration == CAL
     expected = enhance(data, "nunet-test", axes="TCYX", channel=1)
     assert np.abs(out.data - expected).max() <= 1e-4
+
+
+def test_replace_and_integer_output(jvm):
+    from nunet import fiji
+    from nunet.io import convert_dtype
+
+    data = blobs((2, 36, 40)).astype(np.uint16)
+    imp = fiji.to_imageplus(Image(data, "TYX", CAL), "in place")
+    fiji.register()
+    try:
+        imp.show()
+        before = jvm("ij.WindowManager").getImageCount()
+        fiji.run_macro('run("NU-Net Filter", "model=nunet-test output=8-bit replace");')
+        out = fiji.from_imageplus(imp)
+        assert jvm("ij.WindowManager").getImageCount() == before  # no new image
+    finally:
+        fiji.unregister()
+        close_all(jvm)
+    assert out.data.dtype == np.uint8 and out.axes == "TYX" and out.calibration == CAL
+    expected = convert_dtype(enhance(data, "nunet-test", axes="TYX"), "uint8")
+    assert np.abs(out.data.astype(int) - expected).max() <= 1
 
 
 def test_recorder_writes_documented_syntax(jvm, display):
@@ -173,9 +194,17 @@ def test_recorder_writes_documented_syntax(jvm, display):
     finally:
         recorder.close()
         fiji.unregister()
-        jvm("ij.WindowManager").closeAllWindows()
+        close_all(jvm)
         interpreter.batchMode = True
     assert 'run("NU-Net Filter", "model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit");' in text
+
+
+def close_all(jvm) -> None:
+    """Close batch-mode images and windows between tests."""
+    from nunet import fiji
+
+    fiji.run_macro('close("*");')
+    jvm("ij.WindowManager").closeAllWindows()
 
 
 def _wait_for(probe, timeout: float = 30.0):
