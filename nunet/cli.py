@@ -6,6 +6,7 @@ a batch that cannot start (missing folder or model, no matching file).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -179,6 +180,53 @@ def models_cmd() -> None:
     if not entries:
         folders = ", ".join(str(d) for d in model_dirs()) or "none"
         err.print(f"no models found (searched: {folders}; add folders with {ENV_VAR})")
+
+
+@app.command("eval")
+def eval_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for results.csv, summary.csv and the PNG figures.")],
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="NU-Net model to compare "
+                                                       "(repeatable; default: every registered model with a w).")]
+    = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of 2D images (default: the synthetic suite).")]
+    = None,
+    masks: Annotated[Optional[Path], typer.Option(help="Masks or label images named like the images.")] = None,
+    radius: Annotated[float, typer.Option(help="Expected nucleus radius (px) for --images.")] = 6.0,
+    invert: Annotated[bool, typer.Option("--invert", help="--images has dark nuclei on a bright background.")]
+    = False,
+    n_images: Annotated[int, typer.Option(help="Synthetic images per modality.")] = 4,
+    size: Annotated[int, typer.Option(help="Side of the synthetic images (px).")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic suite.")] = 0,
+) -> None:
+    """Compare NU-Net with raw, log LUT, Gaussian, median and DoG: contrast ratio and blob_log F1."""
+    from rich.table import Table
+
+    from nunet import evaluate
+    from nunet.registry import list_models
+
+    if (images is None) != (masks is None):
+        raise typer.BadParameter("--images and --masks go together", param_hint="--images")
+    models = model if model is not None else [e.name for e in list_models() if e.w is not None]
+    try:
+        items = (evaluate.folder_items(images, masks, radius, invert) if images is not None
+                 else evaluate.synthetic_items(n_images, size, seed))
+        with err.status(f"evaluating {len(items)} images x {5 + len(models)} methods"):
+            rows, outputs = evaluate.evaluate(items, models)
+    except NUNetError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    summary = evaluate.summarise(rows)
+    table = Table(title=f"{len({i.dataset for i in items})} datasets, {len(items)} images "
+                        "(mean over datasets of per-dataset means, ± std across datasets)")
+    for column in ("method", "contrast gain", "fold change", "F1 @ 0.1", "F1 best threshold"):
+        table.add_column(column, justify="right")
+    for s in summary:
+        cells = [f"{m:.2f} ± {sd:.2f}" if math.isfinite(m) else "-" for m, sd in
+                 (s["gain"], s["fold"], s["f1_fixed"], s["f1_best"])]
+        table.add_row(s["method"], *cells)
+    out.print(table)
+    for path in evaluate.write_csv(rows, summary, out_dir) + evaluate.write_figures(items, rows, outputs, out_dir):
+        out.print(f"wrote {path}")
 
 
 @app.command("serve")

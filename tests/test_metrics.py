@@ -1,0 +1,113 @@
+"""Metrics, classical baselines, the synthetic generator and `nunet eval`, on hand-made data."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nunet import metrics
+from nunet.cli import app
+from nunet.synth import MODALITIES, synth_image
+
+
+def test_contrast_ratio_of_a_two_level_image():
+    image = np.full((10, 10), 0.2, np.float32)
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    image[mask] = 0.8
+    assert metrics.contrast_ratio(image, mask) == pytest.approx(4.0)
+    image[~mask] = 0.0
+    assert metrics.contrast_ratio(image, mask) == pytest.approx(0.8 * 255)  # background floored at 1/255
+    with pytest.raises(ValueError):
+        metrics.contrast_ratio(image, np.ones((10, 10), bool))
+
+
+def test_matching_f1():
+    truth = np.array([[10, 10], [30, 30], [50, 50]], float)
+    assert metrics.match(truth, truth, 3).f1 == 1.0
+    empty = metrics.match(np.zeros((0, 2)), truth, 3)
+    assert empty.f1 == 0.0 and empty.false_negatives == 3
+    half = metrics.match(np.array([[11, 10], [90, 90]], float), truth, 3)
+    assert (half.true_positives, half.false_positives, half.false_negatives) == (1, 1, 2)
+    assert half.f1 == pytest.approx(2 / 5)
+
+
+def test_matching_is_optimal_not_greedy():
+    # greedy nearest-first pairs d0 with t1 (distance 1) and leaves d1 unmatched; optimal matches both
+    truth = np.array([[0, 0], [0, 2]], float)
+    detections = np.array([[0, 1.9], [0, 3.5]], float)
+    assert metrics.match(detections, truth, 2.0).true_positives == 2
+
+
+def test_blob_log_finds_gaussian_blobs():
+    yy, xx = np.mgrid[0:64, 0:64]
+    centres = np.array([[16, 16], [40, 44], [20, 50]])
+    image = sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 3.0**2)) for y, x in centres)
+    found = metrics.detect_blobs(image / image.max(), radius=4.0, threshold=0.1)
+    assert metrics.match(found, centres, 3).f1 == 1.0
+
+
+@pytest.mark.parametrize("name", metrics.CLASSICAL)
+def test_classical_filters_give_unit_range(name):
+    image = synth_image("sparse", (64, 64), seed=0).image
+    out = metrics.classical(name, image, radius=6.0)
+    assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0 and out.std() > 0
+
+
+def test_dog_peaks_on_a_blob_of_its_radius():
+    yy, xx = np.mgrid[0:64, 0:64]
+    disc = (((yy - 32) ** 2 + (xx - 32) ** 2) <= 36).astype(np.float32)
+    out = metrics.dog(disc, radius=6.0)
+    assert out[32, 32] == out.max() == 1.0
+    assert out[32, 32 + 9] < 0.5 and out[0, 0] < 0.5  # the surround just outside the disc and far away
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_synthetic_images_are_seeded_and_consistent(modality):
+    a, b = synth_image(modality, (96, 96), seed=3), synth_image(modality, (96, 96), seed=3)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert len(a.centroids) == len(np.setdiff1d(np.unique(a.labels), [0])) > 0
+    inside, outside = a.image[a.labels > 0].mean(), a.image[a.labels == 0].mean()
+    assert (inside < outside) if modality == "thg" else (inside > outside)
+    assert not np.array_equal(a.image, synth_image(modality, (96, 96), seed=4).image)
+
+
+def test_synthetic_stack_is_3d():
+    stack = synth_image("sparse", (6, 64, 64), seed=1)
+    assert stack.image.shape == (6, 64, 64) and stack.centroids.shape[1] == 3
+
+
+@pytest.mark.slow
+def test_eval_command_end_to_end(tmp_path):
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "-m", "nunet-test", "--n-images", "1", "--size", "96"])
+    assert result.exit_code == 0, result.output
+    assert "nunet-test" in result.output and "dog" in result.output
+    for name in ("results.csv", "summary.csv", "panels.png", "histograms.png", "f1.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    with (tmp_path / "summary.csv").open() as fh:
+        methods = [row["method"] for row in csv.DictReader(fh)]
+    assert methods == ["raw", "log_lut", "gaussian", "median", "dog", "nunet-test"]
+    with (tmp_path / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["dataset"] for r in rows} == {*MODALITIES, "sparse-3d"}
+    raw = [r for r in rows if r["method"] == "raw"]
+    assert all(0.0 <= float(r["f1_best"]) <= 1.0 for r in raw)
+    assert all(float(r["gain"]) == 0.0 for r in raw)
+
+
+def test_eval_on_a_folder(tmp_path):
+    import tifffile
+
+    images, masks = tmp_path / "img", tmp_path / "lbl"
+    images.mkdir()
+    masks.mkdir()
+    s = synth_image("sparse", (80, 80), seed=5)
+    tifffile.imwrite(images / "a.tif", s.image)
+    tifffile.imwrite(masks / "a.tif", s.labels)
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "out"), "-m", "nunet-test", "--images", str(images),
+                                      "--masks", str(masks), "--radius", "7"])
+    assert result.exit_code == 0, result.output
+    assert "1 datasets, 1 images" in result.output
