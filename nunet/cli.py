@@ -229,6 +229,71 @@ def eval_cmd(
         out.print(f"wrote {path}")
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of training options.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name, e.g. nunet-w8.")] = None,
+    w: Annotated[Optional[float], typer.Option("--w", help="Morphological / content weight ratio.")] = None,
+    content_dir: Annotated[Optional[list[str]], typer.Option(help="Content folder (a dataset), repeatable.")]
+    = None,
+    mask_dir: Annotated[Optional[list[str]], typer.Option(help="Blob mask / label folder, repeatable.")] = None,
+    synthetic_content: Annotated[Optional[int], typer.Option(help="Synthetic images per modality.")] = None,
+    synthetic_masks: Annotated[Optional[int], typer.Option(help="Synthetic blob masks in the target bank.")]
+    = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
+    content_batch: Annotated[Optional[int], typer.Option(help="Content batch (paper: 16).")] = None,
+    target_batch: Annotated[Optional[int], typer.Option(help="Target batch (paper: 128).")] = None,
+    crop: Annotated[Optional[int], typer.Option(help="Crop side (px).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, mps.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="vgg19, random-vgg19, random-multiscale.")] = None,
+    vgg_weights: Annotated[Optional[str], typer.Option(help="ImageNet VGG19 weights (.pth).")] = None,
+    download_vgg: Annotated[Optional[bool], typer.Option("--download-vgg", help="Allow downloading "
+                                                          "the VGG19 weights through torch.hub.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Folder for checkpoints, logs and the model.")]
+    = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT_DIR/checkpoint.pt.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train a NU-Net model (self-supervised: content loss + w x morphological loss)."""
+    import shlex
+    import sys
+    import traceback
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from nunet.train import load_config, train
+
+    overrides = {"name": name, "w": w, "content_dirs": content_dir, "mask_dirs": mask_dir,
+                 "synthetic_content": synthetic_content, "synthetic_masks": synthetic_masks, "steps": steps,
+                 "content_batch": content_batch, "target_batch": target_batch, "crop": crop, "lr": lr,
+                 "seed": seed, "device": device, "backbone": backbone, "vgg_weights": vgg_weights,
+                 "download_vgg": download_vgg, "output_dir": output_dir}
+    try:
+        cfg = load_config(config, overrides)
+    except NUNetError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    bar = Progress("training", BarColumn(), MofNCompleteColumn(), "{task.fields[losses]}", TimeRemainingColumn(),
+                   console=err)
+    task = bar.add_task("training", total=cfg.steps, losses="")
+
+    def progress(step: int, total: int, record: dict) -> None:
+        bar.update(task, completed=step, losses=f"content {record['content']:.3g} "
+                                                f"morph {record['morphological']:.3g}")
+
+    try:
+        with bar:
+            path = train(cfg, resume=resume, command=shlex.join(["nunet", *sys.argv[1:]]), progress=progress)
+    except NUNetError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        if verbose:
+            err.print(traceback.format_exc())
+        raise typer.Exit(1) from None
+    out.print(f"wrote {path} and its model card, losses.csv, losses.png")
+
+
 @app.command("serve")
 def serve_cmd() -> None:
     """Run the filter worker used by Fiji's "NU-Net Filter" command (protocol on stdin/stdout)."""

@@ -1,0 +1,76 @@
+"""The NU-Net training losses (paper eq. 1-3).
+
+- Gram matrix of a feature map F (C x HW): G = F F^T / (C * H * W).
+- Content loss: MSE between the features of output and input at the content tap (relu3_4).
+- Morphological loss: for each tap, the MSE between the output's Gram and the Grams of a
+  mini-batch of blob-mask targets, averaged over the targets; summed over taps; averaged over
+  the content batch. (The paper's eq. 2 also divides by the number of taps; that constant is
+  absorbed by the dry-run balancing.)
+- Total: content + w * scale * morphological, where ``scale`` comes from the dry run so that
+  both terms start with the same magnitude.
+
+Target Grams are fixed: :class:`TargetGrams` precomputes them once, and the average over a
+sampled target batch uses mean_s ||G - G_s||^2 = ||G||^2 - 2 <G, mean_s G_s> + mean_s ||G_s||^2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrices (N, C, C) of features (N, C, H, W), normalised by C * H * W."""
+    n, c, h, w = features.shape
+    flat = features.reshape(n, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def content_loss(output_features: torch.Tensor, input_features: torch.Tensor) -> torch.Tensor:
+    """MSE between the feature maps of output and input at one tap."""
+    return torch.mean((output_features - input_features) ** 2)
+
+
+class TargetGrams:
+    """Precomputed Grams of a bank of blob-mask targets, one tensor (S, C, C) per tap."""
+
+    def __init__(self, grams: list[torch.Tensor]) -> None:
+        self.grams = grams
+
+    @classmethod
+    @torch.no_grad()
+    def from_masks(cls, backbone: torch.nn.Module, masks: torch.Tensor, chunk: int = 8) -> "TargetGrams":
+        """Grams of ``masks`` (S, 1, H, W) with values 0/255 through ``backbone``."""
+        per_tap: list[list[torch.Tensor]] = []
+        for start in range(0, len(masks), chunk):
+            for i, features in enumerate(backbone(masks[start:start + chunk])):
+                if len(per_tap) <= i:
+                    per_tap.append([])
+                per_tap[i].append(gram(features))
+        return cls([torch.cat(g) for g in per_tap])
+
+    def __len__(self) -> int:
+        return len(self.grams[0])
+
+
+def morphological_loss(output_features: list[torch.Tensor], targets: TargetGrams,
+                       index: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the output batch and the selected targets of the Gram MSE, summed over taps.
+
+    Parameters
+    ----------
+    output_features : list of Tensor
+        The backbone's feature maps of the network output, one per tap.
+    targets : TargetGrams
+        The target bank.
+    index : Tensor, optional
+        Indices of the target mini-batch in the bank (default: every target).
+    """
+    total = output_features[0].new_zeros(())
+    for features, bank in zip(output_features, targets.grams):
+        chosen = bank if index is None else bank[index]
+        g = gram(features)                                  # (N, C, C)
+        mean_target = chosen.mean(dim=0)                    # (C, C)
+        target_sq = (chosen * chosen).sum(dim=(1, 2)).mean()
+        per_output = (g * g).sum(dim=(1, 2)) - 2 * (g * mean_target).sum(dim=(1, 2)) + target_sq
+        total = total + per_output.mean() / (g.shape[1] * g.shape[2])
+    return total

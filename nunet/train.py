@@ -1,0 +1,391 @@
+"""Self-supervised NU-Net training (``nunet train``): content loss + w x morphological loss.
+
+Data
+----
+Content images come from folders (each folder a "dataset"; every image format the I/O layer
+reads; each YX plane of a stack is one image) and/or the synthetic generator (one dataset per
+modality). Every epoch draws the same number of crops from each dataset, as the paper balanced
+its 25 datasets. Crops get a random rescale, flips, rot90 and a contrast augmentation (gamma
+0.5-2, log, or sigmoid with gain 3-8 and cutoff 0.25-0.75), redrawn until the crop spans at
+least 16 grey levels of 0..255. Datasets marked ``invert`` (dark blobs) are inverted first.
+
+Blob-mask targets come from folders of masks or label images (label > 0 -> 255) and/or
+synthetic masks of random ellipses; a fixed bank of target crops is drawn once and its Gram
+matrices precomputed; every step samples ``target_batch`` of them.
+
+Schedule: a dry run trains a fresh network for ``dry_run_steps`` steps with unit weights,
+sets the morphological scale to mean(content) / mean(morphological) over those steps, then a
+new network (same seed) trains from scratch with content + w * scale * morphological.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nunet.errors import NUNetError
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; a TOML file sets any of them (unknown keys are an error)."""
+
+    name: str = "nunet-w8"
+    w: float = 8.0
+    content_dirs: list[str] = field(default_factory=list)
+    invert_dirs: list[str] = field(default_factory=list)
+    synthetic_content: int = 0          # synthetic images per modality (0: none)
+    mask_dirs: list[str] = field(default_factory=list)
+    synthetic_masks: int = 128          # synthetic blob masks in the target bank (0: none)
+    steps: int = 2000
+    crops_per_dataset: int = 64         # per epoch
+    content_batch: int = 16
+    target_batch: int = 128
+    crop: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    backbone: str = "random-vgg19"
+    vgg_weights: str | None = None
+    download_vgg: bool = False
+    dry_run_steps: int = 20
+    checkpoint_every: int = 200
+    output_dir: str = "training"
+
+    def validate(self) -> "TrainConfig":
+        """Check types and ranges; raise NUNetError naming the bad option."""
+        from nunet.vgg import BACKBONES
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"float": (int, float), "int": int, "str": str, "bool": bool, "list[str]": list,
+                        "str | None": (str, type(None))}[f.type]
+            if not isinstance(value, expected) or (f.type == "int" and isinstance(value, bool)):
+                raise NUNetError(f"config: '{f.name}' must be {f.type}, got {value!r}")
+        positive = ("steps", "crops_per_dataset", "content_batch", "target_batch", "checkpoint_every")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise NUNetError(f"config: '{key}' must be >= 1")
+        if self.w < 0 or self.lr <= 0 or self.crop < 16 or self.crop % 4:
+            raise NUNetError("config: need w >= 0, lr > 0 and crop >= 16, a multiple of 4")
+        if self.backbone not in BACKBONES:
+            raise NUNetError(f"config: backbone must be one of {', '.join(BACKBONES)}")
+        if not self.content_dirs and not self.synthetic_content:
+            raise NUNetError("config: no content images (content_dirs or synthetic_content)")
+        if not self.mask_dirs and not self.synthetic_masks:
+            raise NUNetError("config: no blob-mask targets (mask_dirs or synthetic_masks)")
+        return self
+
+
+def load_config(path: Path | None, overrides: dict) -> TrainConfig:
+    """A config from a TOML file (optional) plus command-line overrides (None values ignored)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    values: dict = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise NUNetError(f"{path}: cannot read the config ({exc})") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise NUNetError(f"config: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return TrainConfig(**values).validate()
+
+
+# ---- data --------------------------------------------------------------------------------
+
+def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
+    from nunet.inference import LUMA
+    from nunet.io import OTHER_SUFFIXES, TIFF_SUFFIXES, read_image
+
+    planes = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in TIFF_SUFFIXES + OTHER_SUFFIXES):
+        image = read_image(path)
+        data = image.data.astype(np.float32)
+        if "S" in image.axes:
+            data = data[..., :3] @ LUMA
+        for plane in data.reshape((-1,) + data.shape[-2:]):
+            plane = _to_255(plane)
+            planes.append(255.0 - plane if invert else plane)
+    if not planes:
+        raise NUNetError(f"{folder}: no readable images")
+    return planes
+
+
+def _to_255(plane: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(plane, (0.1, 99.9))
+    return np.clip((plane - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.float32)
+
+
+def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
+    """Content planes (0..255) grouped by dataset name."""
+    from nunet.synth import MODALITIES, PRESETS, synth_image
+
+    datasets = {}
+    for folder in config.content_dirs:
+        datasets[Path(folder).name] = _planes_of(Path(folder), folder in config.invert_dirs)
+    for k, modality in enumerate(MODALITIES if config.synthetic_content else ()):
+        planes = [_to_255(synth_image(modality, (config.crop * 2, config.crop * 2), seed=config.seed * 7919 + 31 * i + k)
+                          .image) for i in range(config.synthetic_content)]
+        datasets[f"synthetic-{modality}"] = [255.0 - p if PRESETS[modality].dark_blobs else p for p in planes]
+    return datasets
+
+
+def _contrast(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    x = crop / 255.0
+    kind = rng.integers(3)
+    if kind == 0:
+        x = x ** rng.uniform(0.5, 2.0)
+    elif kind == 1:
+        x = np.log1p(x * rng.uniform(0.8, 1.0) * (math.e - 1))
+    else:
+        gain, cutoff = rng.uniform(3, 8), rng.uniform(0.25, 0.75)
+        x = 1.0 / (1.0 + np.exp(gain * (cutoff - x)))
+    lo, hi = x.min(), x.max()
+    return ((x - lo) / max(hi - lo, 1e-6) * 255.0).astype(np.float32)
+
+
+def random_crop(plane: np.ndarray, size: int, rng: np.random.Generator, scale: tuple[float, float]) -> np.ndarray:
+    """A random rescaled, flipped, rotated square crop of ``size`` (reflect-padded if too small)."""
+    from scipy import ndimage as ndi
+
+    factor = rng.uniform(*scale)
+    need = int(math.ceil(size / factor))
+    if min(plane.shape) < need:
+        plane = np.pad(plane, [(0, max(0, need - plane.shape[0])), (0, max(0, need - plane.shape[1]))],
+                       mode="reflect" if min(plane.shape) > 1 else "edge")
+    y = rng.integers(0, plane.shape[0] - need + 1)
+    x = rng.integers(0, plane.shape[1] - need + 1)
+    crop = ndi.zoom(plane[y:y + need, x:x + need], size / need, order=1)[:size, :size]
+    crop = np.rot90(crop, rng.integers(4))
+    return np.ascontiguousarray(crop[:, ::-1] if rng.integers(2) else crop)
+
+
+def content_batch(datasets: dict[str, list[np.ndarray]], order: list[str], size: int,
+                  rng: np.random.Generator) -> torch.Tensor:
+    """Crops (N, 1, size, size) in 0..255 for the dataset names in ``order``."""
+    crops = []
+    for name in order:
+        for _ in range(20):
+            plane = datasets[name][rng.integers(len(datasets[name]))]
+            crop = _contrast(random_crop(plane, size, rng, (0.75, 1.33)), rng)
+            if np.ptp(crop) >= 16:
+                break
+        crops.append(crop)
+    return torch.from_numpy(np.stack(crops)[:, None])
+
+
+def epoch_order(names: list[str], per_dataset: int, rng: np.random.Generator) -> list[str]:
+    """Every dataset ``per_dataset`` times, shuffled: one balanced epoch."""
+    order = [n for n in names for _ in range(per_dataset)]
+    rng.shuffle(order)
+    return order
+
+
+def mask_bank(config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Blob-mask target crops (S, crop, crop) with values 0/255."""
+    from nunet.io import OTHER_SUFFIXES, TIFF_SUFFIXES, read_image
+    from nunet.synth import PRESETS, _nuclei
+
+    masks = []
+    for folder in config.mask_dirs:
+        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in TIFF_SUFFIXES + OTHER_SUFFIXES)
+        if not files:
+            raise NUNetError(f"{folder}: no mask images")
+        for path in files:
+            data = read_image(path).data
+            for plane in data.reshape((-1,) + data.shape[-2:]):
+                binary = (plane > 0).astype(np.float32) * 255.0
+                masks.append((random_crop(binary, config.crop, rng, (0.75, 1.33)) > 127) * 255.0)
+    shape = (config.crop, config.crop)
+    for _ in range(config.synthetic_masks):
+        preset = PRESETS[("sparse", "dense", "uneven")[rng.integers(3)]]
+        labels, _ = _nuclei(preset, shape, rng)
+        masks.append((labels > 0).astype(np.float32) * 255.0)
+    return np.stack(masks).astype(np.float32)
+
+
+# ---- training ------------------------------------------------------------------------------
+
+@dataclass
+class State:
+    """Everything a checkpoint holds besides the config."""
+
+    step: int = 0
+    morph_scale: float = 1.0
+    log: list[dict] = field(default_factory=list)
+
+
+def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float, optimiser):
+    from nunet.losses import content_loss, morphological_loss
+
+    output = net(batch)
+    features_out, features_in = backbone(output), backbone(batch)
+    index = torch.randint(len(targets), (min(config.target_batch, len(targets)),), generator=rng_torch)
+    index = index.to(batch.device)
+    content = content_loss(features_out[backbone.content_tap], features_in[backbone.content_tap].detach())
+    morph = morphological_loss(features_out, targets, index)
+    total = content + weight_morph * morph
+    optimiser.zero_grad(set_to_none=True)
+    total.backward()
+    optimiser.step()
+    return content.item(), morph.item(), total.item()
+
+
+def train(config: TrainConfig, resume: bool = False, command: str = "", progress=None) -> Path:
+    """Train one model; return the saved TorchScript file (see module docstring).
+
+    Parameters
+    ----------
+    config : TrainConfig
+    resume : bool
+        Continue from ``output_dir/checkpoint.pt`` (its step count, optimiser, logs).
+    command : str
+        The command line, recorded in the model card.
+    progress : callable, optional
+        ``progress(step, total, losses)`` after each step.
+    """
+    from nunet import save_model
+    from nunet.inference import resolve_device
+    from nunet.losses import TargetGrams
+    from nunet.model import NUNet
+    from nunet.vgg import BackboneSpec, build_backbone
+
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    rng = np.random.default_rng(config.seed)
+    datasets = content_datasets(config)
+    backbone = build_backbone(BackboneSpec(config.backbone, config.seed, config.vgg_weights,
+                                           config.download_vgg)).to(device)
+    masks = torch.from_numpy(mask_bank(config, rng)[:, None]).to(device)
+    targets = TargetGrams.from_masks(backbone, masks)
+    names = sorted(datasets)
+
+    def batches(state_rng: np.random.Generator):
+        while True:
+            order = epoch_order(names, config.crops_per_dataset, state_rng)
+            for start in range(0, len(order) - config.content_batch + 1, config.content_batch):
+                yield content_batch(datasets, order[start:start + config.content_batch], config.crop,
+                                    state_rng).to(device)
+
+    def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(config.seed)
+        net = NUNet().to(device).train()
+        return net, torch.optim.AdamW(net.parameters(), lr=config.lr)
+
+    torch_rng = torch.Generator().manual_seed(config.seed)
+    state = State()
+    net, optimiser = fresh()
+    checkpoint = out_dir / CHECKPOINT
+    if resume:
+        if not checkpoint.is_file():
+            raise NUNetError(f"{checkpoint}: nothing to resume")
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        net.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        state = State(saved["step"], saved["morph_scale"], json.loads(saved["log"]))
+        rng = np.random.default_rng([config.seed, state.step])
+    else:
+        dry_rng = np.random.default_rng([config.seed, 1])
+        feed = batches(dry_rng)
+        contents, morphs = [], []
+        for _ in range(config.dry_run_steps):
+            c, m, _ = _step(net, backbone, targets, next(feed), torch_rng, config, 1.0, optimiser)
+            contents.append(c)
+            morphs.append(m)
+        state.morph_scale = float(np.mean(contents) / max(np.mean(morphs), 1e-12))
+        net, optimiser = fresh()
+    feed = batches(rng)
+    started = time.perf_counter()
+    while state.step < config.steps:
+        c, m, t = _step(net, backbone, targets, next(feed), torch_rng, config, config.w * state.morph_scale,
+                        optimiser)
+        state.step += 1
+        state.log.append({"step": state.step, "content": c, "morphological": m * state.morph_scale * config.w,
+                          "total": t, "seconds": round(time.perf_counter() - started, 3)})
+        if progress:
+            progress(state.step, config.steps, state.log[-1])
+        if state.step % config.checkpoint_every == 0 or state.step == config.steps:
+            _checkpoint(checkpoint, net, optimiser, state)
+            write_logs(state.log, out_dir)
+    summary = {"steps": state.step, "backbone": backbone.name, "backbone_weights": backbone.weights,
+               "morph_scale": state.morph_scale, "final_losses": state.log[-1],
+               "datasets": {n: len(p) for n, p in datasets.items()}, "target_masks": len(targets),
+               "config": asdict(config), "command": command}
+    path = save_model(net.cpu().eval(), out_dir / f"{config.name}.pt", name=config.name, w=config.w,
+                      description=f"NU-Net w={config.w:g}, backbone {backbone.name}", training=summary)
+    write_card(out_dir / f"{config.name}.md", config, summary)
+    return path
+
+
+def _checkpoint(path: Path, net, optimiser, state: State) -> None:
+    from nunet._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"model": net.state_dict(), "optimiser": optimiser.state_dict(), "step": state.step,
+                    "morph_scale": state.morph_scale, "log": json.dumps(state.log)}, tmp)
+
+
+def write_logs(log: list[dict], out_dir: Path) -> None:
+    """losses.csv and losses.png (content, morphological, total, raw and EWMA-smoothed, as Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with (out_dir / "losses.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(log[0]))
+        writer.writeheader()
+        writer.writerows(log)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in log]
+    for key, colour in (("content", "tab:blue"), ("morphological", "tab:orange"), ("total", "tab:green")):
+        values = np.array([r[key] for r in log])
+        smooth = np.copy(values)
+        for i in range(1, len(values)):
+            smooth[i] = 0.9 * smooth[i - 1] + 0.1 * values[i]
+        ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
+        ax.plot(steps, smooth, color=colour, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "losses.png", dpi=100)
+    plt.close(fig)
+
+
+def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
+    """The model card: w, backbone and weights, data, steps, losses, the exact command."""
+    final = summary["final_losses"]
+    lines = [f"# {config.name}", "", f"NU-Net w={config.w:g}, backbone {summary['backbone']}.", "",
+             "| field | value |", "|---|---|",
+             f"| w | {config.w:g} |",
+             f"| backbone | {summary['backbone']} ({summary['backbone_weights']}) |",
+             f"| steps | {summary['steps']} (content batch {config.content_batch}, target batch "
+             f"{config.target_batch}, crop {config.crop}, AdamW lr {config.lr:g}) |",
+             f"| content datasets | {', '.join(f'{k} ({v} planes)' for k, v in summary['datasets'].items())} |",
+             f"| blob-mask targets | {summary['target_masks']} (folders: {', '.join(config.mask_dirs) or 'none'}; "
+             f"synthetic: {config.synthetic_masks}) |",
+             f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
+             f"| final losses | content {final['content']:.4g}, w x morphological {final['morphological']:.4g}, "
+             f"total {final['total']:.4g} |",
+             f"| made by | `{summary['command'] or ' '.join(sys.argv)}` |", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")

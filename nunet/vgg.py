@@ -1,0 +1,163 @@
+"""Perceptual networks for the training losses: VGG19 and download-free substitutes.
+
+``vgg19`` is torchvision's VGG19 ``features`` rebuilt here with the same module indices, so
+torchvision's ImageNet state dict (``vgg19-dcbb9e9d.pth``, keys ``features.N.weight/bias``)
+loads unchanged; torchvision itself is not needed. Its taps are relu2_2, relu3_4, relu4_4 and
+relu5_4 (``features[0:9]``, ``[9:18]``, ``[18:27]``, ``[27:36]``); the content tap is relu3_4.
+
+ImageNet weights are looked up in this order: an explicit path, ``$NUNET_VGG19_WEIGHTS``, the
+torch hub cache (``<hub>/checkpoints/vgg19-dcbb9e9d.pth``), and only when asked a download
+through ``torch.hub``. Substitutes that need no download:
+
+``random-vgg19``       the same VGG19, seeded, variance-preserving (He) initialisation;
+``random-multiscale``  one layer of random filters at several sizes + ReLU, one tap per size
+                       (the shallow random network of Ustyuzhaninov et al. 2016 for textures).
+
+Every backbone is frozen and in eval mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nunet.errors import NUNetError
+
+VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+VGG19_TAPS = (9, 18, 27, 36)  # ends (exclusive) of features[0:9], [9:18], [18:27], [27:36]
+VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+VGG19_FILE = "vgg19-dcbb9e9d.pth"
+ENV_WEIGHTS = "NUNET_VGG19_WEIGHTS"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKBONES = ("vgg19", "random-vgg19", "random-multiscale")
+MULTISCALE_SIZES = (3, 5, 7, 11, 15, 23)
+
+
+class Backbone(nn.Module):
+    """A frozen feature extractor: ``forward(grey_0_255)`` returns the feature maps at its taps."""
+
+    def __init__(self, stages: nn.ModuleList, content_tap: int, name: str, weights: str) -> None:
+        super().__init__()
+        self.stages = stages
+        self.content_tap = content_tap
+        self.name = name
+        self.weights = weights  # "imagenet sha256:<...>" or "seed <n>"
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(False)  # always frozen, always eval
+
+    def forward(self, grey: torch.Tensor) -> list[torch.Tensor]:
+        """Grey images (N, 1, H, W) in 0..255 -> 3 identical channels, /255, ImageNet mean/std."""
+        x = (grey / 255.0).expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        return self._taps(x)
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+class VGGBackbone(Backbone):
+    """VGG19 ``features`` cut into the four stages ending at relu2_2, relu3_4, relu4_4, relu5_4."""
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+class MultiScaleBackbone(Backbone):
+    """Parallel random convolutions of several sizes, each followed by ReLU (one tap each)."""
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [stage(x) for stage in self.stages]
+
+
+def vgg19_features() -> nn.Sequential:
+    """torchvision's ``vgg19().features`` layout: indices match its state dict keys."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for item in VGG19_CFG:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(channels, int(item), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            channels = int(item)
+    return nn.Sequential(*layers)
+
+
+def _split(features: nn.Sequential) -> nn.ModuleList:
+    starts = (0,) + VGG19_TAPS[:-1]
+    return nn.ModuleList(features[a:b] for a, b in zip(starts, VGG19_TAPS))
+
+
+def find_vgg19_weights(path: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """Locate the ImageNet VGG19 weights (see module docstring for the order)."""
+    candidates = [path, os.environ.get(ENV_WEIGHTS), Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    if download:
+        torch.hub.load_state_dict_from_url(VGG19_URL, progress=True)
+        return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+    raise NUNetError(f"VGG19 ImageNet weights not found (looked at --vgg-weights, ${ENV_WEIGHTS}, "
+                     f"{candidates[-1]}); pass --download-vgg, or use backbone random-vgg19 / random-multiscale")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which backbone to build: name, seed of random ones, ImageNet weights options."""
+
+    name: str = "random-vgg19"
+    seed: int = 0
+    vgg_weights: str | None = None
+    download: bool = False
+
+
+def build_backbone(spec: BackboneSpec) -> Backbone:
+    """Build a frozen backbone from its spec."""
+    if spec.name == "vgg19":
+        path = find_vgg19_weights(spec.vgg_weights, spec.download)
+        features = vgg19_features()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+        return VGGBackbone(_split(features), 1, "vgg19", f"imagenet sha256:{sha256(path)}")
+    generator = torch.Generator().manual_seed(spec.seed)
+    if spec.name == "random-vgg19":
+        features = vgg19_features()
+        for module in features:
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                with torch.no_grad():
+                    module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
+                    module.bias.zero_()
+        return VGGBackbone(_split(features), 1, "random-vgg19", f"seed {spec.seed}")
+    if spec.name == "random-multiscale":
+        stages = nn.ModuleList()
+        for size in MULTISCALE_SIZES:
+            conv = nn.Conv2d(3, 128, size, padding=size // 2)
+            with torch.no_grad():
+                conv.weight.uniform_(-1.0, 1.0, generator=generator).mul_((3.0 / (3 * size * size)) ** 0.5)
+                conv.bias.zero_()
+            stages.append(nn.Sequential(conv, nn.ReLU()))
+        return MultiScaleBackbone(stages, 2, "random-multiscale", f"seed {spec.seed}")
+    raise NUNetError(f"unknown backbone '{spec.name}'; use one of {', '.join(BACKBONES)}")
