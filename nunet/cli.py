@@ -191,6 +191,8 @@ def eval_cmd(
     images: Annotated[Optional[Path], typer.Option(help="Folder of 2D images (default: the synthetic suite).")]
     = None,
     masks: Annotated[Optional[Path], typer.Option(help="Masks or label images named like the images.")] = None,
+    centroids: Annotated[Optional[Path], typer.Option(help="CSV files (columns y,x) named like the images.")]
+    = None,
     radius: Annotated[float, typer.Option(help="Expected nucleus radius (px) for --images.")] = 6.0,
     invert: Annotated[bool, typer.Option("--invert", help="--images has dark nuclei on a bright background.")]
     = False,
@@ -204,11 +206,11 @@ def eval_cmd(
     from nunet import evaluate
     from nunet.registry import list_models
 
-    if (images is None) != (masks is None):
-        raise typer.BadParameter("--images and --masks go together", param_hint="--images")
+    if (images is None) != (masks is None and centroids is None):
+        raise typer.BadParameter("--images needs --masks and/or --centroids", param_hint="--images")
     models = model if model is not None else [e.name for e in list_models() if e.w is not None]
     try:
-        items = (evaluate.folder_items(images, masks, radius, invert) if images is not None
+        items = (evaluate.folder_items(images, masks, radius, invert, centroids) if images is not None
                  else evaluate.synthetic_items(n_images, size, seed))
         with err.status(f"evaluating {len(items)} images x {5 + len(models)} methods"):
             rows, outputs = evaluate.evaluate(items, models)

@@ -60,7 +60,7 @@ def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, sta
     """The built-in seeded suite: 2D images of every modality plus 3D stacks evaluated per plane."""
     from scipy import ndimage as ndi
 
-    from nunet.synth import MODALITIES, PRESETS, synth_image, synth_suite
+    from nunet.synth import PRESETS, synth_image, synth_suite
 
     items = [EvalImage(s.modality, f"{s.modality}-{i}", s.image, s.labels > 0, s.centroids, s.radius,
                        PRESETS[s.modality].dark_blobs)
@@ -75,32 +75,58 @@ def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, sta
             centroids = np.array(ndi.center_of_mass(plane > 0, plane, present)).reshape(-1, 2)
             items.append(EvalImage("sparse-3d", f"stack{k}-z{z}", stack.image[z], plane > 0, centroids,
                                    stack.radius))
-    assert set(MODALITIES) <= {i.dataset for i in items}
     return items
 
 
-def folder_items(images: Path, masks: Path, radius: float, invert: bool = False) -> list[EvalImage]:
-    """Images of a folder paired by file stem with mask or label images (label > 0 is foreground)."""
+def folder_items(images: Path, masks: Path | None, radius: float, invert: bool = False,
+                 centroids: Path | None = None) -> list[EvalImage]:
+    """Images of a folder paired by file stem with masks/label images and/or centroid CSVs.
+
+    A mask or label image (label > 0 is foreground) gives the contrast mask and the centroids
+    of its objects; a CSV (columns ``y,x``, one row per object) gives centroids only, and the
+    contrast columns of such images are left empty.
+    """
     from scipy import ndimage as ndi
 
     from nunet.io import read_image
 
+    def by_stem(folder: Path | None, suffix: str | None = None) -> dict[str, Path]:
+        if folder is None:
+            return {}
+        return {p.stem: p for p in folder.iterdir() if p.is_file() and (suffix is None or p.suffix == suffix)}
+
+    mask_files, csv_files = by_stem(masks), by_stem(centroids, ".csv")
     items = []
-    mask_files = {p.stem: p for p in masks.iterdir() if p.is_file()}
     for path in sorted(p for p in images.iterdir() if p.is_file()):
-        if path.stem not in mask_files:
+        if path.stem not in mask_files and path.stem not in csv_files:
             continue
-        image, labels = read_image(path).data, read_image(mask_files[path.stem]).data
-        if image.ndim != 2 or labels.shape != image.shape:
-            raise NUNetError(f"{path}: eval needs single 2D planes with a mask of the same shape")
-        labels = ndi.label(labels > 0)[0] if labels.max() <= 1 else labels.astype(np.int32)
-        present = [v for v in np.unique(labels) if v > 0]
-        centroids = np.array(ndi.center_of_mass(labels > 0, labels, present)).reshape(-1, 2)
-        items.append(EvalImage(images.name, path.stem, image.astype(np.float32), labels > 0, centroids,
-                               radius, invert))
+        image = read_image(path).data.astype(np.float32)
+        if image.ndim != 2:
+            raise NUNetError(f"{path}: eval needs single 2D planes, got shape {image.shape}")
+        mask = np.zeros(image.shape, bool)
+        if path.stem in mask_files:
+            labels = read_image(mask_files[path.stem]).data
+            if labels.shape != image.shape:
+                raise NUNetError(f"{mask_files[path.stem]}: mask shape {labels.shape} differs from {image.shape}")
+            labels = ndi.label(labels > 0)[0] if labels.max() <= 1 else labels.astype(np.int32)
+            present = [v for v in np.unique(labels) if v > 0]
+            points = np.array(ndi.center_of_mass(labels > 0, labels, present)).reshape(-1, 2)
+            mask = labels > 0
+        if path.stem in csv_files:
+            points = _read_centroids(csv_files[path.stem])
+        items.append(EvalImage(images.name, path.stem, image, mask, points, radius, invert))
     if not items:
-        raise NUNetError(f"{images}: no image with a mask of the same name in {masks}")
+        raise NUNetError(f"{images}: no image with a mask or centroid CSV of the same name")
     return items
+
+
+def _read_centroids(path: Path) -> np.ndarray:
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    try:
+        return np.array([[float(r["y"]), float(r["x"])] for r in rows]).reshape(-1, 2)
+    except (KeyError, ValueError) as exc:
+        raise NUNetError(f"{path}: centroid CSV needs numeric columns y and x ({exc})") from exc
 
 
 def filtered(item: EvalImage, method: str, models: dict) -> np.ndarray:
@@ -132,9 +158,11 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
     outputs = {(i.dataset, i.name, m): filtered(i, m, loaded) for i in items for m in methods}
     rows: dict[tuple[str, str, str], Row] = {}
     for item in items:
-        before = metrics.contrast_ratio(outputs[(item.dataset, item.name, "raw")], item.mask)
+        has_mask = item.mask.any() and not item.mask.all()
+        nan = float("nan")
+        before = metrics.contrast_ratio(outputs[(item.dataset, item.name, "raw")], item.mask) if has_mask else nan
         for m in methods:
-            after = metrics.contrast_ratio(outputs[(item.dataset, item.name, m)], item.mask)
+            after = metrics.contrast_ratio(outputs[(item.dataset, item.name, m)], item.mask) if has_mask else nan
             rows[(item.dataset, item.name, m)] = Row(item.dataset, item.name, m, before, after, after - before,
                                                      after / before)
     for dataset in sorted({i.dataset for i in items}):

@@ -65,7 +65,7 @@ def synth_image(modality: str = "sparse", shape: tuple[int, ...] = (256, 256), s
         raise ValueError(f"unknown modality '{modality}'; use one of {', '.join(MODALITIES)}")
     p = PRESETS[modality]
     rng = np.random.default_rng(seed)
-    labels, brightness = _nuclei(p, shape, rng)
+    labels, brightness = nuclei_labels(p, shape, rng)
     nuclei = brightness[labels] * (labels > 0)
     texture = 1.0 + 0.25 * _smooth_noise(shape, 2.0, rng)
     nuclei = nuclei * np.clip(texture, 0.3, None)
@@ -84,8 +84,11 @@ def synth_image(modality: str = "sparse", shape: tuple[int, ...] = (256, 256), s
     return SynthImage(counts.astype(np.float32), labels, centroids, float(np.mean(p.radius)), modality)
 
 
-def _nuclei(p: Modality, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of random ellipses/ellipsoids until ``density`` of the field is covered."""
+def nuclei_labels(p: Modality, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of random ellipses/ellipsoids until ``density`` of the field is covered.
+
+    Returns the labels and a brightness per label (index 0, the background, is 0).
+    """
     labels = np.zeros(shape, dtype=np.int32)
     grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     target = p.density * labels.size

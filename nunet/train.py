@@ -201,7 +201,7 @@ def epoch_order(names: list[str], per_dataset: int, rng: np.random.Generator) ->
 def mask_bank(config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     """Blob-mask target crops (S, crop, crop) with values 0/255."""
     from nunet.io import OTHER_SUFFIXES, TIFF_SUFFIXES, read_image
-    from nunet.synth import PRESETS, _nuclei
+    from nunet.synth import PRESETS, nuclei_labels
 
     masks = []
     for folder in config.mask_dirs:
@@ -216,7 +216,7 @@ def mask_bank(config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     shape = (config.crop, config.crop)
     for _ in range(config.synthetic_masks):
         preset = PRESETS[("sparse", "dense", "uneven")[rng.integers(3)]]
-        labels, _ = _nuclei(preset, shape, rng)
+        labels, _ = nuclei_labels(preset, shape, rng)
         masks.append((labels > 0).astype(np.float32) * 255.0)
     return np.stack(masks).astype(np.float32)
 

@@ -111,3 +111,23 @@ def test_eval_on_a_folder(tmp_path):
                                       "--masks", str(masks), "--radius", "7"])
     assert result.exit_code == 0, result.output
     assert "1 datasets, 1 images" in result.output
+    bad = CliRunner().invoke(app, ["eval", str(tmp_path / "o2"), "--images", str(images)])
+    assert bad.exit_code == 2
+
+
+def test_eval_with_centroid_csv(tmp_path):
+    import tifffile
+
+    images, points = tmp_path / "img", tmp_path / "csv"
+    images.mkdir()
+    points.mkdir()
+    s = synth_image("sparse", (80, 80), seed=6)
+    tifffile.imwrite(images / "b.tif", s.image)
+    (points / "b.csv").write_text("y,x\n" + "".join(f"{y},{x}\n" for y, x in s.centroids))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["eval", str(out), "-m", "nunet-test", "--images", str(images),
+                                      "--centroids", str(points), "--radius", "7"])
+    assert result.exit_code == 0, result.output
+    with (out / "results.csv").open() as fh:
+        raw = next(r for r in csv.DictReader(fh) if r["method"] == "raw")
+    assert raw["cr_before"] == "nan" and float(raw["f1_best"]) > 0.5
