@@ -111,7 +111,7 @@ def load_config(path: Path | None, overrides: dict) -> TrainConfig:
 # ---- data --------------------------------------------------------------------------------
 
 def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
-    from nunet.inference import LUMA
+    from nunet.inference import LUMA, normalise_plane
     from nunet.io import OTHER_SUFFIXES, TIFF_SUFFIXES, read_image
 
     planes = []
@@ -121,28 +121,25 @@ def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
         if "S" in image.axes:
             data = data[..., :3] @ LUMA
         for plane in data.reshape((-1,) + data.shape[-2:]):
-            plane = _to_255(plane)
+            plane = normalise_plane(plane)
             planes.append(255.0 - plane if invert else plane)
     if not planes:
         raise NUNetError(f"{folder}: no readable images")
     return planes
 
 
-def _to_255(plane: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(plane, (0.1, 99.9))
-    return np.clip((plane - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.float32)
-
-
 def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
     """Content planes (0..255) grouped by dataset name."""
+    from nunet.inference import normalise_plane
     from nunet.synth import MODALITIES, PRESETS, synth_image
 
     datasets = {}
     for folder in config.content_dirs:
         datasets[Path(folder).name] = _planes_of(Path(folder), folder in config.invert_dirs)
     for k, modality in enumerate(MODALITIES if config.synthetic_content else ()):
-        planes = [_to_255(synth_image(modality, (config.crop * 2, config.crop * 2), seed=config.seed * 7919 + 31 * i + k)
-                          .image) for i in range(config.synthetic_content)]
+        side = (config.crop * 2, config.crop * 2)
+        planes = [normalise_plane(synth_image(modality, side, seed=config.seed * 7919 + 31 * i + k).image)
+                  for i in range(config.synthetic_content)]
         datasets[f"synthetic-{modality}"] = [255.0 - p if PRESETS[modality].dark_blobs else p for p in planes]
     return datasets
 
