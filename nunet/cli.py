@@ -243,6 +243,8 @@ def train_cmd(
     synthetic_masks: Annotated[Optional[int], typer.Option(help="Synthetic blob masks in the target bank.")]
     = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
+    time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (checkpoint and "
+                                                        "export what was trained; 0: no limit).")] = None,
     content_batch: Annotated[Optional[int], typer.Option(help="Content batch (paper: 16).")] = None,
     target_batch: Annotated[Optional[int], typer.Option(help="Target batch (paper: 128).")] = None,
     crop: Annotated[Optional[int], typer.Option(help="Crop side (px).")] = None,
@@ -269,7 +271,8 @@ def train_cmd(
 
     overrides = {"name": name, "w": w, "content_dirs": content_dir, "mask_dirs": mask_dir,
                  "synthetic_content": synthetic_content, "synthetic_masks": synthetic_masks, "steps": steps,
-                 "content_batch": content_batch, "target_batch": target_batch, "crop": crop, "lr": lr,
+                 "time_limit_s": time_limit, "content_batch": content_batch, "target_batch": target_batch,
+                 "crop": crop, "lr": lr,
                  "seed": seed, "device": device, "backbone": backbone, "vgg_weights": vgg_weights,
                  "download_vgg": download_vgg, "output_dir": output_dir}
     try:

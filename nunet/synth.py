@@ -90,7 +90,6 @@ def nuclei_labels(p: Modality, shape: tuple[int, ...], rng: np.random.Generator)
     Returns the labels and a brightness per label (index 0, the background, is 0).
     """
     labels = np.zeros(shape, dtype=np.int32)
-    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     target = p.density * labels.size
     covered, label = 0, 0
     while covered < target and label < 10_000:
@@ -102,6 +101,10 @@ def nuclei_labels(p: Modality, shape: tuple[int, ...], rng: np.random.Generator)
         if len(shape) == 3:
             axes[0] = radius * 0.8
         angle = rng.uniform(0, np.pi)
+        # Only the ellipse's bounding box can be inside it: evaluate the distance there.
+        reach = int(np.ceil(axes.max())) + 1
+        box = tuple(slice(max(0, int(c) - reach), min(n, int(c) + reach + 1)) for c, n in zip(centre, shape))
+        grids = np.meshgrid(*[np.arange(s.start, s.stop) for s in box], indexing="ij")
         dy, dx = grids[-2] - centre[-2], grids[-1] - centre[-1]
         u = dx * np.cos(angle) + dy * np.sin(angle)
         v = -dx * np.sin(angle) + dy * np.cos(angle)
@@ -109,8 +112,9 @@ def nuclei_labels(p: Modality, shape: tuple[int, ...], rng: np.random.Generator)
         if len(shape) == 3:
             dist = dist + ((grids[0] - centre[0]) / axes[0]) ** 2
         inside = dist <= 1.0
-        covered += int(inside.sum() - (labels[inside] > 0).sum())
-        labels[inside] = label
+        window = labels[box]
+        covered += int(inside.sum() - (window[inside] > 0).sum())
+        window[inside] = label
     brightness = np.concatenate([[0.0], rng.lognormal(0.0, 0.3, label).clip(0.3, 2.0) / 2.0])
     return labels, brightness
 

@@ -15,7 +15,8 @@ matrices precomputed; every step samples ``target_batch`` of them.
 
 Schedule: a dry run trains a fresh network for ``dry_run_steps`` steps with unit weights,
 sets the morphological scale to mean(content) / mean(morphological) over those steps, then a
-new network (same seed) trains from scratch with content + w * scale * morphological.
+new network (same seed) trains from scratch with content + w * scale * morphological, for
+``steps`` steps or until ``time_limit_s`` seconds have passed (the model card says which).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class TrainConfig:
     download_vgg: bool = False
     dry_run_steps: int = 20
     checkpoint_every: int = 200
+    time_limit_s: float = 0.0           # stop (checkpoint, export) after this many seconds; 0: no limit
     output_dir: str = "training"
 
     def validate(self) -> "TrainConfig":
@@ -76,6 +78,8 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise NUNetError(f"config: '{key}' must be >= 1")
+        if self.time_limit_s < 0:
+            raise NUNetError("config: 'time_limit_s' must be >= 0 (0: no limit)")
         if self.w < 0 or self.lr <= 0 or self.crop < 16 or self.crop % 4:
             raise NUNetError("config: need w >= 0, lr > 0 and crop >= 16, a multiple of 4")
         if self.backbone not in BACKBONES:
@@ -311,7 +315,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         net, optimiser = fresh()
     feed = batches(rng)
     started = time.perf_counter()
-    while state.step < config.steps:
+    while state.step < config.steps and not _out_of_time(started, config.time_limit_s):
         c, m, t = _step(net, backbone, targets, next(feed), torch_rng, config, config.w * state.morph_scale,
                         optimiser)
         state.step += 1
@@ -319,10 +323,13 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
                           "total": t, "seconds": round(time.perf_counter() - started, 3)})
         if progress:
             progress(state.step, config.steps, state.log[-1])
-        if state.step % config.checkpoint_every == 0 or state.step == config.steps:
+        if state.step % config.checkpoint_every == 0:
             _checkpoint(checkpoint, net, optimiser, state)
             write_logs(state.log, out_dir)
-    summary = {"steps": state.step, "backbone": backbone.name, "backbone_weights": backbone.weights,
+    _checkpoint(checkpoint, net, optimiser, state)
+    write_logs(state.log, out_dir)
+    summary = {"steps": state.step, "stopped_by_time_limit": state.step < config.steps,
+               "backbone": backbone.name, "backbone_weights": backbone.weights,
                "morph_scale": state.morph_scale, "final_losses": state.log[-1],
                "datasets": {n: len(p) for n, p in datasets.items()}, "target_masks": len(targets),
                "config": asdict(config), "command": command}
@@ -330,6 +337,10 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
                       description=f"NU-Net w={config.w:g}, backbone {backbone.name}", training=summary)
     write_card(out_dir / f"{config.name}.md", config, summary)
     return path
+
+
+def _out_of_time(started: float, limit_s: float) -> bool:
+    return limit_s > 0 and time.perf_counter() - started > limit_s
 
 
 def _checkpoint(path: Path, net, optimiser, state: State) -> None:
@@ -372,11 +383,13 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
 def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
     """The model card: w, backbone and weights, data, steps, losses, the exact command."""
     final = summary["final_losses"]
+    stopped = f" of {config.steps}, stopped by the {config.time_limit_s:g} s time limit" \
+        if summary.get("stopped_by_time_limit") else ""
     lines = [f"# {config.name}", "", f"NU-Net w={config.w:g}, backbone {summary['backbone']}.", "",
              "| field | value |", "|---|---|",
              f"| w | {config.w:g} |",
              f"| backbone | {summary['backbone']} ({summary['backbone_weights']}) |",
-             f"| steps | {summary['steps']} (content batch {config.content_batch}, target batch "
+             f"| steps | {summary['steps']}{stopped} (content batch {config.content_batch}, target batch "
              f"{config.target_batch}, crop {config.crop}, AdamW lr {config.lr:g}) |",
              f"| content datasets | {', '.join(f'{k} ({v} planes)' for k, v in summary['datasets'].items())} |",
              f"| blob-mask targets | {summary['target_masks']} (folders: {', '.join(config.mask_dirs) or 'none'}; "

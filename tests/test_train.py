@@ -142,3 +142,12 @@ def test_resume_continues_the_step_count(tmp_path):
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 6
     with pytest.raises(NUNetError, match="nothing to resume"):
         train(tiny(tmp_path, output_dir=str(tmp_path / "empty")), resume=True)
+
+
+@pytest.mark.slow
+def test_time_limit_stops_early_checkpoints_and_says_so(tmp_path):
+    path = train(tiny(tmp_path, steps=100_000, time_limit_s=1.0, checkpoint_every=100_000))
+    done = load_model(path).metadata["training"]["steps"]
+    assert 0 < done < 100_000
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == done
+    assert f"| steps | {done} of 100000, stopped by the 1 s time limit" in (tmp_path / "run" / "nunet-tiny.md").read_text()
