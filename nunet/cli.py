@@ -32,7 +32,7 @@ TileOpt = Annotated[Optional[int], typer.Option(help="Tile planes larger than th
                                                      "default: planes over 2048x2048).")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (default 1 on CPU, 8 on GPU).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (GPU).")]
+PrecisionOpt = Annotated[str, typer.Option(help="fp32, bf16, fp16 (GPU) or auto (fastest within 1e-2 of fp32).")]
 DtypeOpt = Annotated[str, typer.Option(help="Output pixel type: float32 ([0, 1]), uint8 or uint16 (full range).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-file lines and tracebacks.")]
@@ -42,8 +42,8 @@ def _options(model: str, w: float | None, axes: str | None, channel: str | None,
              batch_size: int | None, device: str, precision: str, dtype: str, overwrite: bool) -> FilterOptions:
     if dtype not in ("float32", "uint8", "uint16"):
         raise typer.BadParameter(f"'{dtype}' is not one of float32, uint8, uint16", param_hint="--dtype")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise typer.BadParameter(f"'{precision}' is not one of fp32, bf16, fp16", param_hint="--precision")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise typer.BadParameter(f"'{precision}' is not one of auto, fp32, bf16, fp16", param_hint="--precision")
     return FilterOptions(model=model, w=w, axes=axes, channel=_parse_channel(channel), tile_size=tile_size,
                          batch_size=batch_size, device=device, precision=precision, dtype=dtype,
                          overwrite=overwrite)

@@ -13,6 +13,20 @@ from torch import nn
 TRAINING_RANGE = (0.0, 255.0)
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """Affine InstanceNorm2d that computes in fp32 even under autocast (its output is fp32).
+
+    Under bf16/fp16 autocast the convolutions run in low precision while every normalisation,
+    statistics included, stays in fp32; the next convolution casts back.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.instance_norm(x.float(), weight=self.weight, bias=self.bias, eps=self.eps)
+
+
 class ConvLayer(nn.Module):
     """Reflection padding of ``kernel_size // 2`` followed by a convolution."""
 
@@ -43,9 +57,9 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv1 = ConvLayer(channels, channels, 3)
-        self.in1 = nn.InstanceNorm2d(channels, affine=True)
+        self.in1 = InstanceNorm(channels)
         self.conv2 = ConvLayer(channels, channels, 3)
-        self.in2 = nn.InstanceNorm2d(channels, affine=True)
+        self.in2 = InstanceNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.in1(self.conv1(x)))
@@ -63,20 +77,20 @@ class NUNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = ConvLayer(1, 32, 9)
-        self.in1 = nn.InstanceNorm2d(32, affine=True)
+        self.in1 = InstanceNorm(32)
         self.conv2 = ConvLayer(32, 64, 3, stride=2)
-        self.in2 = nn.InstanceNorm2d(64, affine=True)
+        self.in2 = InstanceNorm(64)
         self.conv3 = ConvLayer(64, 128, 3, stride=2)
-        self.in3 = nn.InstanceNorm2d(128, affine=True)
+        self.in3 = InstanceNorm(128)
         self.res1 = ResidualBlock(128)
         self.res2 = ResidualBlock(128)
         self.res3 = ResidualBlock(128)
         self.res4 = ResidualBlock(128)
         self.res5 = ResidualBlock(128)
         self.deconv1 = UpsampleConvLayer(128, 64, 3)
-        self.in4 = nn.InstanceNorm2d(64, affine=True)
+        self.in4 = InstanceNorm(64)
         self.deconv2 = UpsampleConvLayer(64, 32, 3)
-        self.in5 = nn.InstanceNorm2d(32, affine=True)
+        self.in5 = InstanceNorm(32)
         self.deconv3 = ConvLayer(32, 1, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

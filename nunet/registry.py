@@ -73,7 +73,8 @@ def model_dirs() -> list[Path]:
 def list_models() -> list[ModelEntry]:
     """Return every registered model, first occurrence of each name in search order.
 
-    Files that are not nunet TorchScript models are ignored.
+    Files that are not nunet TorchScript models are ignored. Sorted by w (models without a w
+    last), then name.
     """
     entries: dict[str, ModelEntry] = {}
     for folder in model_dirs():
@@ -85,7 +86,7 @@ def list_models() -> list[ModelEntry]:
             name = str(metadata.get("name") or path.stem)
             card = path.with_suffix(".md")
             entries.setdefault(name, ModelEntry(name, path, card if card.is_file() else None, metadata))
-    return list(entries.values())
+    return sorted(entries.values(), key=lambda e: (e.w is None, e.w or 0.0, e.name))
 
 
 def _looks_like_path(name_or_path: str) -> bool:

@@ -56,7 +56,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
-    backbone: str = "random-vgg19"
+    backbone: str = "random-multiscale"
     vgg_weights: str | None = None
     download_vgg: bool = False
     dry_run_steps: int = 20

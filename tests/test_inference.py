@@ -159,12 +159,27 @@ def test_w_blends_registered_models(tmp_path, monkeypatch):
     from nunet import save_model
     from nunet.model import untrained
 
-    for seed, w in ((2, 5.0), (3, 10.0)):
-        save_model(untrained(seed), tmp_path / f"nunet-w{w:g}.pt", name=f"nunet-w{w:g}", w=w)
+    # w values above the shipped models' (5..10), so the bracketing pair is these two
+    for seed, w in ((2, 11.0), (3, 21.0)):
+        save_model(untrained(seed), tmp_path / f"test-w{w:g}.pt", name=f"test-w{w:g}", w=w)
     monkeypatch.setenv("NUNET_MODEL_PATH", str(tmp_path))
     img = blobs((32, 40))
-    a, b = enhance(img, "nunet-w5"), enhance(img, "nunet-w10")
-    np.testing.assert_allclose(enhance(img, w=6.0), 0.8 * a + 0.2 * b, atol=1e-5)
-    np.testing.assert_allclose(enhance(img, w=10), b, atol=1e-6)
-    with pytest.raises(ModelError, match="w=12 is outside"):
-        enhance(img, w=12)
+    a, b = enhance(img, "test-w11"), enhance(img, "test-w21")
+    np.testing.assert_allclose(enhance(img, w=13.0), 0.8 * a + 0.2 * b, atol=1e-5)
+    np.testing.assert_allclose(enhance(img, w=21), b, atol=1e-6)
+    with pytest.raises(ModelError, match="w=22 is outside"):
+        enhance(img, w=22)
+
+
+def test_auto_precision_stays_within_tolerance_of_fp32():
+    from nunet import load_model
+    from nunet.inference import AUTO_TOLERANCE, choose_precision
+    from nunet.synth import MODALITIES, synth_image
+
+    chosen = choose_precision(load_model("nunet-w8"), "cpu")
+    assert chosen in ("fp32", "bf16")
+    for k, modality in enumerate(MODALITIES):
+        image = synth_image(modality, (200, 184), seed=40 + k).image
+        reference = enhance(image, "nunet-w8", device="cpu", precision="fp32")
+        auto = enhance(image, "nunet-w8", device="cpu", precision="auto")
+        assert np.abs(auto - reference).max() <= AUTO_TOLERANCE, modality

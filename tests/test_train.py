@@ -96,6 +96,7 @@ def test_config_validation(tmp_path):
 def tiny(tmp_path, **extra):
     values = {"name": "nunet-tiny", "w": 5.0, "synthetic_content": 2, "synthetic_masks": 8, "content_batch": 2,
               "target_batch": 4, "crop": 48, "lr": 1e-3, "dry_run_steps": 3, "device": "cpu",
+              "backbone": "random-vgg19",
               "output_dir": str(tmp_path / "run"), **extra}
     return load_config(None, values)
 
@@ -150,4 +151,5 @@ def test_time_limit_stops_early_checkpoints_and_says_so(tmp_path):
     done = load_model(path).metadata["training"]["steps"]
     assert 0 < done < 100_000
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == done
-    assert f"| steps | {done} of 100000, stopped by the 1 s time limit" in (tmp_path / "run" / "nunet-tiny.md").read_text()
+    card = (tmp_path / "run" / "nunet-tiny.md").read_text()
+    assert f"| steps | {done} of 100000, stopped by the 1 s time limit" in card
