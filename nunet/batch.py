@@ -14,6 +14,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,36 +127,66 @@ def filter_file(input_path: Path, output: Path, options: FilterOptions, model=No
     dry_run : bool
         Only report what would be done.
     """
-    from nunet.inference import filter_image
-    from nunet.io import convert_dtype, read_image, with_data, write_image
+    record, image = _read(input_path, output, options, dry_run)
+    return _write(record, _filter(record, image, options, model, progress), output, options)
 
-    record = FileRecord(str(input_path), str(output), "ok")
+
+# The three stages of a file. Each adds its time to ``record.seconds`` and turns any error into
+# a failed record; a stage after a failed (or skipped) one does nothing.
+
+@contextmanager
+def _stage(record: FileRecord):
     start = time.perf_counter()
     try:
+        yield
+    except NUNetError as exc:
+        _fail(record, str(exc))
+    except Exception as exc:  # a batch must go on past any bad file
+        _fail(record, f"{record.input}: {type(exc).__name__}: {exc}".splitlines()[0])
+    finally:
+        record.seconds = round(record.seconds + time.perf_counter() - start, 4)
+
+
+def _read(input_path: Path, output: Path, options: FilterOptions, dry_run: bool):
+    from nunet.io import read_image, with_data
+
+    record, image = FileRecord(str(input_path), str(output), "ok"), None
+    with _stage(record):
         if output.resolve() == input_path.resolve():
             raise ImageWriteError(f"{output}: output would overwrite the input; choose another name or folder")
         if output.exists() and not options.overwrite:
             record.status = "skipped"
-            return record
-        if dry_run:
+        elif dry_run:
             record.status = "dry-run"
-            return record
-        image = read_image(input_path)
-        if options.axes:
-            image = with_data(image, image.data, options.axes)
-        record.shape, record.axes = list(image.data.shape), image.axes
-        result = filter_image(image, model if model is not None else options.model, w=options.w,
-                              channel=options.channel, tile_size=options.tile_size,
-                              batch_size=options.batch_size, device=options.device,
-                              precision=options.precision, progress=progress)
-        result = with_data(result, convert_dtype(result.data, options.dtype), result.axes)
-        write_image(result, output, overwrite=options.overwrite)
-    except NUNetError as exc:
-        _fail(record, str(exc))
-    except Exception as exc:  # a batch must go on past any bad file
-        _fail(record, f"{input_path}: {type(exc).__name__}: {exc}".splitlines()[0])
-    finally:
-        record.seconds = round(time.perf_counter() - start, 4)
+        else:
+            image = read_image(input_path)
+            if options.axes:
+                image = with_data(image, image.data, options.axes)
+            record.shape, record.axes = list(image.data.shape), image.axes
+    return record, image
+
+
+def _filter(record: FileRecord, image, options: FilterOptions, model, progress: bool):
+    from nunet.inference import filter_image
+    from nunet.io import convert_dtype, with_data
+
+    result = None
+    if image is not None:
+        with _stage(record):
+            result = filter_image(image, model if model is not None else options.model, w=options.w,
+                                  channel=options.channel, tile_size=options.tile_size,
+                                  batch_size=options.batch_size, device=options.device,
+                                  precision=options.precision, progress=progress)
+            result = with_data(result, convert_dtype(result.data, options.dtype), result.axes)
+    return result if record.status == "ok" else None
+
+
+def _write(record: FileRecord, result, output: Path, options: FilterOptions) -> FileRecord:
+    from nunet.io import write_image
+
+    if result is not None:
+        with _stage(record):
+            write_image(result, output, overwrite=options.overwrite)
     return record
 
 
@@ -213,22 +244,56 @@ def run_batch(input_dir: Path, output_dir: Path, options: FilterOptions, *,
     model_tag = f"w{options.w:g}" if options.w is not None else model.name if model is not None else str(options.model)
     if on_start:
         on_start(len(inputs))
-    records: list[FileRecord] = []
     claimed: dict[Path, Path] = {}
+    jobs: list[tuple[Path, Path, str | None]] = []
     for path in inputs:
         try:
             out = output_path(path, input_dir, output_dir, template, model_tag)
         except ValueError as exc:
             raise NUNetError(str(exc)) from exc
-        if out in claimed:
-            record = FileRecord(str(path), str(out), "failed",
-                                error=f"{path}: output name {out.name} already used by {claimed[out].name}")
-        else:
-            claimed[out] = path
-            record = filter_file(path, out, options, model=model, dry_run=dry_run)
-        records.append(record)
+        clash = f"{path}: output name {out.name} already used by {claimed[out].name}" if out in claimed else None
+        claimed.setdefault(out, path)
+        jobs.append((path, out, clash))
+    return _pipeline(jobs, options, model, dry_run, on_file)
+
+
+def _pipeline(jobs: list[tuple[Path, Path, str | None]], options: FilterOptions, model, dry_run: bool,
+              on_file: Callable[[FileRecord], None] | None) -> list[FileRecord]:
+    """Filter ``jobs`` (input, output, error) in order, reading ahead and writing behind.
+
+    A reader thread loads the next file while the current one is filtered, and a writer thread
+    saves the previous result, so a folder runs at the network's speed rather than network +
+    I/O. At most one file is read ahead and two wait to be written, which bounds memory.
+    """
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def read(job: tuple[Path, Path, str | None]):
+        path, out, clash = job
+        if clash:
+            return FileRecord(str(path), str(out), "failed", error=clash), None
+        return _read(path, out, options, dry_run)
+
+    records: list[FileRecord] = []
+    writes: deque[Future] = deque()
+
+    def finish(future: Future) -> None:
+        records.append(future.result())
         if on_file:
-            on_file(record)
+            on_file(records[-1])
+
+    with ThreadPoolExecutor(1, thread_name_prefix="nunet-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="nunet-write") as writer:
+        ahead = reader.submit(read, jobs[0]) if jobs else None
+        for i, (_, out, _) in enumerate(jobs):
+            record, image = ahead.result()
+            ahead = reader.submit(read, jobs[i + 1]) if i + 1 < len(jobs) else None
+            result = _filter(record, image, options, model, progress=False)
+            writes.append(writer.submit(_write, record, result, out, options))
+            while writes and (writes[0].done() or len(writes) > 2):
+                finish(writes.popleft())
+        while writes:
+            finish(writes.popleft())
     return records
 
 

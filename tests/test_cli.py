@@ -194,3 +194,22 @@ def test_console_scripts_and_models_table(folder, tmp_path, model_dir):
     assert (tmp_path / "out" / "photo.tif").is_file()
     usage = subprocess.run([bindir / "nunet-batch"], capture_output=True, text=True, env=env)
     assert usage.returncode == 2
+
+
+def test_batch_pipeline_keeps_order_and_matches_single_file_results(tmp_path, model):
+    from nunet.batch import FilterOptions, run_batch
+
+    src = tmp_path / "in"
+    src.mkdir()
+    names = [f"img{i:02d}.tif" for i in range(7)]
+    for i, name in enumerate(names):
+        tifffile.imwrite(src / name, blobs((24 + 4 * i, 28)).astype(np.float32))
+    (src / "img03.tif").write_bytes(b"II*\x00garbage")  # a bad file in the middle
+    seen: list[str] = []
+    records = run_batch(src, tmp_path / "out", FilterOptions(model="nunet-test", device="cpu"),
+                        on_file=lambda r: seen.append(Path(r.input).name))
+    assert [Path(r.input).name for r in records] == names == seen
+    assert [r.status for r in records] == ["ok"] * 3 + ["failed"] + ["ok"] * 3
+    for name in names[:3] + names[4:]:
+        expected = enhance(tifffile.imread(src / name), model, device="cpu")
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / name), expected)
