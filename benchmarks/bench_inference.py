@@ -4,10 +4,14 @@ Prints:
 - the machine's fp32 matmul GFLOP/s (the ceiling) and NU-Net's GFLOP per plane;
 - ms/plane at 400x400 for eager and TorchScript modules, over batch sizes and thread counts,
   with the achieved GFLOP/s and its ratio to the ceiling (target >= 0.5);
+- ms/plane per precision (fp32, bf16 autocast, and what ``auto`` picks) with the ratio to fp32;
+- a folder batch (``run_batch`` on TIFFs) against the sum of the network's compute time on the
+  same images (target: wall within 10% of compute, i.e. I/O hidden by the reader/writer threads);
 - peak resident memory of a seam-free tiled plane (default 8192x8192; slow on 2 cores);
 - a scipy Difference-of-Gaussians ms/plane for scale.
 
-Usage: ``python benchmarks/bench_inference.py [--size 400] [--tiled-size 8192] [--repeats 5]``
+Usage: ``python benchmarks/bench_inference.py [--size 400] [--tiled-size 8192] [--repeats 5]
+[--files 8]``
 """
 
 from __future__ import annotations
@@ -85,6 +89,54 @@ print(json.dumps({{"seconds": time.perf_counter() - start,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def precision_rows(size: int, repeats: int) -> None:
+    """ms/plane of the full ``enhance`` path per precision, and the ratio to fp32."""
+    from nunet import enhance, load_model
+    from nunet.inference import choose_precision
+    from nunet.synth import synth_image
+
+    plane = synth_image("dense", (size, size), seed=3).image
+    chosen = choose_precision(load_model("nunet-w8", device="cpu"), "cpu")
+    print(f"\nenhance() on one {size}x{size} plane, nunet-w8, CPU (auto picks {chosen}):")
+    base = None
+    for precision in ("fp32", "bf16", "auto"):
+        ms = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", precision=precision), repeats)
+        base = base or ms
+        print(f"  {precision:<5} {ms:8.1f} ms/plane  {base / ms:5.2f}x fp32  (target <= 150 ms with auto)")
+
+
+def batch_overhead(files: int, size: int) -> None:
+    """Wall time of a folder batch against the sum of the network's compute on the same images."""
+    import tempfile
+    from pathlib import Path
+
+    import tifffile
+
+    from nunet.batch import FilterOptions, run_batch
+    from nunet.inference import filter_image
+    from nunet.io import read_image
+    from nunet.synth import synth_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        for i in range(files):
+            stack = np.stack([synth_image("sparse", (size, size), seed=50 + 2 * i + z).image for z in range(2)])
+            tifffile.imwrite(src / f"img{i:02d}.tif", stack.astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})
+        images = [read_image(p) for p in sorted(src.glob("*.tif"))]
+        filter_image(images[0], "nunet-w8", device="cpu")  # warm-up
+        start = time.perf_counter()
+        for image in images:
+            filter_image(image, "nunet-w8", device="cpu")
+        compute = time.perf_counter() - start
+        start = time.perf_counter()
+        records = run_batch(src, Path(tmp) / "out", FilterOptions(model="nunet-w8", device="cpu"))
+        wall = time.perf_counter() - start
+    assert all(r.status == "ok" for r in records)
+    print(f"\nfolder batch, {files} TIFFs of 2x{size}x{size}: wall {wall:.2f} s, network compute alone "
+          f"{compute:.2f} s: wall / compute = {wall / compute:.3f} (target <= 1.10)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=400, help="plane side for the speed figures")
@@ -92,6 +144,7 @@ def main() -> None:
                         "(0 skips it; 8192 takes tens of minutes on 2 cores)")
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--files", type=int, default=8, help="TIFFs in the folder-batch figure")
     args = parser.parse_args()
 
     import scipy.ndimage as ndi
@@ -128,6 +181,9 @@ def main() -> None:
     plane = np.random.default_rng(0).random((args.size, args.size), dtype=np.float32)
     dog_ms = best_ms(lambda: ndi.gaussian_filter(plane, 2.0) - ndi.gaussian_filter(plane, 3.2), args.repeats)
     print(f"scipy DoG (sigma 2, 3.2): {dog_ms:.2f} ms/plane; NU-Net / DoG = {best[3] / dog_ms:.0f}x")
+
+    precision_rows(args.size, args.repeats)
+    batch_overhead(args.files, args.size)
 
     if args.tiled_size:
         mem = tiled_peak_memory(args.tiled_size, args.tile)
