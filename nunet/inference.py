@@ -290,7 +290,7 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
         precision = choose_precision(loaded, device)
     count, height, width = planes.shape
     if batch_size is None:
-        batch_size = 1 if device == "cpu" else 8
+        batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ph, pw = padded_shape(height, width)
@@ -317,12 +317,17 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
 _CHOSEN: dict[tuple[int, str], str] = {}
 
 
+def default_batch_size(device: str) -> int:
+    """Planes per forward pass: 1 on a CPU (measured: larger batches are slower per plane), else 8."""
+    return 1 if device == "cpu" else 8
+
+
 def choose_precision(loaded: "LoadedModel", device: str) -> str:
     """The precision ``auto`` picks for a model on a device (measured once, then cached).
 
     Candidates: fp32, plus bf16 on a CPU with native bf16, plus fp16 and bf16 on CUDA. Each is
-    timed (best of 3, after a warm-up) on a 256x256 synthetic nuclei plane; the fastest whose
-    output stays within ``AUTO_TOLERANCE`` of fp32 wins.
+    timed (best of 3, after a warm-up) on the device's default batch of a 256x256 synthetic
+    nuclei plane; the fastest whose output stays within ``AUTO_TOLERANCE`` of fp32 wins.
     """
     import time
 
@@ -340,15 +345,15 @@ def choose_precision(loaded: "LoadedModel", device: str) -> str:
     elif kind == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         candidates.append("bf16")
     plane = normalise_plane(synth_image("dense", (256, 256), seed=0).image)
-    x = torch.from_numpy(plane)[None, None].to(device)
+    batch = np.repeat(plane[None, None], default_batch_size(device), axis=0)
+    x = torch.from_numpy(batch).to(device)
     results = {}
     for precision in candidates:
         with torch.inference_mode(), _autocast(device, precision):
             times = []
             for _ in range(4):
                 start = time.perf_counter()
-                y = loaded.module(x).float().clamp(0.0, 255.0) / 255.0
-                y = y.cpu()
+                y = (loaded.module(x).float().clamp(0.0, 255.0) / 255.0).cpu()
                 times.append(time.perf_counter() - start)
         results[precision] = (min(times[1:]), y)
     reference = results["fp32"][1]
