@@ -242,6 +242,8 @@ def train_cmd(
     synthetic_content: Annotated[Optional[int], typer.Option(help="Synthetic images per modality.")] = None,
     synthetic_masks: Annotated[Optional[int], typer.Option(help="Synthetic blob masks in the target bank.")]
     = None,
+    separate_touching: Annotated[Optional[bool], typer.Option("--separate-touching", help="Cut touching "
+                                                               "target labels apart by a 1 px gap.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
     time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (checkpoint and "
                                                         "export what was trained; 0: no limit).")] = None,
@@ -270,7 +272,8 @@ def train_cmd(
     from nunet.train import load_config, train
 
     overrides = {"name": name, "w": w, "content_dirs": content_dir, "mask_dirs": mask_dir,
-                 "synthetic_content": synthetic_content, "synthetic_masks": synthetic_masks, "steps": steps,
+                 "synthetic_content": synthetic_content, "synthetic_masks": synthetic_masks,
+                 "separate_touching": separate_touching, "steps": steps,
                  "time_limit_s": time_limit, "content_batch": content_batch, "target_batch": target_batch,
                  "crop": crop, "lr": lr,
                  "seed": seed, "device": device, "backbone": backbone, "vgg_weights": vgg_weights,

@@ -48,6 +48,7 @@ class TrainConfig:
     synthetic_content: int = 0          # synthetic images per modality (0: none)
     mask_dirs: list[str] = field(default_factory=list)
     synthetic_masks: int = 128          # synthetic blob masks in the target bank (0: none)
+    separate_touching: bool = False     # cut touching labels of the targets apart (1 px gap)
     steps: int = 2000
     crops_per_dataset: int = 64         # per epoch
     content_batch: int = 16
@@ -199,6 +200,24 @@ def epoch_order(names: list[str], per_dataset: int, rng: np.random.Generator) ->
     return order
 
 
+def binary_mask(labels: np.ndarray, separate_touching: bool = False) -> np.ndarray:
+    """Foreground (label > 0) as float32 0/1; optionally without the pixels where two labels touch.
+
+    With ``separate_touching``, a pixel is background when one of its 8 neighbours carries another
+    non-zero label, so touching objects stay apart in the binary target (a binary mask made of one
+    label value is unchanged).
+    """
+    from scipy import ndimage as ndi
+
+    labels = np.asarray(labels).astype(np.int64)
+    foreground = labels > 0
+    if separate_touching:
+        largest_neighbour = ndi.grey_dilation(labels, size=3)
+        smallest_neighbour = ndi.grey_erosion(np.where(foreground, labels, labels.max() + 1), size=3)
+        foreground &= (largest_neighbour <= labels) & (smallest_neighbour >= labels)
+    return foreground.astype(np.float32)
+
+
 def mask_bank(config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     """Blob-mask target crops (S, crop, crop) with values 0/255."""
     from nunet.io import OTHER_SUFFIXES, TIFF_SUFFIXES, read_image
@@ -212,13 +231,13 @@ def mask_bank(config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
         for path in files:
             data = read_image(path).data
             for plane in data.reshape((-1,) + data.shape[-2:]):
-                binary = (plane > 0).astype(np.float32) * 255.0
+                binary = binary_mask(plane, config.separate_touching) * 255.0
                 masks.append((random_crop(binary, config.crop, rng, (0.75, 1.33)) > 127) * 255.0)
     shape = (config.crop, config.crop)
     for _ in range(config.synthetic_masks):
         preset = PRESETS[("sparse", "dense", "uneven")[rng.integers(3)]]
         labels, _ = nuclei_labels(preset, shape, rng)
-        masks.append((labels > 0).astype(np.float32) * 255.0)
+        masks.append(binary_mask(labels, config.separate_touching) * 255.0)
     return np.stack(masks).astype(np.float32)
 
 

@@ -153,3 +153,18 @@ def test_time_limit_stops_early_checkpoints_and_says_so(tmp_path):
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == done
     card = (tmp_path / "run" / "nunet-tiny.md").read_text()
     assert f"| steps | {done} of 100000, stopped by the 1 s time limit" in card
+
+
+def test_binary_mask_can_cut_touching_labels_apart():
+    from scipy import ndimage as ndi
+
+    from nunet.train import binary_mask
+
+    labels = np.zeros((12, 20), dtype=np.int32)
+    labels[2:10, 2:10], labels[2:10, 10:18] = 1, 2          # two touching squares
+    assert ndi.label(binary_mask(labels))[1] == 1
+    separated = binary_mask(labels, separate_touching=True)
+    assert ndi.label(separated)[1] == 2
+    assert separated.sum() == labels.astype(bool).sum() - 2 * 8   # only the two touching columns go
+    single = (labels > 0).astype(np.uint8) * 255                # a binary mask: unchanged
+    np.testing.assert_array_equal(binary_mask(single, separate_touching=True), single > 0)
