@@ -19,8 +19,8 @@ an alpha sample is dropped.
 Precision
 ---------
 ``fp32`` is the reference. ``bf16`` (CPU with native bf16, or GPU) and ``fp16`` (GPU) run the
-convolutions under autocast; InstanceNorm statistics stay in fp32 (autocast computes norms in
-fp32). ``auto`` measures, once per model and device in a process, fp32 and every candidate on
+convolutions under autocast; NU-Net's InstanceNorm layers compute in fp32 whatever the autocast
+(:class:`nunet.model.InstanceNorm`). ``auto`` measures, once per model and device in a process, fp32 and every candidate on
 a synthetic nuclei plane, and keeps the fastest whose [0, 1] output differs from fp32 by at most
 ``AUTO_TOLERANCE`` (max abs).
 """
@@ -314,7 +314,7 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
     return out
 
 
-_CHOSEN: dict[tuple[int, str], str] = {}
+_CHOSEN: dict[tuple[str, str], str] = {}
 
 
 def default_batch_size(device: str) -> int:
@@ -335,7 +335,7 @@ def choose_precision(loaded: "LoadedModel", device: str) -> str:
 
     from nunet.synth import synth_image
 
-    key = (id(loaded.module), device)
+    key = (str(loaded.path), device)
     if key in _CHOSEN:
         return _CHOSEN[key]
     kind = device.split(":")[0]
