@@ -39,6 +39,7 @@ class FilterOptions:
     batch_size: int | None = None
     device: str = "auto"
     precision: str = "fp32"
+    invert: bool = False
     dtype: str = "float32"
     overwrite: bool = False
 
@@ -176,7 +177,7 @@ def _filter(record: FileRecord, image, options: FilterOptions, model, progress: 
             result = filter_image(image, model if model is not None else options.model, w=options.w,
                                   channel=options.channel, tile_size=options.tile_size,
                                   batch_size=options.batch_size, device=options.device,
-                                  precision=options.precision, progress=progress)
+                                  precision=options.precision, invert=options.invert, progress=progress)
             result = with_data(result, convert_dtype(result.data, options.dtype), result.axes)
     return result if record.status == "ok" else None
 

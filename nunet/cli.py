@@ -34,19 +34,22 @@ BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(help="fp32, bf16, fp16 (GPU) or auto (fastest within 1e-2 of fp32).")]
 DtypeOpt = Annotated[str, typer.Option(help="Output pixel type: float32 ([0, 1]), uint8 or uint16 (full range).")]
+InvertOpt = Annotated[bool, typer.Option("--invert", help="Dark nuclei on a bright background (THG, "
+                                                         "bright-field): flip each plane before filtering.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-file lines and tracebacks.")]
 
 
 def _options(model: str, w: float | None, axes: str | None, channel: str | None, tile_size: int | None,
-             batch_size: int | None, device: str, precision: str, dtype: str, overwrite: bool) -> FilterOptions:
+             batch_size: int | None, device: str, precision: str, invert: bool, dtype: str,
+             overwrite: bool) -> FilterOptions:
     if dtype not in ("float32", "uint8", "uint16"):
         raise typer.BadParameter(f"'{dtype}' is not one of float32, uint8, uint16", param_hint="--dtype")
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise typer.BadParameter(f"'{precision}' is not one of auto, fp32, bf16, fp16", param_hint="--precision")
     return FilterOptions(model=model, w=w, axes=axes, channel=_parse_channel(channel), tile_size=tile_size,
-                         batch_size=batch_size, device=device, precision=precision, dtype=dtype,
-                         overwrite=overwrite)
+                         batch_size=batch_size, device=device, precision=precision, invert=invert,
+                         dtype=dtype, overwrite=overwrite)
 
 
 def _parse_channel(text: str | None) -> int | list[int] | None:
@@ -83,14 +86,16 @@ def filter_cmd(
     output: Annotated[Path, typer.Argument(help="Output ImageJ TIFF.")],
     model: ModelOpt = DEFAULT_MODEL, w: StrengthOpt = None, axes: AxesOpt = None, channel: ChannelOpt = None,
     tile_size: TileOpt = None, batch_size: BatchOpt = None, device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32", dtype: DtypeOpt = "float32", overwrite: OverwriteOpt = False,
+    precision: PrecisionOpt = "fp32", invert: InvertOpt = False, dtype: DtypeOpt = "float32",
+    overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Filter one image into a calibrated ImageJ TIFF."""
     from nunet.batch import filter_file
     from nunet.inference import get_model, resolve_device
 
-    options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, dtype, overwrite)
+    options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype,
+                       overwrite)
     try:
         loaded = None if options.w is not None else get_model(options.model, resolve_device(options.device))
     except NUNetError as exc:
@@ -121,6 +126,7 @@ def batch(
              "when OUTPUT_DIR is INPUT_DIR).")] = None,
     axes: AxesOpt = None, channel: ChannelOpt = None, tile_size: TileOpt = None,
     batch_size: BatchOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    invert: InvertOpt = False,
     dtype: DtypeOpt = "float32", overwrite: OverwriteOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; write nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Write a JSON report, one record per file.")] = None,
@@ -131,7 +137,8 @@ def batch(
 
     from nunet.batch import run_batch, write_report
 
-    options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, dtype, overwrite)
+    options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype,
+                       overwrite)
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
                         disable=dry_run)

@@ -228,7 +228,8 @@ def register() -> None:
             planes = [np.asarray(p) for p in request.get("planes")]
             width, height = int(request.get("width")), int(request.get("height"))
             header = {key: cast(str(request.get(key))) for key, cast in
-                      (("model", str), ("w", float), ("tile_size", int), ("device", str))
+                      (("model", str), ("w", float), ("tile_size", int), ("device", str),
+                       ("invert", lambda text: text.lower() in ("true", "1")))  # Jython's True: 1
                       if request.get(key) is not None}
             stack = np.stack(planes).reshape((-1, height, width))
             result = JClass("java.util.ArrayList")()

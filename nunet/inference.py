@@ -7,7 +7,9 @@ Each YX plane is mapped linearly so that its 0.1 and 99.9 percentiles become 0 a
 convolution is followed by InstanceNorm, the network barely depends on the input's gain
 and offset: the percentiles only decide which rare outliers (hot pixels) are clipped.
 A constant plane is mapped to 0. The output is clipped to 0..255 and divided by 255,
-giving float32 in [0, 1].
+giving float32 in [0, 1]. NU-Net enhances bright objects on a dark background; with
+``invert`` the normalised plane is flipped (255 - x) first, for dark nuclei on a bright
+background (THG, bright-field), as the paper did for its dark-blob training sets.
 
 Geometry
 --------
@@ -20,9 +22,9 @@ Precision
 ---------
 ``fp32`` is the reference. ``bf16`` (CPU with native bf16, or GPU) and ``fp16`` (GPU) run the
 convolutions under autocast; NU-Net's InstanceNorm layers compute in fp32 whatever the autocast
-(:class:`nunet.model.InstanceNorm`). ``auto`` measures, once per model and device in a process, fp32 and every candidate on
-a synthetic nuclei plane, and keeps the fastest whose [0, 1] output differs from fp32 by at most
-``AUTO_TOLERANCE`` (max abs).
+(:class:`nunet.model.InstanceNorm`). ``auto`` measures, once per model and device in a process,
+fp32 and every candidate on a synthetic nuclei plane, and keeps the fastest whose [0, 1] output
+differs from fp32 by at most ``AUTO_TOLERANCE`` (max abs).
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def _select_channels(data: np.ndarray, axes: str, channel: int | Sequence[int] |
 def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
                  w: float | None = None, channel: int | Sequence[int] | None = None, tile_size: int | None = None,
                  batch_size: int | None = None, device: str = "auto", precision: str = "fp32",
-                 percentiles: tuple[float, float] = PERCENTILES, progress: bool = False) -> Image:
+                 percentiles: tuple[float, float] = PERCENTILES, invert: bool = False,
+                 progress: bool = False) -> Image:
     """Filter every YX plane of an :class:`~nunet.io.Image`; keep its calibration.
 
     Returns
@@ -165,7 +168,7 @@ def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAUL
     lead_shape = moved.shape[:-2]
     planes = moved.reshape((-1,) + moved.shape[-2:])
     out = filter_planes(planes, model, w=w, tile_size=tile_size, batch_size=batch_size, device=device,
-                        precision=precision, percentiles=percentiles, progress=progress)
+                        precision=precision, percentiles=percentiles, invert=invert, progress=progress)
     out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
     return with_data(image, out, axes)
 
@@ -174,7 +177,7 @@ def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel
             w: float | None = None, axes: str | None = None, channel: int | Sequence[int] | None = None,
             tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
             precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
-            progress: bool = False) -> np.ndarray:
+            invert: bool = False, progress: bool = False) -> np.ndarray:
     """Filter an image with NU-Net.
 
     Parameters
@@ -205,6 +208,8 @@ def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel
         (see module docstring).
     percentiles : (float, float)
         Input percentiles mapped to 0 and 255 (see module docstring).
+    invert : bool
+        The image has dark nuclei on a bright background: flip it after normalisation.
     progress : bool
         Show a progress bar over planes.
 
@@ -222,7 +227,8 @@ def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel
             raise TypeError(f"unsupported image dtype {data.dtype}")
         img = Image(data, check_axes(axes, data.shape, "image") if axes else guess_axes(data.shape))
     return filter_image(img, model, w=w, channel=channel, tile_size=tile_size, batch_size=batch_size,
-                        device=device, precision=precision, percentiles=percentiles, progress=progress).data
+                        device=device, precision=precision, percentiles=percentiles, invert=invert,
+                        progress=progress).data
 
 
 def blend_weights(w: float, available: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -277,7 +283,7 @@ def filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel" =
 def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel", *,
                    tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
                    precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
-                   progress: bool = False) -> np.ndarray:
+                   invert: bool = False, progress: bool = False) -> np.ndarray:
     import torch
 
     if precision not in PRECISIONS:
@@ -303,6 +309,8 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
         for start in starts:
             stop = min(count, start + batch_size)
             batch = np.stack([pad_plane(normalise_plane(p, percentiles)) for p in planes[start:stop]])
+            if invert:
+                batch = 255.0 - batch
             x = torch.from_numpy(batch[:, None]).to(device)
             if tiled:
                 y = _tiled(loaded.module, x, tile_size or AUTO_TILE_SIZE)

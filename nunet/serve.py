@@ -27,7 +27,7 @@ import numpy as np
 from nunet._version import __version__
 from nunet.errors import NUNetError
 
-FILTER_KEYS = ("model", "w", "tile_size", "device", "precision", "batch_size")
+FILTER_KEYS = ("model", "w", "tile_size", "device", "precision", "batch_size", "invert")
 
 
 def handle_request(header: dict, planes: np.ndarray) -> np.ndarray:

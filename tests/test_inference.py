@@ -183,3 +183,9 @@ def test_auto_precision_stays_within_tolerance_of_fp32():
         reference = enhance(image, "nunet-w8", device="cpu", precision="fp32")
         auto = enhance(image, "nunet-w8", device="cpu", precision="auto")
         assert np.abs(auto - reference).max() <= AUTO_TOLERANCE, modality
+
+
+def test_invert_filters_the_flipped_image(model):
+    img = blobs((36, 40))
+    np.testing.assert_allclose(enhance(img, model, invert=True), enhance(img.max() - img, model), atol=1e-5)
+    assert np.abs(enhance(img, model, invert=True) - enhance(img, model)).max() > 0.05

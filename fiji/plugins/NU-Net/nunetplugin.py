@@ -10,6 +10,7 @@
 #   device    auto, cpu, cuda or mps
 #   output    32-bit ([0, 1]), 16-bit or 8-bit (scaled to the full range)
 #   replace   (flag) replace the current image instead of creating "NU-Net of <title>"
+#   invert    (flag) dark nuclei on a bright background (THG, bright-field): flip before filtering
 #
 # Inside a Python session that called nunet.fiji.register() the filter runs in-process.
 # Otherwise the plugin starts one `python -m nunet serve` worker (the Python recorded by
@@ -31,7 +32,7 @@ from jarray import zeros
 TITLE = "NU-Net Filter"
 INPROCESS_KEY = "nunet.filter"
 WORKER_KEY = "nunet.worker"
-KNOWN_KEYS = ("model", "w", "channels", "tile", "device", "output", "replace")
+KNOWN_KEYS = ("model", "w", "channels", "tile", "device", "output", "replace", "invert")
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 OUTPUTS = ["32-bit", "16-bit", "8-bit"]
 
@@ -73,6 +74,7 @@ def ask_options(imp):
     gd.addChoice("device", DEVICES, "auto")
     gd.addChoice("output", OUTPUTS, "32-bit")
     gd.addCheckbox("replace", False)
+    gd.addCheckbox("invert", False)
     gd.showDialog()
     if gd.wasCanceled():
         return None
@@ -83,6 +85,7 @@ def ask_options(imp):
     device = gd.getNextChoice()
     output = gd.getNextChoice()
     replace = gd.getNextBoolean()
+    invert = gd.getNextBoolean()
     if gd.invalidNumber() or w != w or w < 0:
         raise Failure("w must be a number >= 0")
     if tile != tile or tile < 0 or tile != int(tile):
@@ -90,7 +93,8 @@ def ask_options(imp):
     if not model and w == 0:
         raise Failure("model is empty")
     return {"model": model, "w": w, "channels": parse_channels(channels_text, imp.getNChannels()),
-            "tile": int(tile), "device": device, "output": output, "replace": replace}
+            "tile": int(tile), "device": device, "output": output, "replace": replace,
+            "invert": invert}
 
 
 def parse_channels(text, count):
@@ -123,7 +127,8 @@ def float_planes(imp, channels):
 
 def request_fields(options):
     return [("model", options["model"]), ("w", options["w"] if options["w"] > 0 else None),
-            ("tile_size", options["tile"] if options["tile"] > 0 else None), ("device", options["device"])]
+            ("tile_size", options["tile"] if options["tile"] > 0 else None), ("device", options["device"]),
+            ("invert", True if options["invert"] else None)]
 
 
 def filter_inprocess(function, planes, width, height, options):
@@ -142,6 +147,8 @@ def filter_inprocess(function, planes, width, height, options):
 def json_value(value):
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     text = unicode(value).replace("\\", "\\\\").replace('"', '\\"')
