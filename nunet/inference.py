@@ -308,15 +308,16 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
     with _progress(progress, count) as advance, torch.inference_mode(), _autocast(device, precision):
         for start in starts:
             stop = min(count, start + batch_size)
-            batch = np.stack([pad_plane(normalise_plane(p, percentiles)) for p in planes[start:stop]])
+            prepared = [pad_plane(normalise_plane(p, percentiles)) for p in planes[start:stop]]
+            batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)  # no copy of one plane
             if invert:
-                batch = 255.0 - batch
+                np.subtract(255.0, batch, out=batch)
             x = torch.from_numpy(batch[:, None]).to(device)
             if tiled:
                 y = _tiled(loaded.module, x, tile_size or AUTO_TILE_SIZE)
             else:
                 y = loaded.module(x)
-            y = (y.float().clamp_(0.0, 255.0) / 255.0)[:, 0, :height, :width]
+            y = y.float().clamp_(0.0, 255.0).div_(255.0)[:, 0, :height, :width]
             out[start:stop] = y.cpu().numpy()
             advance(stop - start)
     return out
