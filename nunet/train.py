@@ -334,7 +334,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         net, optimiser = fresh()
     feed = batches(rng)
     started = time.perf_counter()
-    while state.step < config.steps and not _out_of_time(started, config.time_limit_s):
+    while state.step < config.steps:
         c, m, t = _step(net, backbone, targets, next(feed), torch_rng, config, config.w * state.morph_scale,
                         optimiser)
         state.step += 1
@@ -345,6 +345,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         if state.step % config.checkpoint_every == 0:
             _checkpoint(checkpoint, net, optimiser, state)
             write_logs(state.log, out_dir)
+        if _out_of_time(started, config.time_limit_s):  # checked after a step: at least one is done
+            break
     _checkpoint(checkpoint, net, optimiser, state)
     write_logs(state.log, out_dir)
     summary = {"steps": state.step, "stopped_by_time_limit": state.step < config.steps,

@@ -168,3 +168,9 @@ def test_binary_mask_can_cut_touching_labels_apart():
     assert separated.sum() == labels.astype(bool).sum() - 2 * 8   # only the two touching columns go
     single = (labels > 0).astype(np.uint8) * 255                # a binary mask: unchanged
     np.testing.assert_array_equal(binary_mask(single, separate_touching=True), single > 0)
+
+
+@pytest.mark.slow
+def test_tiny_time_limit_still_trains_one_step(tmp_path):
+    path = train(tiny(tmp_path, steps=50, time_limit_s=1e-6))
+    assert load_model(path).metadata["training"]["steps"] == 1
