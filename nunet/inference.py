@@ -317,10 +317,15 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
                 y = _tiled(loaded.module, x, tile_size or AUTO_TILE_SIZE)
             else:
                 y = loaded.module(x)
-            y = y.float().clamp_(0.0, 255.0).div_(255.0)[:, 0, :height, :width]
+            y = _to_unit_range(y)[:, 0, :height, :width]
             out[start:stop] = y.cpu().numpy()
             advance(stop - start)
     return out
+
+
+def _to_unit_range(y: "torch.Tensor") -> "torch.Tensor":
+    """The network's raw output clipped to 0..255 and divided by 255, in fp32 (in place when fp32)."""
+    return y.float().clamp_(0.0, 255.0).div_(255.0)
 
 
 _CHOSEN: dict[tuple[str, str], str] = {}
@@ -362,7 +367,7 @@ def choose_precision(loaded: "LoadedModel", device: str) -> str:
             times = []
             for _ in range(4):
                 start = time.perf_counter()
-                y = (loaded.module(x).float().clamp(0.0, 255.0) / 255.0).cpu()
+                y = _to_unit_range(loaded.module(x)).cpu()
                 times.append(time.perf_counter() - start)
         results[precision] = (min(times[1:]), y)
     reference = results["fp32"][1]
