@@ -6,6 +6,8 @@ to run seam-free tiled inference on any TorchScript model saved from this class.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -40,15 +42,81 @@ class ConvLayer(nn.Module):
 
 
 class UpsampleConvLayer(nn.Module):
-    """Nearest-neighbour x2 upsampling followed by a :class:`ConvLayer`."""
+    """Nearest-neighbour x2 upsampling followed by a 3x3 :class:`ConvLayer`.
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+    Computed on the low-resolution grid by :func:`upsample_conv3x3` (same result, 2.25x
+    fewer multiply-adds than upsampling first).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
-        self.conv = ConvLayer(in_channels, out_channels, kernel_size)
+        self.conv = ConvLayer(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.up(x))
+        padded = nn.functional.pad(x, [1, 1, 1, 1], mode="replicate")
+        return upsample_conv3x3(padded, self.conv.conv.weight, self.conv.conv.bias)
+
+
+class OutputLayer(ConvLayer):
+    """The last :class:`ConvLayer` (one output channel); on a CPU run by :func:`single_output_conv`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return self.conv(self.pad(x))
+        return single_output_conv(self.pad(x), self.conv.weight, self.conv.bias)
+
+
+def upsample_conv3x3(padded: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Nearest x2 upsampling, reflection padding by 1 and a 3x3 convolution, on the low-res grid.
+
+    Parameters
+    ----------
+    padded : torch.Tensor
+        The low-resolution input ``(N, C, h + 2, w + 2)``, padded by 1 pixel with
+        *replicated* borders (the reflection of the upsampled image at its border repeats
+        the border pixel of the low-resolution one).
+    weight, bias : torch.Tensor
+        The 3x3 convolution's parameters.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C_out, 2h, 2w)``. Output row ``2i`` reads upsampled rows ``2i-1, 2i, 2i+1``,
+        i.e. low-res rows ``i-1, i, i``; row ``2i+1`` reads ``i, i, i+1``. Each of the four
+        output phases is therefore a 2x2 convolution with summed taps, interleaved by
+        ``pixel_shuffle``.
+    """
+    h, w = padded.shape[-2] - 2, padded.shape[-1] - 2
+    rows = [torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
+            torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2)]
+    phases: list[torch.Tensor] = []
+    for a in range(2):
+        r = rows[a]
+        columns = [torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3),
+                   torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3)]
+        for b in range(2):
+            phases.append(nn.functional.conv2d(padded[:, :, a:a + h + 1, b:b + w + 1], columns[b], bias))
+    return nn.functional.pixel_shuffle(torch.stack(phases, 2).flatten(1, 2), 2)
+
+
+def single_output_conv(padded: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A convolution with one output channel (no padding), as a matrix product and shifted sums.
+
+    oneDNN runs a 32->1 9x9 convolution at a small fraction of the CPU's speed. Here one
+    matrix product gives every kernel tap's channel sum ``(k*k, H, W)``, and the output is
+    the sum of those planes shifted by their tap offsets (accumulated in fp32).
+    """
+    n, c, hp, wp = padded.shape
+    k = weight.shape[-1]
+    h, w = hp - k + 1, wp - k + 1
+    taps = weight[0].permute(1, 2, 0).reshape(k * k, c)
+    planes = torch.matmul(taps, padded.reshape(n, c, hp * wp)).view(n, k * k, hp, wp)
+    out = torch.zeros((n, h, w), dtype=torch.float32, device=padded.device)
+    if bias is not None:
+        out += bias.float()
+    for t in range(k * k):
+        out += planes[:, t, t // k:t // k + h, t % k:t % k + w]
+    return out[:, None]
 
 
 class ResidualBlock(nn.Module):
@@ -87,11 +155,11 @@ class NUNet(nn.Module):
         self.res3 = ResidualBlock(128)
         self.res4 = ResidualBlock(128)
         self.res5 = ResidualBlock(128)
-        self.deconv1 = UpsampleConvLayer(128, 64, 3)
+        self.deconv1 = UpsampleConvLayer(128, 64)
         self.in4 = InstanceNorm(64)
-        self.deconv2 = UpsampleConvLayer(64, 32, 3)
+        self.deconv2 = UpsampleConvLayer(64, 32)
         self.in5 = InstanceNorm(32)
-        self.deconv3 = ConvLayer(32, 1, 9)
+        self.deconv3 = OutputLayer(32, 1, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.in1(self.conv1(x)))

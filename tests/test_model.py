@@ -98,3 +98,27 @@ def test_scripted_model_equals_eager(model, model_path):
     x = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (1, 1, 48, 64)).astype(np.float32))
     with torch.no_grad():
         assert torch.allclose(model(x), net(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 6, 7), (2, 3, 1, 2), (1, 4, 9, 4)])
+def test_upsample_conv_on_the_low_res_grid_equals_upsampling_first(shape):
+    """The decoder's sub-pixel form equals nearest x2 + reflection pad 1 + 3x3 conv, borders included."""
+    from nunet.model import upsample_conv3x3
+
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(shape), torch.randn(6, shape[1], 3, 3), torch.randn(6)
+    up = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    reference = nn.functional.conv2d(nn.functional.pad(up, [1, 1, 1, 1], mode="reflect"), weight, bias)
+    padded = nn.functional.pad(x, [1, 1, 1, 1], mode="replicate")
+    torch.testing.assert_close(upsample_conv3x3(padded, weight, bias), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_single_output_conv_equals_conv2d():
+    from nunet.model import single_output_conv
+
+    torch.manual_seed(1)
+    x, weight, bias = torch.randn(2, 32, 21, 17), torch.randn(1, 32, 9, 9), torch.randn(1)
+    torch.testing.assert_close(single_output_conv(x, weight, bias), nn.functional.conv2d(x, weight, bias),
+                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(single_output_conv(x, weight, None), nn.functional.conv2d(x, weight),
+                               atol=1e-4, rtol=1e-5)
