@@ -29,7 +29,7 @@ StrengthOpt = Annotated[Optional[float], typer.Option("--w", help="Filtering str
 AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters of TZCYXS (default: from the file).")]
 ChannelOpt = Annotated[Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2 (default: all).")]
 TileOpt = Annotated[Optional[int], typer.Option(help="Tile planes larger than this many pixels (0: never; "
-                                                     "default: planes over 2048x2048).")]
+                                                     "default: planes over 1280x1280, 256-px tiles).")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (default 1 on CPU, 8 on GPU).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(help="fp32, bf16, fp16 (GPU) or auto (fastest within 1e-2 of fp32).")]

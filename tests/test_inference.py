@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -119,12 +121,27 @@ def test_bf16_stays_close_to_fp32(model):
         enhance(img, model, precision="fp16", device="cpu")
 
 
-@pytest.mark.slow
-def test_tiled_output_equals_whole_plane(model):
-    img = blobs((180, 204), seed=3, n=30)
-    whole = enhance(img, model, tile_size=0)
-    tiled = enhance(img, model, tile_size=64)
-    assert np.abs(whole - tiled).max() <= 1e-3
+@pytest.mark.parametrize(("shape", "tile"), [((180, 204), 64), ((36, 44), 8), ((70, 33), 20)])
+def test_tiled_output_equals_whole_plane(model, shape, tile, tmp_path, monkeypatch):
+    """Exact whole-plane statistics and padding, at any tile size; temporary files cleaned up."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None
+    try:
+        img = blobs(shape, seed=3, n=30)
+        whole = enhance(img, model, tile_size=0)
+        tiled = enhance(img, model, tile_size=tile)
+    finally:
+        tempfile.tempdir = None
+    assert np.abs(whole - tiled).max() <= 1e-5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tiled_bf16_is_as_close_to_fp32_as_whole_plane_bf16(model):
+    img = blobs((96, 80), seed=5, n=12)
+    reference = enhance(img, model, tile_size=0)
+    whole = enhance(img, model, tile_size=0, precision="bf16")
+    tiled = enhance(img, model, tile_size=32, precision="bf16")
+    assert np.abs(tiled - reference).max() <= 2 * np.abs(whole - reference).max() + 1e-3
 
 
 @pytest.mark.slow
