@@ -18,8 +18,8 @@ a time over the whole plane, tile by tile:
 
 Every layer is computed once, so tiling costs one forward pass plus reading and writing
 the activations; memory is bounded by one tile (input window, output tile), whatever the
-plane size. Temporary disk use peaks at about ``48 * H * W`` bytes (the 32-channel
-full-resolution activation and the 64-channel half-resolution one).
+plane size. Temporary disk use peaks at about ``192 * H * W`` bytes (the 32-channel
+full-resolution activation and the 64-channel half-resolution one, float32).
 """
 
 from __future__ import annotations
