@@ -19,14 +19,22 @@ class InstanceNorm(nn.InstanceNorm2d):
     """Affine InstanceNorm2d that computes in fp32 even under autocast (its output is fp32).
 
     Under bf16/fp16 autocast the convolutions run in low precision while every normalisation,
-    statistics included, stays in fp32; the next convolution casts back.
+    statistics included, stays in fp32; the next convolution casts back. For low-precision
+    inputs the statistics are taken in two passes (mean, then the norm of the deviations),
+    which on a CPU is several times faster than ``instance_norm`` on the fp32 copy.
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.instance_norm(x.float(), weight=self.weight, bias=self.bias, eps=self.eps)
+        if x.dtype == torch.float32:
+            return nn.functional.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        x = x.float()
+        deviation = x - x.mean(dim=(2, 3), keepdim=True)
+        var = torch.linalg.vector_norm(deviation, dim=(2, 3), keepdim=True) ** 2 / (x.shape[2] * x.shape[3])
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1), deviation, scale)
 
 
 class ConvLayer(nn.Module):

@@ -122,3 +122,20 @@ def test_single_output_conv_equals_conv2d():
                                atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(single_output_conv(x, weight, None), nn.functional.conv2d(x, weight),
                                atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_instance_norm_of_low_precision_input_matches_fp32(dtype):
+    """The two-pass statistics for bf16/fp16 inputs equal instance_norm on the fp32 copy, large offsets included."""
+    from nunet.model import InstanceNorm
+
+    torch.manual_seed(2)
+    norm = InstanceNorm(8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    x = (torch.randn(2, 8, 30, 20) * 3 + torch.linspace(-200, 200, 8).view(1, 8, 1, 1)).to(dtype)
+    reference = nn.functional.instance_norm(x.float(), weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    out = norm(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference, atol=1e-3, rtol=1e-4)
