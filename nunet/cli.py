@@ -30,7 +30,8 @@ AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters
 ChannelOpt = Annotated[Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2 (default: all).")]
 TileOpt = Annotated[Optional[int], typer.Option(help="Tile planes larger than this many pixels (0: never; "
                                                      "default: planes over 1280x1280, 256-px tiles).")]
-BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (default 1 on CPU, 8 on GPU).")]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (default: measured with "
+                                                     "--precision auto, else 1 on CPU, 8 on GPU).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 PrecisionOpt = Annotated[str, typer.Option(help="fp32, bf16, fp16 (GPU) or auto (fastest within 1e-2 of fp32).")]
 DtypeOpt = Annotated[str, typer.Option(help="Output pixel type: float32 ([0, 1]), uint8 or uint16 (full range).")]

@@ -24,7 +24,9 @@ Precision
 convolutions under autocast; NU-Net's InstanceNorm layers compute in fp32 whatever the autocast
 (:class:`nunet.model.InstanceNorm`). ``auto`` measures, once per model and device in a process,
 fp32 and every candidate on a synthetic nuclei plane, and keeps the fastest whose [0, 1] output
-differs from fp32 by at most ``AUTO_TOLERANCE`` (max abs).
+differs from fp32 by at most ``AUTO_TOLERANCE`` (max abs). Unless a batch size is given, it
+then times the plane batch sizes of ``BATCH_CANDIDATES`` at that precision and keeps the
+smallest within 5% of the best time per plane (:func:`pick_batch_size`).
 """
 
 from __future__ import annotations
@@ -201,7 +203,8 @@ def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel
         Tile planes larger than this (seam-free, output equal to the whole-plane one).
         Default: tile planes over 1280x1280 pixels with 256-px tiles. 0 never tiles.
     batch_size : int, optional
-        Planes per forward pass (default 1 on CPU, 8 on GPU).
+        Planes per forward pass. Default: measured when ``precision="auto"``, else 1 on a CPU
+        and 8 on a GPU.
     device : str
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : str
@@ -293,11 +296,12 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
     if precision == "fp16" and device == "cpu":
         raise ValueError("precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
     loaded = get_model(model, device)
-    if precision == "auto":
+    tuned = precision == "auto"
+    if tuned:
         precision = choose_precision(loaded, device)
     count, height, width = planes.shape
     if batch_size is None:
-        batch_size = default_batch_size(device)
+        batch_size = choose_batch_size(loaded, device, precision) if tuned else default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ph, pw = padded_shape(height, width)
@@ -330,11 +334,37 @@ def _to_unit_range(y: "torch.Tensor") -> "torch.Tensor":
 
 
 _CHOSEN: dict[tuple[str, str], str] = {}
+_BATCH: dict[tuple[str, str, str], int] = {}
+#: Plane batch sizes ``auto`` tries, per device kind.
+BATCH_CANDIDATES = {"cpu": (1, 2, 4), "cuda": (1, 4, 8, 16, 32), "mps": (1, 4, 8, 16)}
 
 
 def default_batch_size(device: str) -> int:
     """Planes per forward pass: 1 on a CPU (measured: larger batches are slower per plane), else 8."""
     return 1 if device == "cpu" else 8
+
+
+def _probe_planes(count: int) -> np.ndarray:
+    """``count`` copies of a normalised 256x256 synthetic nuclei plane, ``(count, 1, 256, 256)``."""
+    from nunet.synth import synth_image
+
+    plane = normalise_plane(synth_image("dense", (256, 256), seed=0).image)
+    return np.repeat(plane[None, None], count, axis=0)
+
+
+def _best_seconds(loaded: "LoadedModel", x: "torch.Tensor", device: str, precision: str) -> tuple[float, "torch.Tensor"]:
+    """Best of 3 timed forward passes (after a warm-up), and the last output in [0, 1]."""
+    import time
+
+    import torch
+
+    times = []
+    with torch.inference_mode(), _autocast(device, precision):
+        for _ in range(4):
+            start = time.perf_counter()
+            y = _to_unit_range(loaded.module(x)).cpu()
+            times.append(time.perf_counter() - start)
+    return min(times[1:]), y
 
 
 def choose_precision(loaded: "LoadedModel", device: str) -> str:
@@ -344,11 +374,7 @@ def choose_precision(loaded: "LoadedModel", device: str) -> str:
     timed (best of 3, after a warm-up) on the device's default batch of a 256x256 synthetic
     nuclei plane; the fastest whose output stays within ``AUTO_TOLERANCE`` of fp32 wins.
     """
-    import time
-
     import torch
-
-    from nunet.synth import synth_image
 
     key = (str(loaded.path), device)
     if key in _CHOSEN:
@@ -359,22 +385,38 @@ def choose_precision(loaded: "LoadedModel", device: str) -> str:
         candidates += ["fp16", "bf16"]
     elif kind == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         candidates.append("bf16")
-    plane = normalise_plane(synth_image("dense", (256, 256), seed=0).image)
-    batch = np.repeat(plane[None, None], default_batch_size(device), axis=0)
-    x = torch.from_numpy(batch).to(device)
-    results = {}
-    for precision in candidates:
-        with torch.inference_mode(), _autocast(device, precision):
-            times = []
-            for _ in range(4):
-                start = time.perf_counter()
-                y = _to_unit_range(loaded.module(x)).cpu()
-                times.append(time.perf_counter() - start)
-        results[precision] = (min(times[1:]), y)
+    x = torch.from_numpy(_probe_planes(default_batch_size(device))).to(device)
+    results = {precision: _best_seconds(loaded, x, device, precision) for precision in candidates}
     reference = results["fp32"][1]
     allowed = [p for p in candidates if float((results[p][1] - reference).abs().max()) <= AUTO_TOLERANCE]
     _CHOSEN[key] = min(allowed, key=lambda p: results[p][0])
     return _CHOSEN[key]
+
+
+def pick_batch_size(seconds_per_plane: dict[int, float], tolerance: float = 0.05) -> int:
+    """The smallest batch whose time per plane is within ``tolerance`` of the best one.
+
+    Larger batches only earn their memory when they are measurably faster per plane.
+    """
+    best = min(seconds_per_plane.values())
+    return min(b for b, t in seconds_per_plane.items() if t <= best * (1.0 + tolerance))
+
+
+def choose_batch_size(loaded: "LoadedModel", device: str, precision: str) -> int:
+    """The plane batch size ``auto`` uses: each of ``BATCH_CANDIDATES`` timed on 256x256 planes.
+
+    Measured once per model file, device and precision, then cached; see :func:`pick_batch_size`.
+    """
+    import torch
+
+    key = (str(loaded.path), device, precision)
+    if key not in _BATCH:
+        per_plane = {}
+        for batch in BATCH_CANDIDATES.get(device.split(":")[0], (1,)):
+            x = torch.from_numpy(_probe_planes(batch)).to(device)
+            per_plane[batch] = _best_seconds(loaded, x, device, precision)[0] / batch
+        _BATCH[key] = pick_batch_size(per_plane)
+    return _BATCH[key]
 
 
 def _use_tiling(height: int, width: int, tile_size: int | None) -> bool:

@@ -206,3 +206,26 @@ def test_invert_filters_the_flipped_image(model):
     img = blobs((36, 40))
     np.testing.assert_allclose(enhance(img, model, invert=True), enhance(img.max() - img, model), atol=1e-5)
     assert np.abs(enhance(img, model, invert=True) - enhance(img, model)).max() > 0.05
+
+
+def test_pick_batch_size_prefers_the_smallest_batch_within_tolerance():
+    from nunet.inference import pick_batch_size
+
+    assert pick_batch_size({1: 0.30, 2: 0.32, 4: 0.40}) == 1
+    assert pick_batch_size({1: 0.30, 4: 0.20, 8: 0.195, 16: 0.21}) == 4
+    assert pick_batch_size({1: 0.30, 4: 0.20, 8: 0.10}) == 8
+
+
+def test_auto_measures_a_batch_size_once_and_keeps_the_output(model):
+    from nunet import inference
+
+    img = blobs((3, 40, 36))
+    out = enhance(img, model, precision="auto")
+    precision = inference._CHOSEN[(str(model.path), "cpu")]
+    key = (str(model.path), "cpu", precision)
+    measured = inference._BATCH[key]
+    assert measured in inference.BATCH_CANDIDATES["cpu"]
+    np.testing.assert_allclose(out, enhance(img, model, precision=precision, batch_size=measured), atol=1e-6)
+    inference._BATCH[key] = 2  # a cached choice is used, not measured again
+    np.testing.assert_allclose(enhance(img, model, precision="auto"),
+                               enhance(img, model, precision=precision, batch_size=2), atol=1e-6)
