@@ -54,6 +54,8 @@ AUTO_TILE_PIXELS = 1280 * 1280
 AUTO_TILE_SIZE = 256
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTO_TOLERANCE = 1e-2
+#: torch.quantile's input size limit (elements); larger batches are normalised with NumPy.
+QUANTILE_LIMIT = 2**24
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -313,11 +315,7 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
     with _progress(progress, count) as advance, torch.inference_mode(), _autocast(device, precision):
         for start in starts:
             stop = min(count, start + batch_size)
-            prepared = [pad_plane(normalise_plane(p, percentiles)) for p in planes[start:stop]]
-            batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)  # no copy of one plane
-            if invert:
-                np.subtract(255.0, batch, out=batch)
-            x = torch.from_numpy(batch[:, None]).to(device)
+            x = _prepare(planes[start:stop], percentiles, invert, device)
             if tiled:
                 y = _tiled(loaded.module, x, tile_size or AUTO_TILE_SIZE)
             else:
@@ -326,6 +324,43 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
             out[start:stop] = y.cpu().numpy()
             advance(stop - start)
     return out
+
+
+def _prepare(planes: np.ndarray, percentiles: tuple[float, float], invert: bool, device: str) -> "torch.Tensor":
+    """Raw ``(N, H, W)`` planes as the network's input ``(N, 1, H', W')`` on ``device``.
+
+    On a CUDA device the raw planes are uploaded and normalised, inverted and padded there
+    (:func:`normalise_planes_torch`), so the CPU only copies; elsewhere, and for planes under
+    8 px or batches too large for ``torch.quantile``, with NumPy on the CPU.
+    """
+    import torch
+
+    count, height, width = planes.shape
+    if device.startswith("cuda") and min(height, width) >= 8 and planes.size <= QUANTILE_LIMIT:
+        x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).to(device)
+        x = normalise_planes_torch(x, percentiles)
+        if invert:
+            torch.sub(255.0, x, out=x)
+        ph, pw = padded_shape(height, width)
+        return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
+    prepared = [pad_plane(normalise_plane(p, percentiles)) for p in planes]
+    batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)  # no copy of one plane
+    if invert:
+        np.subtract(255.0, batch, out=batch)
+    return torch.from_numpy(batch[:, None]).to(device)
+
+
+def normalise_planes_torch(x: "torch.Tensor", percentiles: tuple[float, float] = PERCENTILES) -> "torch.Tensor":
+    """:func:`normalise_plane` for a float32 ``(N, H, W)`` tensor, on its device (same result)."""
+    import torch
+
+    q = torch.tensor(percentiles, dtype=x.dtype, device=x.device) / 100.0
+    lo, hi = torch.quantile(x.reshape(len(x), -1), q, dim=1)
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError("plane contains NaN or infinite values")
+    span = hi - lo
+    scale = torch.where(span > 0, 255.0 / span.clamp_min(1e-30), torch.zeros_like(span))
+    return ((x - lo.view(-1, 1, 1)) * scale.view(-1, 1, 1)).clamp_(0.0, 255.0)
 
 
 def _to_unit_range(y: "torch.Tensor") -> "torch.Tensor":

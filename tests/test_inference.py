@@ -229,3 +229,17 @@ def test_auto_measures_a_batch_size_once_and_keeps_the_output(model):
     inference._BATCH[key] = 2  # a cached choice is used, not measured again
     np.testing.assert_allclose(enhance(img, model, precision="auto"),
                                enhance(img, model, precision=precision, batch_size=2), atol=1e-6)
+
+
+def test_device_side_normalisation_equals_numpy():
+    """The CUDA path's normalisation (run here on CPU tensors) matches normalise_plane plane by plane."""
+    from nunet.inference import normalise_planes_torch
+
+    planes = np.stack([blobs((40, 36), seed=s) * (s + 1) + 7 * s for s in range(3)] + [np.full((40, 36), 5.0)])
+    got = normalise_planes_torch(torch.from_numpy(planes.astype(np.float32))).numpy()
+    for plane, out in zip(planes, got):
+        np.testing.assert_allclose(out, normalise_plane(plane), atol=1e-3)
+    bad = torch.from_numpy(planes.astype(np.float32))
+    bad[1, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        normalise_planes_torch(bad)
