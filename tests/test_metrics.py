@@ -89,10 +89,16 @@ def test_eval_command_end_to_end(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     with (tmp_path / "summary.csv").open() as fh:
         methods = [row["method"] for row in csv.DictReader(fh)]
-    assert methods == ["raw", "log_lut", "gaussian", "median", "dog", "nunet-test"]
+    assert methods == ["raw", "log_lut", "gaussian", "median", "dog", "dog-tuned", "nunet-test"]
     with (tmp_path / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {r["dataset"] for r in rows} == {*MODALITIES, "sparse-3d"}
+    for dataset in {r["dataset"] for r in rows}:  # the tuned scales include 1.0, i.e. plain DoG
+        f1 = {m: np.mean([float(r["f1_best"]) for r in rows if r["dataset"] == dataset and r["method"] == m])
+              for m in ("dog", "dog-tuned")}
+        assert f1["dog-tuned"] >= f1["dog"] - 1e-9
+    from nunet.evaluate import DOG_SCALES
+    assert {float(r["radius_scale"]) for r in rows if r["method"] == "dog-tuned"} <= set(DOG_SCALES)
     raw = [r for r in rows if r["method"] == "raw"]
     assert all(0.0 <= float(r["f1_best"]) <= 1.0 for r in raw)
     assert all(float(r["gain"]) == 0.0 for r in raw)
