@@ -58,14 +58,15 @@ def nunet_gflop(height: int, width: int) -> float:
 def tiling_cost(size: int, plane_ms: float) -> None:
     """One large plane whole and with the default tiling, against the 400x400 per-pixel rate."""
     from nunet import enhance
-    from nunet.inference import AUTO_TILE_SIZE
+    from nunet.inference import AUTO_TILING
     from nunet.synth import synth_image
 
+    tile = AUTO_TILING["cpu"][1]
     plane = synth_image("sparse", (size, size), seed=2).image
     whole = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", tile_size=0), 1) / 1e3
-    tiled = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", tile_size=AUTO_TILE_SIZE), 1) / 1e3
+    tiled = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", tile_size=tile), 1) / 1e3
     ideal = plane_ms / 1e3 * size * size / 400**2
-    print(f"\n{size}x{size} plane, nunet-w8 fp32: whole {whole:.1f} s, tiled ({AUTO_TILE_SIZE}-px tiles) {tiled:.1f} s; "
+    print(f"\n{size}x{size} plane, nunet-w8 fp32: whole {whole:.1f} s, tiled ({tile}-px tiles) {tiled:.1f} s; "
           f"400x400 rate scaled up: {ideal:.1f} s (tiled / scaled = {tiled / ideal:.2f})")
 
 

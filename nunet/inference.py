@@ -48,10 +48,11 @@ if TYPE_CHECKING:
     from nunet.modelfile import LoadedModel
 
 PERCENTILES = (0.1, 99.9)
-#: Planes with more pixels than this are tiled when ``tile_size`` is None: measured on a 2-core
-#: CPU, 256-px tiles beat the whole plane from about 1280x1280 on (benchmarks/bench_inference.py).
-AUTO_TILE_PIXELS = 1280 * 1280
-AUTO_TILE_SIZE = 256
+#: When ``tile_size`` is None, planes with more pixels than this are tiled, with tiles of this side.
+#: CPU: measured on 2 cores, 256-px tiles beat the whole plane from about 1280x1280 on
+#: (benchmarks/bench_inference.py). GPU: tiles keep activations in host files, so only planes
+#: whose whole-plane activations could crowd GPU memory (about 0.5 kB per pixel) are tiled.
+AUTO_TILING = {"cpu": (1280 * 1280, 256), "gpu": (2048 * 2048, 1024)}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTO_TOLERANCE = 1e-2
 #: torch.quantile's input size limit (elements); larger batches are normalised with NumPy.
@@ -203,7 +204,8 @@ def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel
         the ``C`` axis from the output.
     tile_size : int, optional
         Tile planes larger than this (seam-free, output equal to the whole-plane one).
-        Default: tile planes over 1280x1280 pixels with 256-px tiles. 0 never tiles.
+        Default: on a CPU, tile planes over 1280x1280 pixels with 256-px tiles; on a GPU,
+        planes over 2048x2048 with 1024-px tiles. 0 never tiles.
     batch_size : int, optional
         Planes per forward pass. Default: measured when ``precision="auto"``, else 1 on a CPU
         and 8 on a GPU.
@@ -307,7 +309,7 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ph, pw = padded_shape(height, width)
-    tiled = _use_tiling(ph, pw, tile_size)
+    tiled, tile_size = _tiling(ph, pw, tile_size, device)
     if tiled:
         batch_size = 1
     out = np.empty((count, height, width), dtype=np.float32)
@@ -317,7 +319,7 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
             stop = min(count, start + batch_size)
             x = _prepare(planes[start:stop], percentiles, invert, device)
             if tiled:
-                y = _tiled(loaded.module, x, tile_size or AUTO_TILE_SIZE)
+                y = _tiled(loaded.module, x, tile_size)
             else:
                 y = loaded.module(x)
             y = _to_unit_range(y)[:, 0, :height, :width]
@@ -454,10 +456,12 @@ def choose_batch_size(loaded: "LoadedModel", device: str, precision: str) -> int
     return _BATCH[key]
 
 
-def _use_tiling(height: int, width: int, tile_size: int | None) -> bool:
+def _tiling(height: int, width: int, tile_size: int | None, device: str) -> tuple[bool, int]:
+    """Whether a padded plane is tiled, and the tile side (see ``AUTO_TILING``)."""
     if tile_size is None:
-        return height * width > AUTO_TILE_PIXELS
-    return tile_size > 0 and max(height, width) > tile_size
+        pixels, side = AUTO_TILING["cpu" if device == "cpu" else "gpu"]
+        return height * width > pixels, side
+    return tile_size > 0 and max(height, width) > tile_size, tile_size
 
 
 def _tiled(module: "torch.nn.Module", x: "torch.Tensor", tile_size: int) -> "torch.Tensor":

@@ -243,3 +243,14 @@ def test_device_side_normalisation_equals_numpy():
     bad[1, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         normalise_planes_torch(bad)
+
+
+def test_automatic_tiling_depends_on_the_device():
+    from nunet.inference import _tiling
+
+    assert _tiling(2000, 2000, None, "cpu") == (True, 256)
+    assert _tiling(1200, 1200, None, "cpu") == (False, 256)
+    assert _tiling(2000, 2000, None, "cuda") == (False, 1024)
+    assert _tiling(4096, 4096, None, "cuda:0") == (True, 1024)
+    assert _tiling(100, 100, 64, "cpu") == (True, 64)
+    assert _tiling(100, 100, 0, "cpu")[0] is False
