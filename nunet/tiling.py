@@ -83,7 +83,10 @@ class _FileStore:
             os.pwrite(self.fd, block[r].data, (y0 + r) * row_bytes + x0 * self.channels * 4)
 
     def remove(self) -> None:
-        os.close(self.fd)
+        """Close and delete the file (again: nothing)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         self.path.unlink(missing_ok=True)
 
 
@@ -199,23 +202,28 @@ class _Runner:
                  folder: Path) -> None:
         self.net, self.device, self.folder = net, device, folder
         self.tile_size, self.full_height = tile_size, full_height
-        self.count = 0
+        self.stores: list[_FileStore] = []
 
     def side(self, height: int) -> int:
         """Tile side for a layer of this height: the same part of the plane at every resolution."""
         return max(4, self.tile_size * height // self.full_height)
 
     def new_store(self, height: int, width: int, channels: int) -> _FileStore:
-        self.count += 1
-        return _FileStore(self.folder / f"a{self.count}.f32", height, width, channels)
+        self.stores.append(_FileStore(self.folder / f"a{len(self.stores)}.f32", height, width, channels))
+        return self.stores[-1]
+
+    def close(self) -> None:
+        """Remove every store still open (after an error, too)."""
+        for store in self.stores:
+            store.remove()
 
     def conv(self, source: _Activation, spec: ConvSpec,
              sink: Callable[[int, int, torch.Tensor], None] | None = None) -> tuple[_FileStore | None, _Moments]:
         """Run one convolution over every tile; return its stored output and its per-channel moments.
 
         The stored output feeds an InstanceNorm, which ignores per-channel offsets: it is
-        stored minus the first tile's channel means (folded into the bias for later
-        tiles), so the moments are taken around a mean near zero. With ``sink``, the
+        stored minus the first tile's channel means, so the moments are taken around a
+        mean near zero. With ``sink``, the
         final layer's tiles (contiguous float32 ``(h, w, C)``) go to ``sink(y0, x0, tile)``
         unshifted, and no moments are taken.
         """
@@ -230,14 +238,13 @@ class _Runner:
         for y0, y1, x0, x1 in _tiles(height, width, self.side(height)):
             window = source.window(_source_indices(y0, y1, spec, source.store.height),
                                    _source_indices(x0, x1, spec, source.store.width), self.device)
-            shifted_bias = bias if offset is None else bias - offset.to(bias.device, bias.dtype)
-            out = _convolve(window, spec, weight, shifted_bias)[0].permute(1, 2, 0).float().contiguous()
+            out = _convolve(window, spec, weight, bias)[0].permute(1, 2, 0).float().contiguous()
             if store is None:
                 sink(y0, x0, out)
                 continue
             if offset is None:
                 offset = out.reshape(-1, out.shape[-1]).mean(dim=0)
-                out -= offset
+            out -= offset
             moments.add(out)
             store.write(y0, x0, out)
         return store, moments
@@ -293,16 +300,19 @@ def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int) -> torc
 
     with tempfile.TemporaryDirectory(prefix="nunet-tiles-") as folder:
         runner = _Runner(net, tile_size, height, x.device, Path(folder))
-        act = _Activation(_ArrayStore(x[0, 0].float().cpu()))
-        for spec, norm in zip(ENCODER, (net.in1, net.in2, net.in3)):
-            store, moments = runner.conv(act, spec)
-            act.store.remove()
-            act = runner.normalised(store, moments, norm, relu=True)
-        for name in RESIDUAL_BLOCKS:
-            act = runner.residual(getattr(net, name), name, act)
-        for spec, norm in zip(DECODER, (net.in4, net.in5)):
-            store, moments = runner.conv(act, spec)
-            act.store.remove()
-            act = runner.normalised(store, moments, norm, relu=True)
-        runner.conv(act, OUTPUT, sink=to_out)
+        try:
+            act = _Activation(_ArrayStore(x[0, 0].float().cpu()))
+            for spec, norm in zip(ENCODER, (net.in1, net.in2, net.in3)):
+                store, moments = runner.conv(act, spec)
+                act.store.remove()
+                act = runner.normalised(store, moments, norm, relu=True)
+            for name in RESIDUAL_BLOCKS:
+                act = runner.residual(getattr(net, name), name, act)
+            for spec, norm in zip(DECODER, (net.in4, net.in5)):
+                store, moments = runner.conv(act, spec)
+                act.store.remove()
+                act = runner.normalised(store, moments, norm, relu=True)
+            runner.conv(act, OUTPUT, sink=to_out)
+        finally:
+            runner.close()
     return out

@@ -188,7 +188,7 @@ def test_invert_inprocess(jvm):
 
 def test_recorder_writes_documented_syntax(jvm, display):
     """Pressing OK in the dialog records run("NU-Net Filter", "...") exactly as the docs say."""
-    from jpype import JClass
+    from jpype import JClass, JProxy
 
     from nunet import fiji
 
@@ -203,9 +203,13 @@ def test_recorder_writes_documented_syntax(jvm, display):
         dialog = _wait_for(lambda: next((w for w in JClass("java.awt.Window").getWindows()
                                          if w.isVisible() and str(w.getClass().getName()) == "ij.gui.GenericDialog"
                                          and str(w.getTitle()) == "NU-Net Filter"), None))
-        dialog.getStringFields().get(0).setText("nunet-test")
         ok = dialog.getButtons()[0]
-        dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+
+        def press_ok() -> None:  # AWT components are only touched on the event thread (else: deadlocks)
+            dialog.getStringFields().get(0).setText("nunet-test")
+            dialog.actionPerformed(JClass("java.awt.event.ActionEvent")(ok, 1001, "OK"))
+
+        JClass("java.awt.EventQueue").invokeAndWait(JProxy("java.lang.Runnable", dict(run=press_ok)))
         text = _wait_for(lambda: "NU-Net Filter" in str(recorder.getText()) and str(recorder.getText()))
     finally:
         recorder.close()
