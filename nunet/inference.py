@@ -331,25 +331,34 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
 def _prepare(planes: np.ndarray, percentiles: tuple[float, float], invert: bool, device: str) -> "torch.Tensor":
     """Raw ``(N, H, W)`` planes as the network's input ``(N, 1, H', W')`` on ``device``.
 
-    On a CUDA device the raw planes are uploaded and normalised, inverted and padded there
-    (:func:`normalise_planes_torch`), so the CPU only copies; elsewhere, and for planes under
-    8 px or batches too large for ``torch.quantile``, with NumPy on the CPU.
+    On a CUDA device the raw planes are uploaded and prepared there (:func:`_prepare_torch`),
+    so the CPU only copies; elsewhere, and for planes under 8 px or batches too large for
+    ``torch.quantile``, with NumPy on the CPU.
     """
     import torch
 
-    count, height, width = planes.shape
+    height, width = planes.shape[1:]
     if device.startswith("cuda") and min(height, width) >= 8 and planes.size <= QUANTILE_LIMIT:
-        x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).to(device)
-        x = normalise_planes_torch(x, percentiles)
-        if invert:
-            torch.sub(255.0, x, out=x)
-        ph, pw = padded_shape(height, width)
-        return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
+        return _prepare_torch(planes, percentiles, invert, device)
     prepared = [pad_plane(normalise_plane(p, percentiles)) for p in planes]
     batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)  # no copy of one plane
     if invert:
         np.subtract(255.0, batch, out=batch)
     return torch.from_numpy(batch[:, None]).to(device)
+
+
+def _prepare_torch(planes: np.ndarray, percentiles: tuple[float, float], invert: bool,
+                   device: str) -> "torch.Tensor":
+    """:func:`_prepare`'s NumPy steps (normalise, invert, reflect-pad) done by torch on ``device``."""
+    import torch
+
+    height, width = planes.shape[1:]
+    x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).to(device)
+    x = normalise_planes_torch(x, percentiles)
+    if invert:
+        torch.sub(255.0, x, out=x)
+    ph, pw = padded_shape(height, width)
+    return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
 
 
 def normalise_planes_torch(x: "torch.Tensor", percentiles: tuple[float, float] = PERCENTILES) -> "torch.Tensor":

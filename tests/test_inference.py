@@ -254,3 +254,15 @@ def test_automatic_tiling_depends_on_the_device():
     assert _tiling(4096, 4096, None, "cuda:0") == (True, 1024)
     assert _tiling(100, 100, 64, "cpu") == (True, 64)
     assert _tiling(100, 100, 0, "cpu")[0] is False
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_device_side_preparation_equals_the_numpy_path(invert):
+    """What CUDA runs (normalise, invert, reflect-pad in torch), here on the CPU, equals the NumPy path."""
+    from nunet.inference import _prepare, _prepare_torch
+
+    planes = np.stack([blobs((37, 42), seed=s) for s in range(3)])
+    expected = _prepare(planes, (0.1, 99.9), invert, "cpu")
+    got = _prepare_torch(planes, (0.1, 99.9), invert, "cpu")
+    assert got.shape == expected.shape == (3, 1, 40, 44)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
