@@ -6,7 +6,8 @@ Prints, in one run on one GPU:
   output of a synthetic nuclei image;
 - the same net replayed as a CUDA graph at the best batch size;
 - ``enhance`` on a 130x400x400 volume (the paper's example: 1.3 GB, 23 ms/plane): wall ms/plane
-  including normalisation and transfers, and the peak GPU memory allocated.
+  including normalisation and transfers, and the peak GPU memory allocated; then with
+  ``precision="auto"`` (what it picks: precision and batch size, and how long measuring took).
 
 Usage: ``python benchmarks/bench_gpu.py [--model PATH|NAME] [--repeats 20]`` (default model: a
 seeded untrained NU-Net, which costs the same as a trained one).
@@ -113,6 +114,21 @@ def main() -> None:
             peak = torch.cuda.max_memory_allocated() / 2**30
             print(f"enhance 130x{args.size}x{args.size} {precision} batch {batch_size}: {wall:.2f} ms/plane "
                   f"(wall, incl. normalisation and transfers), peak GPU memory {peak:.2f} GiB (paper: 1.3 GB)")
+
+    from nunet.inference import choose_batch_size, choose_precision, get_model
+
+    loaded = get_model(model_ref, "cuda")
+    start = time.perf_counter()
+    chosen = choose_precision(loaded, "cuda")
+    batch = choose_batch_size(loaded, "cuda", chosen)
+    tuning = time.perf_counter() - start
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    enhance(volume, model_ref, device="cuda", precision="auto", axes="ZYX")
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / len(volume) * 1e3
+    print(f"enhance 130x{args.size}x{args.size} auto (picks {chosen}, batch {batch}; measuring took {tuning:.1f} s): "
+          f"{wall:.2f} ms/plane, peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
 def _saved_untrained() -> str:
