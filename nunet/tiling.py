@@ -13,7 +13,8 @@ a time over the whole plane, tile by tile:
 - it writes its tile and adds its per-channel sums to the layer's totals; once every tile
   is done the InstanceNorm statistics are known, and the next layer applies the
   normalisation (and ReLU) as it reads;
-- activations live in temporary files (``tempfile``, honours ``TMPDIR``), stored
+- activations live in temporary files (:func:`scratch_dir`: ``TMPDIR`` if set, else the
+  system's temporary folder, or ``/var/tmp`` when that one is a RAM-backed tmpfs), stored
   channels-last in float32 and memory-mapped one window at a time.
 
 Every layer is computed once, so tiling costs one forward pass plus reading and writing
@@ -183,6 +184,31 @@ def _convolve(window: torch.Tensor, spec: ConvSpec, weight: torch.Tensor, bias: 
     return torch.nn.functional.conv2d(window, weight, bias, stride=spec.stride)
 
 
+def scratch_dir(mounts: str = "/proc/mounts") -> str:
+    """Folder for the activation files: ``TMPDIR`` if set; else the system's temporary folder,
+    unless it is a tmpfs (RAM) and ``/var/tmp`` is a writable folder on another file system."""
+    default = tempfile.gettempdir()
+    if os.environ.get("TMPDIR"):
+        return default
+    if (_fs_type(default, mounts) == "tmpfs" and os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK)
+            and _fs_type("/var/tmp", mounts) not in (None, "tmpfs")):
+        return "/var/tmp"
+    return default
+
+
+def _fs_type(path: str, mounts: str) -> str | None:
+    """File system type of the mount that holds ``path`` (Linux ``/proc/mounts``), or None."""
+    try:
+        with open(mounts) as fh:
+            entries = [line.split()[1:3] for line in fh if len(line.split()) >= 3]
+    except OSError:
+        return None
+    path = os.path.realpath(path)
+    best = max((point for point, _ in entries if path == point or path.startswith(point.rstrip("/") + "/")),
+               key=len, default=None)
+    return next((kind for point, kind in entries if point == best), None)
+
+
 def _tiles(height: int, width: int, side: int) -> Iterator[tuple[int, int, int, int]]:
     for y0 in range(0, height, side):
         for x0 in range(0, width, side):
@@ -298,7 +324,7 @@ def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int) -> torc
     def to_out(y0: int, x0: int, t: torch.Tensor) -> None:
         out[0, 0, y0:y0 + t.shape[0], x0:x0 + t.shape[1]] = t[:, :, 0]
 
-    with tempfile.TemporaryDirectory(prefix="nunet-tiles-") as folder:
+    with tempfile.TemporaryDirectory(prefix="nunet-tiles-", dir=scratch_dir()) as folder:
         runner = _Runner(net, tile_size, height, x.device, Path(folder))
         try:
             act = _Activation(_ArrayStore(x[0, 0].float().cpu()))

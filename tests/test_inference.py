@@ -266,3 +266,19 @@ def test_device_side_preparation_equals_the_numpy_path(invert):
     got = _prepare_torch(planes, (0.1, 99.9), invert, "cpu")
     assert got.shape == expected.shape == (3, 1, 40, 44)
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
+
+
+def test_scratch_dir_avoids_a_ram_backed_tmp(tmp_path, monkeypatch):
+    from nunet.tiling import _fs_type, scratch_dir
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n")
+    assert _fs_type("/tmp/x", str(mounts)) == "tmpfs" and _fs_type("/var/tmp", str(mounts)) == "ext4"
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    assert scratch_dir(str(mounts)) == "/var/tmp"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\n")
+    assert scratch_dir(str(mounts)) == "/tmp"
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert scratch_dir(str(mounts)) == str(tmp_path)
