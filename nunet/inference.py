@@ -32,7 +32,7 @@ smallest within 5% of the best time per plane (:func:`pick_batch_size`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -314,17 +314,20 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
         batch_size = 1
     out = np.empty((count, height, width), dtype=np.float32)
     starts = range(0, count, batch_size)
-    with _progress(progress, count) as advance, torch.inference_mode(), _autocast(device, precision):
+    steps = _tiled_steps() if tiled else 1  # a tiled plane reports each of its passes
+    with _progress(progress, count * steps, "passes" if tiled else "planes") as advance, \
+            torch.inference_mode(), _autocast(device, precision):
         for start in starts:
             stop = min(count, start + batch_size)
             x = _prepare(planes[start:stop], percentiles, invert, device)
             if tiled:
-                y = _tiled(loaded.module, x, tile_size)
+                y = _tiled(loaded.module, x, tile_size, on_pass=lambda: advance(1))
             else:
                 y = loaded.module(x)
             y = _to_unit_range(y)[:, 0, :height, :width]
             out[start:stop] = y.cpu().numpy()
-            advance(stop - start)
+            if not tiled:
+                advance(stop - start)
     return out
 
 
@@ -473,11 +476,18 @@ def _tiling(height: int, width: int, tile_size: int | None, device: str) -> tupl
     return tile_size > 0 and max(height, width) > tile_size, tile_size
 
 
-def _tiled(module: "torch.nn.Module", x: "torch.Tensor", tile_size: int) -> "torch.Tensor":
+def _tiled_steps() -> int:
+    from nunet.tiling import TILED_PASSES
+
+    return TILED_PASSES
+
+
+def _tiled(module: "torch.nn.Module", x: "torch.Tensor", tile_size: int,
+           on_pass: "Callable[[], None] | None" = None) -> "torch.Tensor":
     from nunet.tiling import tiled_forward
 
     try:
-        return tiled_forward(module, x, tile_size)
+        return tiled_forward(module, x, tile_size, on_pass)
     except AttributeError as exc:
         raise ModelError(f"tiling needs a model with NU-Net's layer names ({exc})") from exc
 
@@ -496,9 +506,9 @@ def _autocast(device: str, precision: str):
 class _progress:
     """Context manager yielding ``advance(n)``; shows a rich bar on stderr when enabled."""
 
-    def __init__(self, enabled: bool, total: int) -> None:
+    def __init__(self, enabled: bool, total: int, unit: str = "planes") -> None:
         self.enabled = enabled and total > 1
-        self.total = total
+        self.total, self.unit = total, unit
 
     def __enter__(self):
         if not self.enabled:
@@ -506,10 +516,10 @@ class _progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        self._bar = Progress("planes", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        self._bar = Progress(self.unit, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                              console=Console(stderr=True), transient=True)
         self._bar.__enter__()
-        task = self._bar.add_task("planes", total=self.total)
+        task = self._bar.add_task(self.unit, total=self.total)
         return lambda n: self._bar.advance(task, n)
 
     def __exit__(self, *exc) -> None:

@@ -53,6 +53,8 @@ ENCODER = (ConvSpec("conv1.conv", 9), ConvSpec("conv2.conv", 3, 2), ConvSpec("co
 DECODER = (ConvSpec("deconv1.conv.conv", 3, upsample=True), ConvSpec("deconv2.conv.conv", 3, upsample=True))
 OUTPUT = ConvSpec("deconv3.conv", 9)
 RESIDUAL_BLOCKS = ("res1", "res2", "res3", "res4", "res5")
+#: Passes over the tiles of one plane: each convolution, and each residual block's sum.
+TILED_PASSES = len(ENCODER) + 3 * len(RESIDUAL_BLOCKS) + len(DECODER) + 1
 
 
 class _FileStore:
@@ -225,8 +227,8 @@ class _Runner:
     """Runs NU-Net's layers one at a time over a plane's tiles (see the module docstring)."""
 
     def __init__(self, net: torch.nn.Module, tile_size: int, full_height: int, device: torch.device,
-                 folder: Path) -> None:
-        self.net, self.device, self.folder = net, device, folder
+                 folder: Path, on_pass: Callable[[], None]) -> None:
+        self.net, self.device, self.folder, self.on_pass = net, device, folder, on_pass
         self.tile_size, self.full_height = tile_size, full_height
         self.stores: list[_FileStore] = []
 
@@ -273,6 +275,7 @@ class _Runner:
             out -= offset
             moments.add(out)
             store.write(y0, x0, out)
+        self.on_pass()
         return store, moments
 
     @staticmethod
@@ -294,12 +297,14 @@ class _Runner:
             rows, cols = np.arange(y0, y1), np.arange(x0, x1)
             t = x.window(rows, cols, self.device) + b_in.window(rows, cols, self.device)
             out.write(y0, x0, t[0].permute(1, 2, 0).contiguous())
+        self.on_pass()
         b.remove()
         x.store.remove()
         return _Activation(out)
 
 
-def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int) -> torch.Tensor:
+def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int,
+                  on_pass: Callable[[], None] | None = None) -> torch.Tensor:
     """Whole-plane NU-Net output of ``x`` (shape ``(1, 1, H, W)``, H and W multiples of 4), by tiles.
 
     Parameters
@@ -311,6 +316,8 @@ def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int) -> torc
     tile_size : int
         Side of a tile at full resolution; layers at 1/2 and 1/4 resolution use tiles of
         the same area of the plane.
+    on_pass : callable, optional
+        Called after each of the ``TILED_PASSES`` passes over the tiles (progress bars).
 
     Returns
     -------
@@ -325,7 +332,7 @@ def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int) -> torc
         out[0, 0, y0:y0 + t.shape[0], x0:x0 + t.shape[1]] = t[:, :, 0]
 
     with tempfile.TemporaryDirectory(prefix="nunet-tiles-", dir=scratch_dir()) as folder:
-        runner = _Runner(net, tile_size, height, x.device, Path(folder))
+        runner = _Runner(net, tile_size, height, x.device, Path(folder), on_pass or (lambda: None))
         try:
             act = _Activation(_ArrayStore(x[0, 0].float().cpu()))
             for spec, norm in zip(ENCODER, (net.in1, net.in2, net.in3)):

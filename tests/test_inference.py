@@ -282,3 +282,13 @@ def test_scratch_dir_avoids_a_ram_backed_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)
     assert scratch_dir(str(mounts)) == str(tmp_path)
+
+
+def test_tiled_forward_reports_every_pass(model):
+    from nunet.tiling import TILED_PASSES
+
+    x = torch.from_numpy(pad_plane(normalise_plane(blobs((40, 40)))))[None, None]
+    calls = []
+    with torch.inference_mode():
+        tiled_forward(model.module, x, 16, on_pass=lambda: calls.append(1))
+    assert len(calls) == TILED_PASSES == 21
