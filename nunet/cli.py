@@ -29,7 +29,8 @@ StrengthOpt = Annotated[Optional[float], typer.Option("--w", help="Filtering str
 AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters of TZCYXS (default: from the file).")]
 ChannelOpt = Annotated[Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2 (default: all).")]
 TileOpt = Annotated[Optional[int], typer.Option(help="Tile planes larger than this many pixels (0: never; "
-                                                     "default: CPU planes over 1280x1280 in 256-px tiles, GPU over 2048x2048).")]
+                                                     "default: CPU planes over 1280x1280 in 256-px tiles, "
+                                                     "GPU over 2048x2048).")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (default: measured with "
                                                      "--precision auto, else 1 on CPU, 8 on GPU).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]

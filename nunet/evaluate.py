@@ -4,9 +4,10 @@ For each image: the raw image, the paper's classical baselines (log LUT, Gaussia
 DoG) and each NU-Net model are compared by contrast ratio (all methods) and by blob_log
 detection F1 (raw, DoG, NU-Net), at a fixed threshold and at the threshold that maximises
 the mean F1 of each (dataset, method) pair. ``dog-tuned`` is DoG with its scale also chosen
-per dataset (among ``DOG_SCALES`` times the expected radius), the strongest classical baseline. Averages are taken per dataset, then across
-datasets, as in the paper's Table 2. Dark-blob datasets (THG-like) are inverted first,
-as the paper did for its dark-blob training sets.
+per dataset (among ``DOG_SCALES`` times the expected radius), the strongest classical
+baseline. Averages are taken per dataset, then across datasets, as in the paper's Table 2.
+Dark-blob datasets (THG-like) are inverted first, as the paper did for its dark-blob training
+sets.
 """
 
 from __future__ import annotations
@@ -164,10 +165,10 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
     loaded = {name: get_model(name, resolve_device("auto")) for name in models}
     methods = ["raw", *metrics.CLASSICAL, "dog-tuned", *loaded]
     outputs = {(i.dataset, i.name, m): filtered(i, m, loaded) for i in items for m in methods if m != "dog-tuned"}
-    dog_scale = {}
+    dog_tuning = {}
     for dataset in sorted({i.dataset for i in items}):
         group = [i for i in items if i.dataset == dataset]
-        dog_scale[dataset], images = tune_dog(group, thresholds)
+        *dog_tuning[dataset], images = tune_dog(group, thresholds)
         outputs.update({(i.dataset, i.name, "dog-tuned"): image for i, image in zip(group, images)})
     rows: dict[tuple[str, str, str], Row] = {}
     for item in items:
@@ -182,7 +183,11 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
         group = [i for i in items if i.dataset == dataset]
         for m in [*DETECTION_METHODS, *loaded]:
             images = [outputs[(i.dataset, i.name, m)] for i in group]
-            threshold, _ = metrics.best_threshold(images, [i.centroids for i in group], group[0].radius, thresholds)
+            if m == "dog-tuned":  # tune_dog already found its best threshold
+                scale, threshold = dog_tuning[dataset]
+            else:
+                threshold, _ = metrics.best_threshold(images, [i.centroids for i in group], group[0].radius,
+                                                      thresholds)
             for item, image in zip(group, images):
                 row = rows[(item.dataset, item.name, m)]
                 row.f1_fixed = metrics.match(metrics.detect_blobs(image, item.radius, fixed_threshold),
@@ -191,20 +196,21 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
                 row.threshold, row.f1_best = threshold, best.f1
                 row.precision_best, row.recall_best = best.precision, best.recall
                 if m == "dog-tuned":
-                    row.radius_scale = dog_scale[dataset]
+                    row.radius_scale = scale
     return list(rows.values()), outputs
 
 
-def tune_dog(group: Sequence[EvalImage], thresholds: Sequence[float]) -> tuple[float, list[np.ndarray]]:
+def tune_dog(group: Sequence[EvalImage], thresholds: Sequence[float]) -> tuple[float, float, list[np.ndarray]]:
     """DoG with its scale tuned on one dataset: the factor of ``DOG_SCALES`` on the expected radius
-    whose best-threshold mean F1 is highest; returns that factor and the filtered images."""
-    best: tuple[float, float, list[np.ndarray]] | None = None
+    whose best-threshold mean F1 is highest; returns that factor, its threshold and the filtered images."""
+    best: tuple[float, float, float, list[np.ndarray]] | None = None
     for scale in DOG_SCALES:
         images = [metrics.dog(_source(i), i.radius * scale) for i in group]
-        _, score = metrics.best_threshold(images, [i.centroids for i in group], group[0].radius, thresholds)
+        threshold, score = metrics.best_threshold(images, [i.centroids for i in group], group[0].radius,
+                                                  thresholds)
         if best is None or score > best[0]:
-            best = (score, scale, images)
-    return best[1], best[2]
+            best = (score, scale, threshold, images)
+    return best[1], best[2], best[3]
 
 
 def summarise(rows: Sequence[Row]) -> list[dict]:

@@ -314,7 +314,9 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
         batch_size = 1
     out = np.empty((count, height, width), dtype=np.float32)
     starts = range(0, count, batch_size)
-    steps = _tiled_steps() if tiled else 1  # a tiled plane reports each of its passes
+    if tiled:
+        from nunet.tiling import TILED_PASSES
+    steps = TILED_PASSES if tiled else 1  # a tiled plane reports each of its passes
     with _progress(progress, count * steps, "passes" if tiled else "planes") as advance, \
             torch.inference_mode(), _autocast(device, precision):
         for start in starts:
@@ -393,15 +395,23 @@ def default_batch_size(device: str) -> int:
     return 1 if device == "cpu" else 8
 
 
-def _probe_planes(count: int) -> np.ndarray:
-    """``count`` copies of a normalised 256x256 synthetic nuclei plane, ``(count, 1, 256, 256)``."""
+@lru_cache(maxsize=1)
+def _probe_plane() -> np.ndarray:
+    """A normalised 256x256 synthetic nuclei plane (made once; read-only)."""
     from nunet.synth import synth_image
 
     plane = normalise_plane(synth_image("dense", (256, 256), seed=0).image)
-    return np.repeat(plane[None, None], count, axis=0)
+    plane.flags.writeable = False
+    return plane
 
 
-def _best_seconds(loaded: "LoadedModel", x: "torch.Tensor", device: str, precision: str) -> tuple[float, "torch.Tensor"]:
+def _probe_planes(count: int) -> np.ndarray:
+    """``count`` copies of :func:`_probe_plane`, ``(count, 1, 256, 256)``."""
+    return np.repeat(_probe_plane()[None, None], count, axis=0)
+
+
+def _best_seconds(loaded: "LoadedModel", x: "torch.Tensor", device: str,
+                  precision: str) -> tuple[float, "torch.Tensor"]:
     """Best of 3 timed forward passes (after a warm-up), and the last output in [0, 1]."""
     import time
 
@@ -474,12 +484,6 @@ def _tiling(height: int, width: int, tile_size: int | None, device: str) -> tupl
         pixels, side = AUTO_TILING["cpu" if device == "cpu" else "gpu"]
         return height * width > pixels, side
     return tile_size > 0 and max(height, width) > tile_size, tile_size
-
-
-def _tiled_steps() -> int:
-    from nunet.tiling import TILED_PASSES
-
-    return TILED_PASSES
 
 
 def _tiled(module: "torch.nn.Module", x: "torch.Tensor", tile_size: int,

@@ -125,13 +125,10 @@ def test_bf16_stays_close_to_fp32(model):
 def test_tiled_output_equals_whole_plane(model, shape, tile, tmp_path, monkeypatch):
     """Exact whole-plane statistics and padding, at any tile size; temporary files cleaned up."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    tempfile.tempdir = None
-    try:
-        img = blobs(shape, seed=3, n=30)
-        whole = enhance(img, model, tile_size=0)
-        tiled = enhance(img, model, tile_size=tile)
-    finally:
-        tempfile.tempdir = None
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    img = blobs(shape, seed=3, n=30)
+    whole = enhance(img, model, tile_size=0)
+    tiled = enhance(img, model, tile_size=tile)
     assert np.abs(whole - tiled).max() <= 1e-5
     assert list(tmp_path.iterdir()) == []
 
