@@ -181,8 +181,8 @@ def _convolve(window: torch.Tensor, spec: ConvSpec, weight: torch.Tensor, bias: 
     """The layer's convolution of an already padded window, as :class:`nunet.NUNet` computes it."""
     if spec.upsample:
         return upsample_conv3x3(window, weight, bias)
-    if weight.shape[0] == 1 and not window.is_cuda:
-        return single_output_conv(window.contiguous(), weight, bias)
+    if weight.shape[0] == 1:
+        return single_output_conv(window, weight, bias)
     return torch.nn.functional.conv2d(window, weight, bias, stride=spec.stride)
 
 

@@ -126,7 +126,8 @@ def test_single_output_conv_equals_conv2d():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_instance_norm_of_low_precision_input_matches_fp32(dtype):
-    """The two-pass statistics for bf16/fp16 inputs equal instance_norm on the fp32 copy, large offsets included."""
+    """For bf16/fp16 inputs the output, in the input's dtype, is instance_norm of the fp32 copy rounded:
+    statistics in fp32 (a low-precision mean of +-200 would be off by a whole standard deviation)."""
     from nunet.model import InstanceNorm
 
     torch.manual_seed(2)
@@ -137,5 +138,5 @@ def test_instance_norm_of_low_precision_input_matches_fp32(dtype):
     x = (torch.randn(2, 8, 30, 20) * 3 + torch.linspace(-200, 200, 8).view(1, 8, 1, 1)).to(dtype)
     reference = nn.functional.instance_norm(x.float(), weight=norm.weight, bias=norm.bias, eps=norm.eps)
     out = norm(x)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, reference, atol=1e-3, rtol=1e-4)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, reference.to(dtype), atol=2e-2, rtol=0)
