@@ -58,8 +58,8 @@ if TYPE_CHECKING:
 
 PERCENTILES = (0.1, 99.9)
 #: When ``tile_size`` is None, planes with more pixels than this are tiled, with tiles of this side.
-#: CPU: measured on 2 cores, 256-px tiles beat the whole plane from about 1280x1280 on
-#: (benchmarks/bench_inference.py). GPU: tiles keep activations in host files, so only planes
+#: CPU: measured on 2 cores, 256-px tiles are as fast as the whole plane or faster from about
+#: 1280x1280 on, in far less memory (benchmarks/bench_inference.py). GPU: tiles keep activations in host files, so only planes
 #: whose whole-plane activations could crowd GPU memory (about 0.5 kB per pixel) are tiled.
 AUTO_TILING = {"cpu": (1280 * 1280, 256), "gpu": (2048 * 2048, 1024)}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
