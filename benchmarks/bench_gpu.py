@@ -5,6 +5,7 @@ Prints, in one run on one GPU:
   sizes, with the ratio to fp32 at batch 1 and the max abs difference from fp32 on the [0, 1]
   output of a synthetic nuclei image;
 - the same net replayed as a CUDA graph at the best batch size;
+- the output layer (32->1 9x9 conv) as cuDNN runs it and as nunet computes it (row convolutions);
 - ``enhance`` on a 130x400x400 volume (the paper's example: 1.3 GB, 23 ms/plane): wall ms/plane
   including normalisation and transfers, and the peak GPU memory allocated; then with
   ``precision="auto"`` (what it picks: precision and batch size, and how long measuring took).
@@ -96,6 +97,7 @@ def main() -> None:
     with torch.cuda.graph(graph):
         run(static, mode)
     print(f"CUDA graph replay of the same: {cuda_ms(graph.replay, args.repeats) / batch:.3f} ms/plane")
+    output_layer(args.size, batch, mode, args.repeats)
 
     model_ref = args.model or _saved_untrained()
     volume = np.stack([synth_image("sparse", (args.size, args.size), seed=100 + z).image for z in range(130)])
@@ -129,6 +131,23 @@ def main() -> None:
     wall = (time.perf_counter() - start) / len(volume) * 1e3
     print(f"enhance 130x{args.size}x{args.size} auto (picks {chosen}, batch {batch}; measuring took {tuning:.1f} s): "
           f"{wall:.2f} ms/plane, peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+def output_layer(size: int, batch: int, precision: str, repeats: int) -> None:
+    """The 32->1 9x9 output conv as cuDNN runs it against nunet's row convolutions (used on all devices)."""
+    import torch
+
+    from nunet.model import single_output_conv
+
+    padded = torch.rand(batch, 32, size + 8, size + 8, device="cuda")
+    weight, bias = torch.randn(1, 32, 9, 9, device="cuda") * 0.05, torch.zeros(1, device="cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    ctx = torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
+    with torch.inference_mode(), ctx:
+        direct = cuda_ms(lambda: torch.nn.functional.conv2d(padded, weight, bias), repeats) / batch
+        rows = cuda_ms(lambda: single_output_conv(padded, weight, bias), repeats) / batch
+    print(f"output layer 32->1 9x9, {precision} batch {batch}: cuDNN conv2d {direct:.3f} ms/plane, "
+          f"nunet row convolutions {rows:.3f} ms/plane")
 
 
 def _saved_untrained() -> str:
