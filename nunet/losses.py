@@ -21,8 +21,23 @@ import torch
 def gram(features: torch.Tensor) -> torch.Tensor:
     """Gram matrices (N, C, C) of features (N, C, H, W), normalised by C * H * W."""
     n, c, h, w = features.shape
-    flat = features.reshape(n, c, h * w)
-    return flat @ flat.transpose(1, 2) / (c * h * w)
+    return _Gram.apply(features.reshape(n, c, h * w), 1.0 / (c * h * w))
+
+
+class _Gram(torch.autograd.Function):
+    """``G = s F F^T`` with the gradient ``s (dG + dG^T) F``: one matrix product in the backward
+    pass instead of autograd's two (one per operand) and the sum of two feature-sized gradients."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(flat)
+        ctx.scale = scale
+        return flat @ flat.transpose(1, 2) * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (flat,) = ctx.saved_tensors
+        return ((grad + grad.transpose(1, 2)) * ctx.scale) @ flat, None
 
 
 def content_loss(output_features: torch.Tensor, input_features: torch.Tensor) -> torch.Tensor:

@@ -256,10 +256,12 @@ def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float,
     from nunet.losses import content_loss, morphological_loss
 
     output = net(batch)
-    features_out, features_in = backbone(output), backbone(batch)
+    features_out = backbone(output)
+    with torch.no_grad():
+        features_in = backbone.content_features(batch)
     index = torch.randint(len(targets), (min(config.target_batch, len(targets)),), generator=rng_torch)
     index = index.to(batch.device)
-    content = content_loss(features_out[backbone.content_tap], features_in[backbone.content_tap].detach())
+    content = content_loss(features_out[backbone.content_tap], features_in)
     morph = morphological_loss(features_out, targets, index)
     total = content + weight_morph * morph
     optimiser.zero_grad(set_to_none=True)

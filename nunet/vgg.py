@@ -57,22 +57,35 @@ class Backbone(nn.Module):
         return super().train(False)  # always frozen, always eval
 
     def forward(self, grey: torch.Tensor) -> list[torch.Tensor]:
-        """Grey images (N, 1, H, W) in 0..255 -> 3 identical channels, /255, ImageNet mean/std."""
-        x = (grey / 255.0).expand(-1, 3, -1, -1)
-        x = (x - self.mean) / self.std
-        return self._taps(x)
+        """Grey images (N, 1, H, W) in 0..255 as 3 identical channels, /255, ImageNet mean/std.
 
-    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        The first convolutions see that 3-channel image; :func:`grey_conv` computes them from
+        the grey channel alone.
+        """
+        return self._taps(grey / 255.0)
+
+    def _first_conv(self, grey: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        return grey_conv(grey, conv, self.mean, self.std)
+
+    def content_features(self, grey: torch.Tensor) -> torch.Tensor:
+        """The content tap's feature map alone (as ``forward(grey)[content_tap]``), computing no more."""
+        raise NotImplementedError
+
+    def _taps(self, grey: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
 
 
 class VGGBackbone(Backbone):
     """VGG19 ``features`` cut into the four stages ending at relu2_2, relu3_4, relu4_4, relu5_4."""
 
-    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def content_features(self, grey: torch.Tensor) -> torch.Tensor:
+        return self._taps(grey / 255.0, self.content_tap + 1)[-1]
+
+    def _taps(self, grey: torch.Tensor, count: int | None = None) -> list[torch.Tensor]:
+        x = self._first_conv(grey, self.stages[0][0])
         out = []
-        for stage in self.stages:
-            x = stage(x)
+        for i, stage in enumerate(self.stages[:count]):
+            x = stage[1:](x) if i == 0 else stage(x)
             out.append(x)
         return out
 
@@ -80,8 +93,37 @@ class VGGBackbone(Backbone):
 class MultiScaleBackbone(Backbone):
     """Parallel random convolutions of several sizes, each followed by ReLU (one tap each)."""
 
-    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [stage(x) for stage in self.stages]
+    def content_features(self, grey: torch.Tensor) -> torch.Tensor:
+        return self._stage(grey / 255.0, self.stages[self.content_tap])
+
+    def _taps(self, grey: torch.Tensor) -> list[torch.Tensor]:
+        return [self._stage(grey, stage) for stage in self.stages]
+
+    def _stage(self, grey: torch.Tensor, stage: nn.Module) -> torch.Tensor:
+        return stage[1:](self._first_conv(grey, stage[0]))
+
+
+def grey_conv(grey: torch.Tensor, conv: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``conv`` of the 3-channel ImageNet-normalised copy of grey images, from the grey channel alone.
+
+    Channel ``i`` of the copy is ``grey / std_i - mean_i / std_i``. The convolution is therefore
+    a one-channel convolution of ``grey`` with ``sum_i w_i / std_i``, minus that of an all-ones
+    image with ``sum_i w_i mean_i / std_i`` (zero padding sees the constant part only inside
+    the image): the same result with a third of the multiply-adds.
+
+    Parameters
+    ----------
+    grey : torch.Tensor
+        ``(N, 1, H, W)`` in 0..1.
+    conv : nn.Conv2d
+        A stride-1 convolution with 3 input channels and zero padding.
+    mean, std : torch.Tensor
+        ImageNet channel statistics, ``(1, 3, 1, 1)``.
+    """
+    grey_weight = (conv.weight / std).sum(1, keepdim=True)
+    const_weight = (conv.weight * (mean / std)).sum(1, keepdim=True)
+    const = nn.functional.conv2d(torch.ones_like(grey[:1]), const_weight, padding=conv.padding)
+    return nn.functional.conv2d(grey, grey_weight, conv.bias, padding=conv.padding).sub_(const)
 
 
 def vgg19_features() -> nn.Sequential:

@@ -23,6 +23,37 @@ def test_gram_normalisation_by_hand():
     assert torch.allclose(gram(features)[0], expected)
 
 
+def test_gram_gradient_matches_autograd_of_the_plain_product():
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (gram(features) * weights).sum().backward()
+    custom = features.grad.clone()
+    features.grad = None
+    flat = features.reshape(2, 3, 20)
+    ((flat @ flat.transpose(1, 2) / 60) * weights).sum().backward()
+    torch.testing.assert_close(custom, features.grad)
+
+
+@pytest.mark.parametrize("name", ["random-vgg19", "random-multiscale"])
+def test_backbone_sees_grey_as_three_normalised_channels(name):
+    """The grey-channel shortcut (nunet.vgg.grey_conv) equals running the 3-channel ImageNet-normalised
+    copy through the layers; content_features equals the full forward's content tap."""
+    backbone = build_backbone(BackboneSpec(name))
+    grey = torch.rand(2, 1, 48, 40) * 255
+    x = ((grey / 255).expand(-1, 3, -1, -1) - backbone.mean) / backbone.std
+    if name == "random-vgg19":
+        expected = []
+        for stage in backbone.stages:
+            x = stage(x)
+            expected.append(x)
+    else:
+        expected = [stage(x) for stage in backbone.stages]
+    taps = backbone(grey)
+    for tap, reference in zip(taps, expected, strict=True):
+        torch.testing.assert_close(tap, reference, atol=1e-5 * float(reference.abs().max()), rtol=1e-4)
+    assert torch.equal(backbone.content_features(grey), taps[backbone.content_tap])
+
+
 def test_content_loss_is_zero_for_identical_images():
     backbone = build_backbone(BackboneSpec("random-vgg19"))
     x = torch.rand(1, 1, 64, 64) * 255
