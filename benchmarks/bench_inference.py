@@ -101,12 +101,16 @@ print(json.dumps({{"seconds": time.perf_counter() - start,
 def precision_rows(size: int, repeats: int) -> float:
     """ms/plane of the full ``enhance`` path per precision, and the ratio to fp32; returns fp32's."""
     from nunet import enhance, load_model
-    from nunet.inference import choose_precision
+    from nunet.inference import choose_batch_size, choose_precision, choose_threads
     from nunet.synth import synth_image
 
     plane = synth_image("dense", (size, size), seed=3).image
-    chosen = choose_precision(load_model("nunet-w8", device="cpu"), "cpu")
-    print(f"\nenhance() on one {size}x{size} plane, nunet-w8, CPU (auto picks {chosen}):")
+    loaded = load_model("nunet-w8", device="cpu")
+    chosen = choose_precision(loaded, "cpu")
+    batch = choose_batch_size(loaded, "cpu", chosen)
+    threads = choose_threads(loaded, chosen, batch)
+    print(f"\nenhance() on one {size}x{size} plane, nunet-w8, CPU "
+          f"(auto picks {chosen}, batch {batch}, {threads} threads):")
     base = None
     for precision in ("fp32", "bf16", "auto"):
         ms = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", precision=precision), repeats)

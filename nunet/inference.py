@@ -26,7 +26,10 @@ the autocast (:class:`nunet.model.InstanceNorm`). ``auto`` measures, once per mo
 fp32 and every candidate on a synthetic nuclei plane, and keeps the fastest whose [0, 1] output
 differs from fp32 by at most ``AUTO_TOLERANCE`` (max abs). Unless a batch size is given, it
 then times the plane batch sizes of ``BATCH_CANDIDATES`` at that precision and keeps the
-smallest within 5% of the best time per plane (:func:`pick_batch_size`).
+smallest within 5% of the best time per plane (:func:`smallest_within`). On a CPU it also times
+torch's thread count and half of it, keeps the smaller within 5% (fewer threads leave cores to
+the reader and writer threads of a batch), and runs with it for the call only (the process's
+setting is restored afterwards).
 
 Memory
 ------
@@ -40,8 +43,9 @@ its first CPU inference nunet therefore asks glibc (``mallopt``) to serve blocks
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -339,6 +343,7 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
         batch_size = choose_batch_size(loaded, device, precision) if tuned else default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    threads = choose_threads(loaded, precision, batch_size) if tuned and device == "cpu" else None
     ph, pw = padded_shape(height, width)
     tiled, tile_size = _tiling(ph, pw, tile_size, device)
     if tiled:
@@ -349,7 +354,7 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
         from nunet.tiling import TILED_PASSES
     steps = TILED_PASSES if tiled else 1  # a tiled plane reports each of its passes
     with _progress(progress, count * steps, "passes" if tiled else "planes") as advance, \
-            torch.inference_mode(), _autocast(device, precision):
+            _num_threads(threads), torch.inference_mode(), _autocast(device, precision):
         for start in starts:
             stop = min(count, start + batch_size)
             x = _prepare(planes[start:stop], percentiles, invert, device)
@@ -417,6 +422,7 @@ def _to_unit_range(y: "torch.Tensor") -> "torch.Tensor":
 
 _CHOSEN: dict[tuple[str, str], str] = {}
 _BATCH: dict[tuple[str, str, str], int] = {}
+_THREADS: dict[tuple[str, str, int, int], int] = {}
 #: Plane batch sizes ``auto`` tries, per device kind.
 BATCH_CANDIDATES = {"cpu": (1, 2, 4), "cuda": (1, 4, 8, 16, 32), "mps": (1, 4, 8, 16)}
 
@@ -483,19 +489,20 @@ def choose_precision(loaded: "LoadedModel", device: str) -> str:
     return _CHOSEN[key]
 
 
-def pick_batch_size(seconds_per_plane: dict[int, float], tolerance: float = 0.05) -> int:
-    """The smallest batch whose time per plane is within ``tolerance`` of the best one.
+def smallest_within(seconds: dict[int, float], tolerance: float = 0.05) -> int:
+    """The smallest setting (batch size, thread count) whose time is within ``tolerance`` of the best.
 
-    Larger batches only earn their memory when they are measurably faster per plane.
+    More planes per batch or more threads only earn their memory or cores when they are
+    measurably faster.
     """
-    best = min(seconds_per_plane.values())
-    return min(b for b, t in seconds_per_plane.items() if t <= best * (1.0 + tolerance))
+    best = min(seconds.values())
+    return min(b for b, t in seconds.items() if t <= best * (1.0 + tolerance))
 
 
 def choose_batch_size(loaded: "LoadedModel", device: str, precision: str) -> int:
     """The plane batch size ``auto`` uses: each of ``BATCH_CANDIDATES`` timed on 256x256 planes.
 
-    Measured once per model file, device and precision, then cached; see :func:`pick_batch_size`.
+    Measured once per model file, device and precision, then cached; see :func:`smallest_within`.
     """
     import torch
 
@@ -505,8 +512,42 @@ def choose_batch_size(loaded: "LoadedModel", device: str, precision: str) -> int
         for batch in BATCH_CANDIDATES.get(device.split(":")[0], (1,)):
             x = torch.from_numpy(_probe_planes(batch)).to(device)
             per_plane[batch] = _best_seconds(loaded, x, device, precision)[0] / batch
-        _BATCH[key] = pick_batch_size(per_plane)
+        _BATCH[key] = smallest_within(per_plane)
     return _BATCH[key]
+
+
+def choose_threads(loaded: "LoadedModel", precision: str, batch_size: int) -> int:
+    """The CPU thread count ``auto`` uses: torch's current count and half of it, timed on 256x256 planes.
+
+    Measured once per model file, precision, batch size and current count, then cached; see
+    :func:`smallest_within`.
+    """
+    import torch
+
+    current = torch.get_num_threads()
+    key = (str(loaded.path), precision, batch_size, current)
+    if key not in _THREADS:
+        x = torch.from_numpy(_probe_planes(batch_size))
+        seconds = {}
+        for threads in sorted({current, max(1, current // 2)}):
+            with _num_threads(threads):
+                seconds[threads] = _best_seconds(loaded, x, "cpu", precision)[0]
+        _THREADS[key] = smallest_within(seconds)
+    return _THREADS[key]
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None) -> Iterator[None]:
+    """Run torch's CPU operators with ``threads`` threads (None: unchanged), then restore the count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _tiling(height: int, width: int, tile_size: int | None, device: str) -> tuple[bool, int]:
@@ -528,8 +569,6 @@ def _tiled(module: "torch.nn.Module", x: "torch.Tensor", tile_size: int,
 
 
 def _autocast(device: str, precision: str):
-    import contextlib
-
     import torch
 
     if precision == "fp32":

@@ -205,12 +205,31 @@ def test_invert_filters_the_flipped_image(model):
     assert np.abs(enhance(img, model, invert=True) - enhance(img, model)).max() > 0.05
 
 
-def test_pick_batch_size_prefers_the_smallest_batch_within_tolerance():
-    from nunet.inference import pick_batch_size
+def test_smallest_within_prefers_the_smallest_setting_within_tolerance():
+    from nunet.inference import smallest_within
 
-    assert pick_batch_size({1: 0.30, 2: 0.32, 4: 0.40}) == 1
-    assert pick_batch_size({1: 0.30, 4: 0.20, 8: 0.195, 16: 0.21}) == 4
-    assert pick_batch_size({1: 0.30, 4: 0.20, 8: 0.10}) == 8
+    assert smallest_within({1: 0.30, 2: 0.32, 4: 0.40}) == 1
+    assert smallest_within({1: 0.30, 4: 0.20, 8: 0.195, 16: 0.21}) == 4
+    assert smallest_within({1: 0.30, 4: 0.20, 8: 0.10}) == 8
+
+
+def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, monkeypatch):
+    from nunet import inference
+
+    before = torch.get_num_threads()
+    img = blobs((40, 36))
+    out = enhance(img, model, precision="auto")
+    precision = inference._CHOSEN[(str(model.path), "cpu")]
+    batch = inference._BATCH[(str(model.path), "cpu", precision)]
+    key = (str(model.path), precision, batch, before)
+    assert inference._THREADS[key] in {before, max(1, before // 2)}
+    assert torch.get_num_threads() == before
+    np.testing.assert_allclose(out, enhance(img, model, precision=precision), atol=1e-5)
+    seen = []
+    monkeypatch.setitem(inference._THREADS, key, 1)  # a cached choice is used, not measured again
+    monkeypatch.setattr(inference, "_to_unit_range", lambda y: (seen.append(torch.get_num_threads()), y)[1] / 255)
+    enhance(img, model, precision="auto")
+    assert seen == [1] and torch.get_num_threads() == before
 
 
 def test_auto_measures_a_batch_size_once_and_keeps_the_output(model):
