@@ -22,14 +22,14 @@ Precision
 ---------
 ``fp32`` is the reference. ``bf16`` (CPU with native bf16, or GPU) and ``fp16`` (GPU) run the
 convolutions under autocast; NU-Net's InstanceNorm layers take their statistics in fp32 whatever
-the autocast (:class:`nunet.model.InstanceNorm`). ``auto`` measures, once per model and device in a process,
-fp32 and every candidate on a synthetic nuclei plane, and keeps the fastest whose [0, 1] output
-differs from fp32 by at most ``AUTO_TOLERANCE`` (max abs). Unless a batch size is given, it
-then times the plane batch sizes of ``BATCH_CANDIDATES`` at that precision and keeps the
-smallest within 5% of the best time per plane (:func:`smallest_within`). On a CPU it also times
-torch's thread count and half of it, keeps the smaller within 5% (fewer threads leave cores to
-the reader and writer threads of a batch), and runs with it for the call only (the process's
-setting is restored afterwards).
+the autocast (:class:`nunet.model.InstanceNorm`). ``auto`` measures, once per model and device in
+a process, fp32 and every candidate on a synthetic nuclei plane, and keeps the fastest whose
+[0, 1] output differs from fp32 by at most ``AUTO_TOLERANCE`` (max abs). Unless a batch size is
+given, it then times the plane batch sizes of ``BATCH_CANDIDATES`` at that precision and keeps
+the smallest within 5% of the best time per plane (:func:`smallest_within`). On a CPU it also
+times torch's thread count and half of it, keeps the smaller within 5% (fewer threads leave
+cores to the reader and writer threads of a batch), and runs with it for the call only (the
+process's setting is restored afterwards).
 
 Memory
 ------
@@ -63,8 +63,9 @@ if TYPE_CHECKING:
 PERCENTILES = (0.1, 99.9)
 #: When ``tile_size`` is None, planes with more pixels than this are tiled, with tiles of this side.
 #: CPU: measured on 2 cores, 256-px tiles are as fast as the whole plane or faster from about
-#: 1280x1280 on, in far less memory (benchmarks/bench_inference.py). GPU: tiles keep activations in host files, so only planes
-#: whose whole-plane activations could crowd GPU memory (about 0.5 kB per pixel) are tiled.
+#: 1280x1280 on, in far less memory (benchmarks/bench_inference.py). GPU: tiles keep activations
+#: in host files, so only planes whose whole-plane activations could crowd GPU memory (about
+#: 0.5 kB per pixel) are tiled.
 AUTO_TILING = {"cpu": (1280 * 1280, 256), "gpu": (2048 * 2048, 1024)}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTO_TOLERANCE = 1e-2
@@ -110,7 +111,8 @@ def reuse_freed_memory() -> bool:
     if platform.libc_ver()[0] != "glibc":
         return False
     mallopt = ctypes.CDLL(None).mallopt
-    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+    blocks = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
+    return bool(blocks) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
 
 
 @lru_cache(maxsize=4)
