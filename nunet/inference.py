@@ -540,12 +540,17 @@ def choose_threads(loaded: "LoadedModel", precision: str, batch_size: int) -> in
 
 @contextlib.contextmanager
 def _num_threads(threads: int | None) -> Iterator[None]:
-    """Run torch's CPU operators with ``threads`` threads (None: unchanged), then restore the count."""
+    """Run torch's CPU operators with ``threads`` threads (None: unchanged), then restore the count.
+
+    The count is process-wide: it is only touched when it differs from the current one.
+    """
     import torch
 
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
