@@ -313,7 +313,8 @@ def test_tiled_forward_reports_every_pass(model):
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_repeated_cpu_passes_reuse_memory_instead_of_faulting_it_in():
     """Without reuse_freed_memory glibc unmaps the freed activations and each 400x400 pass
-    page-faults ~20,000 pages back in; with it a warm pass faults almost none (fresh process)."""
+    page-faults ~20,000 pages back in; with it warm passes fault almost none (fresh process; the
+    fewest of three warm passes, as the heap occasionally grows by a few thousand pages once)."""
     import subprocess
     import sys
 
@@ -323,9 +324,12 @@ def test_repeated_cpu_passes_reuse_memory_instead_of_faulting_it_in():
         "from nunet.synth import synth_image\n"
         "img = synth_image('dense', (400, 400), seed=1).image\n"
         "for _ in range(2): enhance(img, 'nunet-w8', device='cpu', precision='bf16')\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "enhance(img, 'nunet-w8', device='cpu', precision='bf16')\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "faults = []\n"
+        "for _ in range(3):\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    enhance(img, 'nunet-w8', device='cpu', precision='bf16')\n"
+        "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(min(faults))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert int(done.stdout) < 2000
