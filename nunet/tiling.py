@@ -251,9 +251,8 @@ class _Runner:
 
         The stored output feeds an InstanceNorm, which ignores per-channel offsets: it is
         stored minus the first tile's channel means, so the moments are taken around a
-        mean near zero. With ``sink``, the
-        final layer's tiles (contiguous float32 ``(h, w, C)``) go to ``sink(y0, x0, tile)``
-        unshifted, and no moments are taken.
+        mean near zero. With ``sink``, the final layer's tiles (contiguous float32
+        ``(h, w, C)``) go to ``sink(y0, x0, tile)`` unshifted, and no moments are taken.
         """
         conv = _module(self.net, spec.path)
         weight, bias = conv.weight, conv.bias
@@ -333,18 +332,19 @@ def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int,
 
     with tempfile.TemporaryDirectory(prefix="nunet-tiles-", dir=scratch_dir()) as folder:
         runner = _Runner(net, tile_size, height, x.device, Path(folder), on_pass or (lambda: None))
+        def conv_norm_relu(act: _Activation, spec: ConvSpec, norm: torch.nn.Module) -> _Activation:
+            store, moments = runner.conv(act, spec)
+            act.store.remove()
+            return runner.normalised(store, moments, norm, relu=True)
+
         try:
             act = _Activation(_ArrayStore(x[0, 0].float().cpu()))
             for spec, norm in zip(ENCODER, (net.in1, net.in2, net.in3)):
-                store, moments = runner.conv(act, spec)
-                act.store.remove()
-                act = runner.normalised(store, moments, norm, relu=True)
+                act = conv_norm_relu(act, spec, norm)
             for name in RESIDUAL_BLOCKS:
                 act = runner.residual(getattr(net, name), name, act)
             for spec, norm in zip(DECODER, (net.in4, net.in5)):
-                store, moments = runner.conv(act, spec)
-                act.store.remove()
-                act = runner.normalised(store, moments, norm, relu=True)
+                act = conv_norm_relu(act, spec, norm)
             runner.conv(act, OUTPUT, sink=to_out)
         finally:
             runner.close()
