@@ -425,6 +425,7 @@ def _to_unit_range(y: "torch.Tensor") -> "torch.Tensor":
 _CHOSEN: dict[tuple[str, str], str] = {}
 _BATCH: dict[tuple[str, str, str], int] = {}
 _THREADS: dict[tuple[str, str, int, int], int] = {}
+_SECONDS: dict[tuple[str, str, str, int, int], float] = {}
 #: Plane batch sizes ``auto`` tries, per device kind.
 BATCH_CANDIDATES = {"cpu": (1, 2, 4), "cuda": (1, 4, 8, 16, 32), "mps": (1, 4, 8, 16)}
 
@@ -465,6 +466,25 @@ def _best_seconds(loaded: "LoadedModel", x: "torch.Tensor", device: str,
     return min(times[1:]), y
 
 
+def _timing_key(loaded: "LoadedModel", device: str, precision: str,
+                batch: int) -> tuple[str, str, str, int, int]:
+    import torch
+
+    return str(loaded.path), device, precision, batch, torch.get_num_threads()
+
+
+def _probe_seconds(loaded: "LoadedModel", device: str, precision: str, batch: int) -> float:
+    """:func:`_best_seconds` on ``batch`` probe planes, measured once per model file, device,
+    precision, batch size and CPU thread count (``auto``'s choices share their measurements)."""
+    import torch
+
+    key = _timing_key(loaded, device, precision, batch)
+    if key not in _SECONDS:
+        x = torch.from_numpy(_probe_planes(batch)).to(device)
+        _SECONDS[key] = _best_seconds(loaded, x, device, precision)[0]
+    return _SECONDS[key]
+
+
 def choose_precision(loaded: "LoadedModel", device: str) -> str:
     """The precision ``auto`` picks for a model on a device (measured once, then cached).
 
@@ -485,6 +505,8 @@ def choose_precision(loaded: "LoadedModel", device: str) -> str:
         candidates.append("bf16")
     x = torch.from_numpy(_probe_planes(default_batch_size(device))).to(device)
     results = {precision: _best_seconds(loaded, x, device, precision) for precision in candidates}
+    for precision, (seconds, _) in results.items():
+        _SECONDS[_timing_key(loaded, device, precision, len(x))] = seconds
     reference = results["fp32"][1]
     allowed = [p for p in candidates if float((results[p][1] - reference).abs().max()) <= AUTO_TOLERANCE]
     _CHOSEN[key] = min(allowed, key=lambda p: results[p][0])
@@ -506,14 +528,10 @@ def choose_batch_size(loaded: "LoadedModel", device: str, precision: str) -> int
 
     Measured once per model file, device and precision, then cached; see :func:`smallest_within`.
     """
-    import torch
-
     key = (str(loaded.path), device, precision)
     if key not in _BATCH:
-        per_plane = {}
-        for batch in BATCH_CANDIDATES.get(device.split(":")[0], (1,)):
-            x = torch.from_numpy(_probe_planes(batch)).to(device)
-            per_plane[batch] = _best_seconds(loaded, x, device, precision)[0] / batch
+        per_plane = {batch: _probe_seconds(loaded, device, precision, batch) / batch
+                     for batch in BATCH_CANDIDATES.get(device.split(":")[0], (1,))}
         _BATCH[key] = smallest_within(per_plane)
     return _BATCH[key]
 
@@ -529,11 +547,10 @@ def choose_threads(loaded: "LoadedModel", precision: str, batch_size: int) -> in
     current = torch.get_num_threads()
     key = (str(loaded.path), precision, batch_size, current)
     if key not in _THREADS:
-        x = torch.from_numpy(_probe_planes(batch_size))
         seconds = {}
         for threads in sorted({current, max(1, current // 2)}):
             with _num_threads(threads):
-                seconds[threads] = _best_seconds(loaded, x, "cpu", precision)[0]
+                seconds[threads] = _probe_seconds(loaded, "cpu", precision, batch_size)
         _THREADS[key] = smallest_within(seconds)
     return _THREADS[key]
 
