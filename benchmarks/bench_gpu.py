@@ -105,8 +105,8 @@ def main() -> None:
         for batch_size in (1, 16):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            enhance(volume[:4], model_ref, device="cuda",
-                    precision=precision, batch_size=batch_size, axes="ZYX")
+            # warm-up on the whole volume: cuDNN picks kernels for each new batch shape once
+            enhance(volume, model_ref, device="cuda", precision=precision, batch_size=batch_size, axes="ZYX")
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
