@@ -86,17 +86,20 @@ class Backbone(nn.Module):
 
     def content_features(self, grey: torch.Tensor) -> torch.Tensor:
         """The content tap's feature map alone (as ``forward(grey)[content_tap]``), computing no more."""
-        raise NotImplementedError
+        return self._content(grey / 255.0)
 
     def _taps(self, grey: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _content(self, grey: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
 class VGGBackbone(Backbone):
     """VGG ``features`` cut into four stages (VGG19: ending at relu2_2, relu3_4, relu4_4, relu5_4)."""
 
-    def content_features(self, grey: torch.Tensor) -> torch.Tensor:
-        return self._taps(grey / 255.0, self.content_tap + 1)[-1]
+    def _content(self, grey: torch.Tensor) -> torch.Tensor:
+        return self._taps(grey, self.content_tap + 1)[-1]
 
     def _taps(self, grey: torch.Tensor, count: int | None = None) -> list[torch.Tensor]:
         x = self._first_conv(grey, self.stages[0][0])
@@ -110,8 +113,8 @@ class VGGBackbone(Backbone):
 class MultiScaleBackbone(Backbone):
     """Parallel random convolutions of several sizes, each followed by ReLU (one tap each)."""
 
-    def content_features(self, grey: torch.Tensor) -> torch.Tensor:
-        return self._stage(grey / 255.0, self.stages[self.content_tap])
+    def _content(self, grey: torch.Tensor) -> torch.Tensor:
+        return self._stage(grey, self.stages[self.content_tap])
 
     def _taps(self, grey: torch.Tensor) -> list[torch.Tensor]:
         return [self._stage(grey, stage) for stage in self.stages]
