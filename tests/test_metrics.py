@@ -89,7 +89,7 @@ def test_eval_command_end_to_end(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     with (tmp_path / "summary.csv").open() as fh:
         methods = [row["method"] for row in csv.DictReader(fh)]
-    assert methods == ["raw", "log_lut", "gaussian", "median", "dog", "dog-tuned", "nunet-test"]
+    assert methods == ["raw", "log_lut", "gaussian", "median", "dog", "dog-tuned", "nunet-test", "truth-mask"]
     with (tmp_path / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {r["dataset"] for r in rows} == {*MODALITIES, "sparse-3d"}
@@ -102,6 +102,10 @@ def test_eval_command_end_to_end(tmp_path):
     raw = [r for r in rows if r["method"] == "raw"]
     assert all(0.0 <= float(r["f1_best"]) <= 1.0 for r in raw)
     assert all(float(r["gain"]) == 0.0 for r in raw)
+    ceiling = [r for r in rows if r["method"] == "truth-mask"]  # the ground truth itself: F1 of a perfect filter
+    assert all(r["gain"] == "nan" for r in ceiling)
+    sparse = [float(r["f1_best"]) for r in ceiling if r["dataset"] == "sparse"]
+    assert sparse and min(sparse) >= 0.8
 
 
 def test_eval_on_a_folder(tmp_path):
@@ -137,3 +141,5 @@ def test_eval_with_centroid_csv(tmp_path):
     with (out / "results.csv").open() as fh:
         raw = next(r for r in csv.DictReader(fh) if r["method"] == "raw")
     assert raw["cr_before"] == "nan" and float(raw["f1_best"]) > 0.5
+    with (out / "summary.csv").open() as fh:
+        assert "truth-mask" not in {r["method"] for r in csv.DictReader(fh)}  # no mask, no ceiling
