@@ -247,6 +247,28 @@ def test_auto_measures_a_batch_size_once_and_keeps_the_output(model):
                                enhance(img, model, precision=precision, batch_size=2), atol=1e-6)
 
 
+def test_auto_measures_a_tile_side_for_large_cpu_planes(model, monkeypatch):
+    """A plane above the CPU tiling threshold: auto probes each candidate tile side once, runs the
+    plane with the chosen one, and later calls reuse the choice without probing again."""
+    from nunet import inference
+
+    monkeypatch.setitem(inference.AUTO_TILING, "cpu", (300 * 300, 256))  # smaller sizes, same logic, faster
+    monkeypatch.setattr(inference, "TILE_PROBE_SIDE", 512)
+    img = blobs((320, 320))
+    sides, real = [], inference._tiled
+    monkeypatch.setattr(inference, "_tiled", lambda module, x, side, on_pass=None:
+                        (sides.append(side), real(module, x, side, on_pass))[1])
+    out = enhance(img, model, precision="auto")
+    precision = inference._CHOSEN[(str(model.path), "cpu")]
+    (key,) = [k for k in inference._TILE if k[:2] == (str(model.path), precision)]
+    chosen = inference._TILE[key]
+    assert sides == [*inference.TILE_CANDIDATES, chosen]
+    np.testing.assert_allclose(out, enhance(img, model, precision=precision, tile_size=chosen), atol=1e-6)
+    sides.clear()
+    enhance(img, model, precision="auto")
+    assert sides == [chosen]
+
+
 def test_device_side_normalisation_equals_numpy():
     """The CUDA path's normalisation (run here on CPU tensors) matches normalise_plane plane by plane."""
     from nunet.inference import normalise_planes_torch
