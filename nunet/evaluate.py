@@ -141,6 +141,11 @@ def _source(item: EvalImage) -> np.ndarray:
     return 1.0 - metrics.minmax(item.image) if item.invert else item.image
 
 
+def _has_mask(item: EvalImage) -> bool:
+    """Whether the item's mask has both foreground and background (contrast and the ceiling need both)."""
+    return bool(item.mask.any() and not item.mask.all())
+
+
 def filtered(item: EvalImage, method: str, models: dict) -> np.ndarray:
     """The image of ``item`` as seen by ``method``, in [0, 1]."""
     from nunet.inference import enhance
@@ -168,7 +173,7 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
     from nunet.inference import get_model, resolve_device
 
     loaded = {name: get_model(name, resolve_device("auto")) for name in models}
-    ceiling = [CEILING] if all(i.mask.any() and not i.mask.all() for i in items) else []
+    ceiling = [CEILING] if all(_has_mask(i) for i in items) else []
     methods = ["raw", *metrics.CLASSICAL, "dog-tuned", *loaded, *ceiling]
     outputs = {(i.dataset, i.name, m): filtered(i, m, loaded) for i in items for m in methods if m != "dog-tuned"}
     dog_tuning = {}
@@ -178,7 +183,7 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
         outputs.update({(i.dataset, i.name, "dog-tuned"): image for i, image in zip(group, images)})
     rows: dict[tuple[str, str, str], Row] = {}
     for item in items:
-        has_mask = item.mask.any() and not item.mask.all()
+        has_mask = _has_mask(item)
         nan = float("nan")
         before = metrics.contrast_ratio(outputs[(item.dataset, item.name, "raw")], item.mask) if has_mask else nan
         for m in methods:
