@@ -208,6 +208,10 @@ def eval_cmd(
     n_images: Annotated[int, typer.Option(help="Synthetic images per modality.")] = 4,
     size: Annotated[int, typer.Option(help="Side of the synthetic images (px).")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic suite.")] = 0,
+    modality: Annotated[Optional[list[str]], typer.Option(help="Synthetic modality (repeatable; default: sparse, "
+                                                          "dense, thg, low_snr, uneven; also thg_fibres).")]
+    = None,
+    stacks: Annotated[int, typer.Option(help="Synthetic 3D stacks (sparse nuclei), evaluated per plane.")] = 1,
 ) -> None:
     """Compare NU-Net with raw, log LUT, Gaussian, median and DoG: contrast ratio and blob_log F1."""
     from rich.table import Table
@@ -220,7 +224,7 @@ def eval_cmd(
     models = model if model is not None else [e.name for e in list_models() if e.w is not None]
     try:
         items = (evaluate.folder_items(images, masks, radius, invert, centroids) if images is not None
-                 else evaluate.synthetic_items(n_images, size, seed))
+                 else evaluate.synthetic_items(n_images, size, seed, stacks, modality))
         with err.status(f"evaluating {len(items)} images x {5 + len(models)} methods"):
             rows, outputs = evaluate.evaluate(items, models)
     except NUNetError as exc:
@@ -249,6 +253,9 @@ def train_cmd(
     = None,
     mask_dir: Annotated[Optional[list[str]], typer.Option(help="Blob mask / label folder, repeatable.")] = None,
     synthetic_content: Annotated[Optional[int], typer.Option(help="Synthetic images per modality.")] = None,
+    synthetic_modality: Annotated[Optional[list[str]], typer.Option(help="Synthetic content modality "
+                                                                    "(repeatable; default: the five of the suite).")]
+    = None,
     synthetic_masks: Annotated[Optional[int], typer.Option(help="Synthetic blob masks in the target bank.")]
     = None,
     separate_touching: Annotated[Optional[bool], typer.Option("--separate-touching", help="Cut touching "
@@ -282,7 +289,8 @@ def train_cmd(
     from nunet.train import load_config, train
 
     overrides = {"name": name, "w": w, "content_dirs": content_dir, "mask_dirs": mask_dir,
-                 "synthetic_content": synthetic_content, "synthetic_masks": synthetic_masks,
+                 "synthetic_content": synthetic_content, "synthetic_modalities": synthetic_modality,
+                 "synthetic_masks": synthetic_masks,
                  "separate_touching": separate_touching, "steps": steps,
                  "time_limit_s": time_limit, "content_batch": content_batch, "target_batch": target_batch,
                  "crop": crop, "lr": lr,

@@ -64,15 +64,23 @@ class Row:
     radius_scale: float = float("nan")
 
 
-def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, stacks: int = 1) -> list[EvalImage]:
-    """The built-in seeded suite: 2D images of every modality plus 3D stacks evaluated per plane."""
+def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, stacks: int = 1,
+                    modalities: Sequence[str] | None = None) -> list[EvalImage]:
+    """The built-in seeded suite: 2D images of each modality plus 3D stacks evaluated per plane.
+
+    ``modalities`` defaults to ``nunet.synth.MODALITIES``; an unknown name is a NUNetError.
+    """
     from scipy import ndimage as ndi
 
-    from nunet.synth import PRESETS, synth_image, synth_suite
+    from nunet.synth import MODALITIES, PRESETS, synth_image, synth_suite
 
+    modalities = tuple(MODALITIES if modalities is None else modalities)
+    unknown = [m for m in modalities if m not in PRESETS]
+    if unknown:
+        raise NUNetError(f"unknown synthetic modality {', '.join(unknown)}; known: {', '.join(PRESETS)}")
     items = [EvalImage(s.modality, f"{s.modality}-{i}", s.image, s.labels > 0, s.centroids, s.radius,
                        PRESETS[s.modality].dark_blobs)
-             for i, s in enumerate(synth_suite(n_per_modality, (size, size), seed))]
+             for i, s in enumerate(synth_suite(n_per_modality, (size, size), seed, modalities))]
     for k in range(stacks):
         stack = synth_image("sparse", (8, size // 2, size // 2), seed=seed * 1000 + 900 + k)
         for z in range(0, stack.image.shape[0], 2):

@@ -1,15 +1,20 @@
 """Seeded synthetic microscopy of nuclei with ground truth (labels and centroids).
 
 Each image is built as: elliptic nuclei (touching allowed) with heterogeneous brightness
-and inner texture -> background (haze, textured tissue for THG-like images) -> uneven
-illumination -> Gaussian PSF blur -> Poisson photon noise and Gaussian read noise. The
-same seed gives the same image. Modalities:
+and inner texture -> background (haze, textured tissue, or bright fibres for THG-like images)
+-> uneven illumination -> Gaussian PSF blur -> Poisson photon noise and Gaussian read noise.
+The same seed gives the same image. Modalities:
 
 ``sparse``  few bright nuclei on a dark background, good signal-to-noise;
 ``dense``   packed, touching nuclei of varied size (tissue-like);
 ``thg``     dark nuclei on a bright textured background (third-harmonic generation-like);
 ``low_snr`` sparse nuclei with few photons;
-``uneven``  strong illumination gradient and haze.
+``uneven``  strong illumination gradient and haze;
+``thg_fibres`` dark nuclei among bright curved fibres, as in THG images of brain tissue, where
+            the signal comes from myelinated axons and neurons appear as dark holes.
+
+``MODALITIES`` is the default suite and the default synthetic training content (the first five;
+``thg_fibres`` was added later and is chosen by name, so earlier figures stay comparable).
 
 2D images are ``(Y, X)``; 3D stacks ``(Z, Y, X)`` with ellipsoidal nuclei.
 """
@@ -37,6 +42,7 @@ class Modality:
     texture: float                   # amplitude of background texture (relative)
     gradient: float                  # illumination falloff across the field (0: flat)
     dark_blobs: bool = False         # nuclei darker than the background
+    fibres: float = 0.0              # bright fibres per 256x256 area forming the background (0: none)
 
 
 PRESETS = {
@@ -45,6 +51,7 @@ PRESETS = {
     "thg": Modality((5, 8), 0.15, (1.0, 1.3), 300, 4, 0.8, 0.6, 0.2, dark_blobs=True),
     "low_snr": Modality((5, 9), 0.1, (1.0, 1.4), 25, 4, 0.1, 0.1, 0.1),
     "uneven": Modality((5, 9), 0.12, (1.0, 1.4), 300, 3, 0.3, 0.2, 0.8),
+    "thg_fibres": Modality((5, 8), 0.15, (1.0, 1.3), 300, 4, 0.5, 0.3, 0.2, dark_blobs=True, fibres=400),
 }
 
 
@@ -61,16 +68,20 @@ class SynthImage:
 
 def synth_image(modality: str = "sparse", shape: tuple[int, ...] = (256, 256), seed: int = 0) -> SynthImage:
     """Generate one image of ``modality`` (see module docstring) with its ground truth."""
-    if modality not in PRESETS:
-        raise ValueError(f"unknown modality '{modality}'; use one of {', '.join(MODALITIES)}")
+    modality_index(modality)  # an unknown name is an error
     p = PRESETS[modality]
     rng = np.random.default_rng(seed)
     labels, brightness = nuclei_labels(p, shape, rng)
     nuclei = brightness[labels] * (labels > 0)
     texture = 1.0 + 0.25 * _smooth_noise(shape, 2.0, rng)
     nuclei = nuclei * np.clip(texture, 0.3, None)
-    background = p.background * (1.0 + p.texture * _smooth_noise(shape, 3.0, rng)
-                                 + 0.5 * p.texture * _smooth_noise(shape, 12.0, rng))
+    if p.fibres:
+        strands = fibres(shape, p.fibres, rng)
+        background = (p.background * (0.3 + 0.7 * strands / (strands.mean() + 1e-12))
+                      * np.clip(1.0 + p.texture * _smooth_noise(shape, 12.0, rng), 0.2, None))
+    else:
+        background = p.background * (1.0 + p.texture * _smooth_noise(shape, 3.0, rng)
+                                     + 0.5 * p.texture * _smooth_noise(shape, 12.0, rng))
     if p.dark_blobs:
         signal = np.clip(background, 0.05, None) * (1.0 - 0.7 * (labels > 0) * np.clip(texture, 0.5, 1.2))
     else:
@@ -119,6 +130,37 @@ def nuclei_labels(p: Modality, shape: tuple[int, ...], rng: np.random.Generator)
     return labels, brightness
 
 
+def fibres(shape: tuple[int, ...], per_area: float, rng: np.random.Generator,
+           length: tuple[float, float] = (20.0, 120.0)) -> np.ndarray:
+    """Bright, gently curving fibres: ``per_area`` per 256x256 pixels, each a random path.
+
+    Every fibre starts at a random point with a random direction that turns by a small random
+    angle at each half-pixel step (in 3D mostly within the plane), runs for a length drawn from
+    ``length`` (px) with a log-normal brightness, and is drawn 1 px wide, then blurred
+    (sigma 1 px). Returns a non-negative image of ``shape``.
+    """
+    count = max(1, round(per_area * shape[-1] * shape[-2] / 256**2))
+    step = 0.5
+    steps = int(length[1] / step)
+    position = rng.uniform(0, 1, (count, len(shape))) * np.array(shape)
+    direction = rng.normal(size=(count, len(shape)))
+    if len(shape) == 3:
+        direction[:, 0] *= 0.2
+    path = np.empty((count, steps, len(shape)))
+    for k in range(steps):
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        position = position + step * direction
+        path[:, k] = position
+        direction = direction + rng.normal(0.0, 0.02, direction.shape)
+    drawn = np.arange(steps)[None, :] < (rng.uniform(*length, count) / step)[:, None]
+    pixel = np.floor(path).astype(int)
+    drawn &= np.all((pixel >= 0) & (pixel < np.array(shape)), axis=2)
+    brightness = np.broadcast_to(rng.lognormal(0.0, 0.4, count)[:, None], drawn.shape)
+    image = np.zeros(shape)
+    np.maximum.at(image, tuple(pixel[drawn].T), brightness[drawn])
+    return ndi.gaussian_filter(image, 1.0)
+
+
 def _smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
     noise = ndi.gaussian_filter(rng.normal(size=shape), sigma)
     return noise / (noise.std() + 1e-12)
@@ -134,6 +176,17 @@ def _illumination(shape: tuple[int, ...], gradient: float, rng: np.random.Genera
 
 def synth_suite(n_per_modality: int = 4, shape: tuple[int, ...] = (256, 256), seed: int = 0,
                 modalities: tuple[str, ...] = MODALITIES) -> list[SynthImage]:
-    """A seeded list of images: ``n_per_modality`` of each modality."""
-    return [synth_image(m, shape, seed=seed * 1000 + 10 * i + k)
-            for k, m in enumerate(modalities) for i in range(n_per_modality)]
+    """A seeded list of images: ``n_per_modality`` of each modality.
+
+    Image ``i`` of a modality has the seed ``1000 seed + 10 i + k``, ``k`` the modality's place in
+    ``PRESETS``, whichever modalities are chosen.
+    """
+    return [synth_image(m, shape, seed=seed * 1000 + 10 * i + modality_index(m))
+            for m in modalities for i in range(n_per_modality)]
+
+
+def modality_index(modality: str) -> int:
+    """The place of ``modality`` in ``PRESETS`` (part of its seeds); an unknown name is an error."""
+    if modality not in PRESETS:
+        raise ValueError(f"unknown modality '{modality}'; use one of {', '.join(PRESETS)}")
+    return list(PRESETS).index(modality)

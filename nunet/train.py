@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from nunet.errors import NUNetError
+from nunet.synth import MODALITIES, PRESETS
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -46,6 +47,7 @@ class TrainConfig:
     content_dirs: list[str] = field(default_factory=list)
     invert_dirs: list[str] = field(default_factory=list)
     synthetic_content: int = 0          # synthetic images per modality (0: none)
+    synthetic_modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # nunet.synth names
     mask_dirs: list[str] = field(default_factory=list)
     synthetic_masks: int = 128          # synthetic blob masks in the target bank (0: none)
     separate_touching: bool = False     # cut touching labels of the targets apart (1 px gap)
@@ -85,7 +87,11 @@ class TrainConfig:
             raise NUNetError("config: need w >= 0, lr > 0 and crop >= 16, a multiple of 4")
         if self.backbone not in BACKBONES:
             raise NUNetError(f"config: backbone must be one of {', '.join(BACKBONES)}")
-        if not self.content_dirs and not self.synthetic_content:
+        unknown = [m for m in self.synthetic_modalities if m not in PRESETS]
+        if unknown:
+            raise NUNetError(f"config: unknown synthetic modality {', '.join(unknown)}; "
+                             f"known: {', '.join(PRESETS)}")
+        if not self.content_dirs and not (self.synthetic_content and self.synthetic_modalities):
             raise NUNetError("config: no content images (content_dirs or synthetic_content)")
         if not self.mask_dirs and not self.synthetic_masks:
             raise NUNetError("config: no blob-mask targets (mask_dirs or synthetic_masks)")
@@ -136,13 +142,14 @@ def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
 def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
     """Content planes (0..255) grouped by dataset name."""
     from nunet.inference import normalise_plane
-    from nunet.synth import MODALITIES, PRESETS, synth_image
+    from nunet.synth import modality_index, synth_image
 
     datasets = {}
     for folder in config.content_dirs:
         datasets[Path(folder).name] = _planes_of(Path(folder), folder in config.invert_dirs)
-    for k, modality in enumerate(MODALITIES if config.synthetic_content else ()):
+    for modality in config.synthetic_modalities if config.synthetic_content else ():
         side = (config.crop * 2, config.crop * 2)
+        k = modality_index(modality)
         planes = [normalise_plane(synth_image(modality, side, seed=config.seed * 7919 + 31 * i + k).image)
                   for i in range(config.synthetic_content)]
         datasets[f"synthetic-{modality}"] = [255.0 - p if PRESETS[modality].dark_blobs else p for p in planes]

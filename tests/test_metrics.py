@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from nunet import metrics
 from nunet.cli import app
-from nunet.synth import MODALITIES, synth_image
+from nunet.synth import MODALITIES, PRESETS, fibres, synth_image, synth_suite
 
 
 def test_contrast_ratio_of_a_two_level_image():
@@ -65,14 +65,44 @@ def test_dog_peaks_on_a_blob_of_its_radius():
     assert out[32, 32 + 9] < 0.5 and out[0, 0] < 0.5  # the surround just outside the disc and far away
 
 
-@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("modality", PRESETS)
 def test_synthetic_images_are_seeded_and_consistent(modality):
     a, b = synth_image(modality, (96, 96), seed=3), synth_image(modality, (96, 96), seed=3)
     np.testing.assert_array_equal(a.image, b.image)
     assert len(a.centroids) == len(np.setdiff1d(np.unique(a.labels), [0])) > 0
     inside, outside = a.image[a.labels > 0].mean(), a.image[a.labels == 0].mean()
-    assert (inside < outside) if modality == "thg" else (inside > outside)
+    assert (inside < outside) if PRESETS[modality].dark_blobs else (inside > outside)
     assert not np.array_equal(a.image, synth_image(modality, (96, 96), seed=4).image)
+
+
+def test_a_fibre_is_a_long_thin_bright_path():
+    rng = np.random.default_rng(2)
+    image = fibres((128, 128), 256**2 / 128**2 * 1, rng, length=(60.0, 60.0))  # exactly one fibre
+    drawn = image > 0.2 * image.max()
+    ys, xs = np.nonzero(drawn)
+    extent = np.hypot(np.ptp(ys), np.ptp(xs))
+    assert image.min() >= 0 and extent > 25  # long (part may leave the field) ...
+    assert drawn.sum() < 5 * extent  # ... and a few pixels wide
+    assert fibres((4, 64, 64), 400, rng).shape == (4, 64, 64)
+
+
+def test_thg_fibres_background_is_fibrous_and_nuclei_dark():
+    def bright_tail(s):  # thin bright fibres on a dimmer ground: a long upper tail of the background
+        background = s.image[s.labels == 0]
+        median = np.median(background)
+        return (np.percentile(background, 99) - median) / (median - np.percentile(background, 1))
+
+    s = synth_image("thg_fibres", (128, 128), seed=1)
+    assert bright_tail(s) > 2.5 > bright_tail(synth_image("thg", (128, 128), seed=1))
+    assert s.image[s.labels > 0].mean() < 0.6 * s.image[s.labels == 0].mean()
+
+
+def test_suite_seeds_do_not_depend_on_the_chosen_modalities():
+    full = synth_suite(1, (64, 64))
+    alone = synth_suite(1, (64, 64), modalities=("thg",))
+    np.testing.assert_array_equal(alone[0].image, full[MODALITIES.index("thg")].image)
+    with pytest.raises(ValueError, match="unknown modality 'nope'"):
+        synth_suite(1, (64, 64), modalities=("nope",))
 
 
 def test_synthetic_stack_is_3d():
@@ -106,6 +136,16 @@ def test_eval_command_end_to_end(tmp_path):
     assert all(r["gain"] == "nan" for r in ceiling)
     sparse = [float(r["f1_best"]) for r in ceiling if r["dataset"] == "sparse"]
     assert sparse and min(sparse) >= 0.8
+
+
+def test_eval_chooses_synthetic_modalities(tmp_path):
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "-m", "nunet-test", "--n-images", "1", "--size", "96",
+                                      "--modality", "thg_fibres", "--modality", "sparse", "--stacks", "0"])
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "results.csv").open() as fh:
+        assert {r["dataset"] for r in csv.DictReader(fh)} == {"thg_fibres", "sparse"}
+    bad = CliRunner().invoke(app, ["eval", str(tmp_path / "x"), "--modality", "fibers"])
+    assert bad.exit_code == 2 and "unknown synthetic modality fibers" in bad.output
 
 
 def test_eval_on_a_folder(tmp_path):

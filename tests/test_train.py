@@ -191,9 +191,23 @@ def test_config_validation(tmp_path):
         load_config(path, {})
     with pytest.raises(NUNetError, match="no content images"):
         load_config(None, {"synthetic_content": 0})
+    with pytest.raises(NUNetError, match="unknown synthetic modality fibers; known: sparse"):
+        load_config(None, {"synthetic_content": 2, "synthetic_modalities": ["fibers"]})
     path.write_text('w = 6.0\nsynthetic_content = 2\nsteps = 10\n')
     config = load_config(path, {"steps": 20, "crop": None})
     assert (config.w, config.steps, config.crop) == (6.0, 20, 256)
+
+
+def test_synthetic_content_modalities_are_chosen_by_name(tmp_path):
+    from nunet.synth import MODALITIES
+
+    default = content_datasets(tiny(tmp_path))
+    assert sorted(default) == sorted(f"synthetic-{m}" for m in MODALITIES)
+    chosen = content_datasets(tiny(tmp_path, synthetic_modalities=["thg", "thg_fibres"]))
+    assert sorted(chosen) == ["synthetic-thg", "synthetic-thg_fibres"]
+    np.testing.assert_array_equal(chosen["synthetic-thg"][1], default["synthetic-thg"][1])  # same seeds
+    planes = np.stack(chosen["synthetic-thg_fibres"])  # dark nuclei: inverted, so the fibres are dark
+    assert planes.shape == (2, 96, 96) and np.median(planes) > 127
 
 
 def tiny(tmp_path, **extra):
