@@ -74,13 +74,12 @@ def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, sta
 
     from nunet.synth import MODALITIES, PRESETS, synth_image, synth_suite
 
-    modalities = tuple(MODALITIES if modalities is None else modalities)
-    unknown = [m for m in modalities if m not in PRESETS]
-    if unknown:
-        raise NUNetError(f"unknown synthetic modality {', '.join(unknown)}; known: {', '.join(PRESETS)}")
+    try:
+        suite = synth_suite(n_per_modality, (size, size), seed, tuple(modalities or MODALITIES))
+    except ValueError as exc:  # an unknown modality
+        raise NUNetError(str(exc)) from None
     items = [EvalImage(s.modality, f"{s.modality}-{i}", s.image, s.labels > 0, s.centroids, s.radius,
-                       PRESETS[s.modality].dark_blobs)
-             for i, s in enumerate(synth_suite(n_per_modality, (size, size), seed, modalities))]
+                       PRESETS[s.modality].dark_blobs) for i, s in enumerate(suite)]
     for k in range(stacks):
         stack = synth_image("sparse", (8, size // 2, size // 2), seed=seed * 1000 + 900 + k)
         for z in range(0, stack.image.shape[0], 2):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from nunet.errors import NUNetError
-from nunet.synth import MODALITIES, PRESETS
+from nunet.synth import MODALITIES, PRESETS, modality_index, nuclei_labels, synth_image
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -87,10 +87,11 @@ class TrainConfig:
             raise NUNetError("config: need w >= 0, lr > 0 and crop >= 16, a multiple of 4")
         if self.backbone not in BACKBONES:
             raise NUNetError(f"config: backbone must be one of {', '.join(BACKBONES)}")
-        unknown = [m for m in self.synthetic_modalities if m not in PRESETS]
-        if unknown:
-            raise NUNetError(f"config: unknown synthetic modality {', '.join(unknown)}; "
-                             f"known: {', '.join(PRESETS)}")
+        for modality in self.synthetic_modalities:
+            try:
+                modality_index(modality)
+            except ValueError as exc:
+                raise NUNetError(f"config: synthetic_modalities: {exc}") from None
         if not self.content_dirs and not (self.synthetic_content and self.synthetic_modalities):
             raise NUNetError("config: no content images (content_dirs or synthetic_content)")
         if not self.mask_dirs and not self.synthetic_masks:
@@ -142,7 +143,6 @@ def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
 def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
     """Content planes (0..255) grouped by dataset name."""
     from nunet.inference import normalise_plane
-    from nunet.synth import modality_index, synth_image
 
     datasets = {}
     for folder in config.content_dirs:
@@ -228,7 +228,6 @@ def binary_mask(labels: np.ndarray, separate_touching: bool = False) -> np.ndarr
 def mask_bank(config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     """Blob-mask target crops (S, crop, crop) with values 0/255."""
     from nunet.io import OTHER_SUFFIXES, TIFF_SUFFIXES, read_image
-    from nunet.synth import PRESETS, nuclei_labels
 
     masks = []
     for folder in config.mask_dirs:

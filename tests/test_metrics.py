@@ -145,7 +145,7 @@ def test_eval_chooses_synthetic_modalities(tmp_path):
     with (tmp_path / "results.csv").open() as fh:
         assert {r["dataset"] for r in csv.DictReader(fh)} == {"thg_fibres", "sparse"}
     bad = CliRunner().invoke(app, ["eval", str(tmp_path / "x"), "--modality", "fibers"])
-    assert bad.exit_code == 2 and "unknown synthetic modality fibers" in bad.output
+    assert bad.exit_code == 2 and "unknown modality 'fibers'" in bad.output
 
 
 def test_eval_on_a_folder(tmp_path):

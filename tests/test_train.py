@@ -191,7 +191,7 @@ def test_config_validation(tmp_path):
         load_config(path, {})
     with pytest.raises(NUNetError, match="no content images"):
         load_config(None, {"synthetic_content": 0})
-    with pytest.raises(NUNetError, match="unknown synthetic modality fibers; known: sparse"):
+    with pytest.raises(NUNetError, match="synthetic_modalities: unknown modality 'fibers'; use one of sparse"):
         load_config(None, {"synthetic_content": 2, "synthetic_modalities": ["fibers"]})
     path.write_text('w = 6.0\nsynthetic_content = 2\nsteps = 10\n')
     config = load_config(path, {"steps": 20, "crop": None})
