@@ -581,8 +581,9 @@ def choose_tile_size(loaded: "LoadedModel", precision: str) -> int:
 
     key = (str(loaded.path), precision, torch.get_num_threads())
     if key not in _TILE:
-        repeats = TILE_PROBE_SIDE // _probe_plane().shape[0]
-        x = torch.from_numpy(np.tile(_probe_plane(), (repeats, repeats))[None, None])
+        plane = _probe_plane()
+        repeats = TILE_PROBE_SIDE // plane.shape[0]
+        x = torch.from_numpy(np.tile(plane, (repeats, repeats))[None, None])
         seconds = {}
         with torch.inference_mode(), _autocast("cpu", precision):
             for side in TILE_CANDIDATES:

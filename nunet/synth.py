@@ -132,7 +132,8 @@ def nuclei_labels(p: Modality, shape: tuple[int, ...], rng: np.random.Generator)
 
 def fibres(shape: tuple[int, ...], per_area: float, rng: np.random.Generator,
            length: tuple[float, float] = (20.0, 120.0)) -> np.ndarray:
-    """Bright, gently curving fibres: ``per_area`` per 256x256 pixels, each a random path.
+    """Bright, gently curving fibres: ``per_area`` per 256x256 pixels of the YX plane (in 3D, for
+    the whole stack), each a random path.
 
     Every fibre starts at a random point with a random direction that turns by a small random
     angle at each half-pixel step (in 3D mostly within the plane), runs for a length drawn from
