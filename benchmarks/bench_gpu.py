@@ -50,7 +50,7 @@ def main() -> None:
     import torch
 
     from nunet import enhance, load_model
-    from nunet.inference import normalise_plane
+    from nunet.preprocess import normalise_plane
     from nunet.model import untrained
     from nunet.synth import synth_image
 
@@ -117,12 +117,14 @@ def main() -> None:
             print(f"enhance 130x{args.size}x{args.size} {precision} batch {batch_size}: {wall:.2f} ms/plane "
                   f"(wall, incl. normalisation and transfers), peak GPU memory {peak:.2f} GiB (paper: 1.3 GB)")
 
-    from nunet.inference import choose_batch_size, choose_precision, get_model
+    from nunet.autotune import Tuner
+    from nunet.inference import get_model
 
     loaded = get_model(model_ref, "cuda")
     start = time.perf_counter()
-    chosen = choose_precision(loaded, "cuda")
-    batch = choose_batch_size(loaded, "cuda", chosen)
+    tuner = Tuner()
+    chosen = tuner.precision(loaded, "cuda")
+    batch = tuner.batch_size(loaded, "cuda", chosen)
     tuning = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

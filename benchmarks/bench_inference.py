@@ -101,14 +101,15 @@ print(json.dumps({{"seconds": time.perf_counter() - start,
 def precision_rows(size: int, repeats: int) -> float:
     """ms/plane of the full ``enhance`` path per precision, and the ratio to fp32; returns fp32's."""
     from nunet import enhance, load_model
-    from nunet.inference import choose_batch_size, choose_precision, choose_threads
+    from nunet.autotune import Tuner
     from nunet.synth import synth_image
 
     plane = synth_image("dense", (size, size), seed=3).image
     loaded = load_model("nunet-w8", device="cpu")
-    chosen = choose_precision(loaded, "cpu")
-    batch = choose_batch_size(loaded, "cpu", chosen)
-    threads = choose_threads(loaded, chosen, batch)
+    tuner = Tuner()
+    chosen = tuner.precision(loaded, "cpu")
+    batch = tuner.batch_size(loaded, "cpu", chosen)
+    threads = tuner.thread_count(loaded, chosen, batch)
     print(f"\nenhance() on one {size}x{size} plane, nunet-w8, CPU "
           f"(auto picks {chosen}, batch {batch}, {threads} threads):")
     base = None

@@ -228,7 +228,8 @@ def run_batch(input_dir: Path, output_dir: Path, options: FilterOptions, *,
         When the batch cannot start: missing input folder, no matching file, unknown model.
     """
     from nunet.errors import ImageReadError
-    from nunet.inference import get_model, resolve_device
+    from nunet.inference import get_model
+    from nunet.runtime import resolve_device
     from nunet.registry import resolve_model
 
     if not input_dir.is_dir():

@@ -94,7 +94,8 @@ def filter_cmd(
 ) -> None:
     """Filter one image into a calibrated ImageJ TIFF."""
     from nunet.batch import filter_file
-    from nunet.inference import get_model, resolve_device
+    from nunet.inference import get_model
+    from nunet.runtime import resolve_device
 
     options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype,
                        overwrite)

@@ -177,7 +177,8 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
     outputs : dict
         ``outputs[(dataset, image, method)]`` is the filtered [0, 1] image (for the figures).
     """
-    from nunet.inference import get_model, resolve_device
+    from nunet.inference import get_model
+    from nunet.runtime import resolve_device
 
     loaded = {name: get_model(name, resolve_device("auto")) for name in models}
     ceiling = [CEILING] if all(_has_mask(i) for i in items) else []

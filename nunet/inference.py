@@ -1,124 +1,55 @@
-"""Filtering images with a NU-Net model: axes, normalisation, padding, batching, tiling.
+"""Filtering images with a NU-Net model: axes, batching, direct or tiled passes.
 
-Normalisation
--------------
-Each YX plane is mapped linearly so that its 0.1 and 99.9 percentiles become 0 and 255
-(the range the network was trained on); values outside are clipped. Because the first
-convolution is followed by InstanceNorm, the network barely depends on the input's gain
-and offset: the percentiles only decide which rare outliers (hot pixels) are clipped.
-A constant plane is mapped to 0. The output is clipped to 0..255 and divided by 255,
-giving float32 in [0, 1]. NU-Net enhances bright objects on a dark background; with
-``invert`` the normalised plane is flipped (255 - x) first, for dark nuclei on a bright
-background (THG, bright-field), as the paper did for its dark-blob training sets.
-
-Geometry
---------
-Each plane is reflect-padded at its bottom and right to a multiple of 4 (at least 8 px)
-and the output cropped back, so the output has exactly the input's spatial shape. RGB
-input (an ``S`` axis) becomes grey with ITU-R 601 luma weights (0.299, 0.587, 0.114);
-an alpha sample is dropped.
+Each plane goes one way: normalise (and invert) -> pad -> whole-plane or tiled forward pass
+-> crop -> clip to [0, 1] (:mod:`nunet.preprocess`). Where it runs and at which precision is
+:mod:`nunet.runtime`'s concern; what ``precision="auto"`` picks is measured by
+:mod:`nunet.autotune`.
 
 Precision
 ---------
 ``fp32`` is the reference. ``bf16`` (CPU with native bf16, or GPU) and ``fp16`` (GPU) run the
 convolutions under autocast; NU-Net's InstanceNorm layers take their statistics in fp32 whatever
-the autocast (:class:`nunet.model.InstanceNorm`). ``auto`` measures, once per model and device in
-a process, fp32 and every candidate on a synthetic nuclei plane, and keeps the fastest whose
-[0, 1] output differs from fp32 by at most ``AUTO_TOLERANCE`` (max abs). Unless a batch size is
-given, it then times the plane batch sizes of ``BATCH_CANDIDATES`` at that precision and keeps
-the smallest within 5% of the best time per plane (:func:`smallest_within`). On a CPU it also
-times torch's thread count and half of it, keeps the smaller within 5% (fewer threads leave
-cores to the reader and writer threads of a batch), and runs with it for the call only (the
-process's setting is restored afterwards). When a CPU plane is large enough to be tiled
-(``AUTO_TILING``) and no tile size is given, it also times the tile sides of
-``TILE_CANDIDATES`` on a 1024x1024 probe plane and keeps the smallest within 5% of the fastest
-(:func:`choose_tile_size`). On a GPU, tiling only guards memory and keeps its fixed side.
+the autocast (:class:`nunet.model.InstanceNorm`). ``auto`` keeps the fastest precision within
+1e-2 of fp32 among those the hardware runs natively (see :mod:`nunet.autotune`).
 
-Memory
+Tiling
 ------
-A CPU forward pass on a 400x400 plane allocates and frees about 100 MB of activations. By
-default glibc gives such blocks back to the system when they are freed, so every pass faults
-them in afresh (about 22,000 page faults and a quarter of the CPU time, measured here). Before
-its first CPU inference nunet therefore asks glibc (``mallopt``) to serve blocks of up to
-32 MiB from its heap and to keep up to 1 GiB of freed heap for reuse
-(:func:`reuse_freed_memory`); the process's memory then stays near its peak between passes.
+Planes larger than ``AUTO_TILING``'s threshold are filtered in tiles with a seam-free result
+equal to the whole-plane one (:mod:`nunet.tiling`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nunet.errors import AxesError, ModelError
+from nunet.autotune import DEFAULT_TUNER, default_batch_size
+from nunet.errors import ModelError
 from nunet.io import Image, check_axes, guess_axes, with_data
+from nunet.preprocess import (PERCENTILES, crop_plane, invert_normalised, normalise_plane, normalise_planes_torch,
+                              pad_plane, padded_shape, select_channels, to_grey, to_unit_range)
 from nunet.registry import DEFAULT_MODEL
+from nunet.runtime import autocast, num_threads, resolve_device, reuse_freed_memory
+from nunet.runtime import progress as progress_bar
 
 if TYPE_CHECKING:
     import torch
 
     from nunet.modelfile import LoadedModel
 
-PERCENTILES = (0.1, 99.9)
 #: When ``tile_size`` is None, planes with more pixels than this are tiled, with tiles of this side.
 #: CPU: measured on 2 cores, 256-px tiles are as fast as the whole plane or faster from about
 #: 1280x1280 on, in far less memory (benchmarks/bench_inference.py). GPU: tiles keep activations
 #: in host files, so only planes whose whole-plane activations could crowd GPU memory (about
 #: 0.5 kB per pixel) are tiled.
 AUTO_TILING = {"cpu": (1280 * 1280, 256), "gpu": (2048 * 2048, 1024)}
-#: Tile sides ``auto`` times on a CPU for planes it tiles, and the side of the probe plane.
-TILE_CANDIDATES = (256, 512)
-TILE_PROBE_SIDE = 1024
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUTO_TOLERANCE = 1e-2
 #: torch.quantile's input size limit (elements); larger batches are normalised with NumPy.
 QUANTILE_LIMIT = 2**24
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """Map ``"auto"`` to ``"cuda"``, then ``"mps"``, then ``"cpu"``; check an explicit choice exists."""
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    kind = device.split(":")[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device '{device}' requested but CUDA is not available")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError(f"device '{device}' requested but MPS is not available")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ModelError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)")
-    return device
-
-
-#: glibc mallopt parameters (malloc.h) and the values :func:`reuse_freed_memory` sets.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-KEEP_FREED_BYTES, HEAP_BLOCK_BYTES = 1 << 30, 32 << 20
-
-
-@lru_cache(maxsize=1)
-def reuse_freed_memory() -> bool:
-    """Make glibc reuse freed activation memory instead of returning it (see module docstring).
-
-    Returns False, changing nothing, where the C library is not glibc (macOS, Windows, musl).
-    """
-    import ctypes
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = ctypes.CDLL(None).mallopt
-    blocks = mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_BYTES)
-    return bool(blocks) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
 
 
 @lru_cache(maxsize=4)
@@ -139,58 +70,6 @@ def get_model(model: "str | os.PathLike | LoadedModel", device: str) -> "LoadedM
     return _cached_model(str(path), path.stat().st_mtime, device)
 
 
-def normalise_plane(plane: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
-    """Map a plane's percentiles to 0..255 (clipped), as float32 (see module docstring)."""
-    plane = np.asarray(plane, dtype=np.float32)
-    lo, hi = np.percentile(plane, percentiles)
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ValueError("plane contains NaN or infinite values")
-    if hi <= lo:
-        return np.zeros_like(plane)
-    out = (plane - np.float32(lo)) * np.float32(255.0 / (hi - lo))
-    return np.clip(out, 0.0, 255.0, out=out)
-
-
-def padded_shape(height: int, width: int) -> tuple[int, int]:
-    """Smallest shape >= (height, width) with sides multiples of 4 and at least 8."""
-    return max(8, -(-height // 4) * 4), max(8, -(-width // 4) * 4)
-
-
-def pad_plane(plane: np.ndarray) -> np.ndarray:
-    """Reflect-pad a (..., H, W) array at the bottom/right to :func:`padded_shape`."""
-    height, width = plane.shape[-2:]
-    ph, pw = padded_shape(height, width)
-    pads = [(0, 0)] * (plane.ndim - 2) + [(0, ph - height), (0, pw - width)]
-    mode = "reflect" if min(height, width) > 1 else "edge"
-    return np.pad(plane, pads, mode=mode)
-
-
-def _to_grey(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
-    if "S" not in axes:
-        return data, axes
-    samples = data.shape[-1]
-    rgb = data[..., :3].astype(np.float32)
-    grey = rgb @ LUMA if samples >= 3 else rgb.mean(axis=-1)
-    return grey, axes[:-1]
-
-
-def _select_channels(data: np.ndarray, axes: str, channel: int | Sequence[int] | None) -> tuple[np.ndarray, str]:
-    if channel is None:
-        return data, axes
-    if "C" not in axes:
-        raise AxesError(f"channel={channel} given but the image has no C axis (axes '{axes}')")
-    c = axes.index("C")
-    picks = [channel] if isinstance(channel, int) else list(channel)
-    n = data.shape[c]
-    bad = [p for p in picks if not -n <= p < n]
-    if bad or not picks:
-        raise AxesError(f"channel {channel} out of range: the image has {n} channel(s) (0..{n - 1})")
-    data = np.take(data, picks, axis=c)
-    if isinstance(channel, int):
-        return np.squeeze(data, axis=c), axes.replace("C", "")
-    return data, axes
-
-
 def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
                  w: float | None = None, channel: int | Sequence[int] | None = None, tile_size: int | None = None,
                  batch_size: int | None = None, device: str = "auto", precision: str = "fp32",
@@ -207,8 +86,8 @@ def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAUL
     See :func:`enhance` for the parameters.
     """
     axes = check_axes(image.axes, image.data.shape)
-    data, axes = _to_grey(image.data, axes)
-    data, axes = _select_channels(data, axes, channel)
+    data, axes = to_grey(image.data, axes)
+    data, axes = select_channels(data, axes, channel)
     other = [i for i, a in enumerate(axes) if a not in "YX"]
     order = other + [axes.index("Y"), axes.index("X")]
     moved = np.transpose(data, order)
@@ -345,37 +224,35 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
         reuse_freed_memory()
     tuned = precision == "auto"
     if tuned:
-        precision = choose_precision(loaded, device)
+        precision = DEFAULT_TUNER.precision(loaded, device)
     count, height, width = planes.shape
     if batch_size is None:
-        batch_size = choose_batch_size(loaded, device, precision) if tuned else default_batch_size(device)
+        batch_size = DEFAULT_TUNER.batch_size(loaded, device, precision) if tuned else default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    threads = choose_threads(loaded, precision, batch_size) if tuned and device == "cpu" else None
+    threads = DEFAULT_TUNER.thread_count(loaded, precision, batch_size) if tuned and device == "cpu" else None
     ph, pw = padded_shape(height, width)
     measure_tiles = tuned and tile_size is None and device == "cpu"
     tiled, tile_size = _tiling(ph, pw, tile_size, device)
     if tiled and measure_tiles:
-        with _num_threads(threads):
-            tile_size = choose_tile_size(loaded, precision)
+        with num_threads(threads):
+            tile_size = DEFAULT_TUNER.tile_side(loaded, precision)
     if tiled:
         batch_size = 1
     out = np.empty((count, height, width), dtype=np.float32)
-    starts = range(0, count, batch_size)
     if tiled:
         from nunet.tiling import TILED_PASSES
     steps = TILED_PASSES if tiled else 1  # a tiled plane reports each of its passes
-    with _progress(progress, count * steps, "passes" if tiled else "planes") as advance, \
-            _num_threads(threads), torch.inference_mode(), _autocast(device, precision):
-        for start in starts:
+    with progress_bar(progress, count * steps, "passes" if tiled else "planes") as advance, \
+            num_threads(threads), torch.inference_mode(), autocast(device, precision):
+        for start in range(0, count, batch_size):
             stop = min(count, start + batch_size)
             x = _prepare(planes[start:stop], percentiles, invert, device)
             if tiled:
                 y = _tiled(loaded.module, x, tile_size, on_pass=lambda: advance(1))
             else:
                 y = loaded.module(x)
-            y = _to_unit_range(y)[:, 0, :height, :width]
-            out[start:stop] = y.cpu().numpy()
+            out[start:stop] = crop_plane(to_unit_range(y)[:, 0], height, width).cpu().numpy()
             if not tiled:
                 advance(stop - start)
     return out
@@ -396,7 +273,7 @@ def _prepare(planes: np.ndarray, percentiles: tuple[float, float], invert: bool,
     prepared = [pad_plane(normalise_plane(p, percentiles)) for p in planes]
     batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)  # no copy of one plane
     if invert:
-        np.subtract(255.0, batch, out=batch)
+        invert_normalised(batch)
     return torch.from_numpy(batch[:, None]).to(device)
 
 
@@ -412,205 +289,6 @@ def _prepare_torch(planes: np.ndarray, percentiles: tuple[float, float], invert:
         torch.sub(255.0, x, out=x)
     ph, pw = padded_shape(height, width)
     return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
-
-
-def normalise_planes_torch(x: "torch.Tensor", percentiles: tuple[float, float] = PERCENTILES) -> "torch.Tensor":
-    """:func:`normalise_plane` for a float32 ``(N, H, W)`` tensor, on its device (same result)."""
-    import torch
-
-    q = torch.tensor(percentiles, dtype=x.dtype, device=x.device) / 100.0
-    lo, hi = torch.quantile(x.reshape(len(x), -1), q, dim=1)
-    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-        raise ValueError("plane contains NaN or infinite values")
-    span = hi - lo
-    scale = torch.where(span > 0, 255.0 / span.clamp_min(1e-30), torch.zeros_like(span))
-    return ((x - lo.view(-1, 1, 1)) * scale.view(-1, 1, 1)).clamp_(0.0, 255.0)
-
-
-def _to_unit_range(y: "torch.Tensor") -> "torch.Tensor":
-    """The network's raw output clipped to 0..255 and divided by 255, in fp32 (in place when fp32)."""
-    return y.float().clamp_(0.0, 255.0).div_(255.0)
-
-
-_CHOSEN: dict[tuple[str, str], str] = {}
-_BATCH: dict[tuple[str, str, str], int] = {}
-_THREADS: dict[tuple[str, str, int, int], int] = {}
-_TILE: dict[tuple[str, str, int], int] = {}
-_SECONDS: dict[tuple[str, str, str, int, int], float] = {}
-#: Plane batch sizes ``auto`` tries, per device kind.
-BATCH_CANDIDATES = {"cpu": (1, 2, 4), "cuda": (1, 4, 8, 16, 32), "mps": (1, 4, 8, 16)}
-
-
-def default_batch_size(device: str) -> int:
-    """Planes per forward pass: 1 on a CPU (measured: larger batches are slower per plane), else 8."""
-    return 1 if device == "cpu" else 8
-
-
-@lru_cache(maxsize=1)
-def _probe_plane() -> np.ndarray:
-    """A normalised 256x256 synthetic nuclei plane (made once; read-only)."""
-    from nunet.synth import synth_image
-
-    plane = normalise_plane(synth_image("dense", (256, 256), seed=0).image)
-    plane.flags.writeable = False
-    return plane
-
-
-def _probe_planes(count: int) -> np.ndarray:
-    """``count`` copies of :func:`_probe_plane`, ``(count, 1, 256, 256)``."""
-    return np.repeat(_probe_plane()[None, None], count, axis=0)
-
-
-def _best_seconds(loaded: "LoadedModel", x: "torch.Tensor", device: str,
-                  precision: str) -> tuple[float, "torch.Tensor"]:
-    """Best of 3 timed forward passes (after a warm-up), and the last output in [0, 1]."""
-    import time
-
-    import torch
-
-    times = []
-    with torch.inference_mode(), _autocast(device, precision):
-        for _ in range(4):
-            start = time.perf_counter()
-            y = _to_unit_range(loaded.module(x)).cpu()
-            times.append(time.perf_counter() - start)
-    return min(times[1:]), y
-
-
-def _timing_key(loaded: "LoadedModel", device: str, precision: str,
-                batch: int) -> tuple[str, str, str, int, int]:
-    import torch
-
-    return str(loaded.path), device, precision, batch, torch.get_num_threads()
-
-
-def _probe_seconds(loaded: "LoadedModel", device: str, precision: str, batch: int) -> float:
-    """:func:`_best_seconds` on ``batch`` probe planes, measured once per model file, device,
-    precision, batch size and CPU thread count (``auto``'s choices share their measurements)."""
-    import torch
-
-    key = _timing_key(loaded, device, precision, batch)
-    if key not in _SECONDS:
-        x = torch.from_numpy(_probe_planes(batch)).to(device)
-        _SECONDS[key] = _best_seconds(loaded, x, device, precision)[0]
-    return _SECONDS[key]
-
-
-def choose_precision(loaded: "LoadedModel", device: str) -> str:
-    """The precision ``auto`` picks for a model on a device (measured once, then cached).
-
-    Candidates: fp32, plus bf16 on a CPU with native bf16, plus fp16 and bf16 on CUDA. Each is
-    timed (best of 3, after a warm-up) on the device's default batch of a 256x256 synthetic
-    nuclei plane; the fastest whose output stays within ``AUTO_TOLERANCE`` of fp32 wins.
-    """
-    import torch
-
-    key = (str(loaded.path), device)
-    if key in _CHOSEN:
-        return _CHOSEN[key]
-    kind = device.split(":")[0]
-    candidates = ["fp32"]
-    if kind == "cuda":
-        candidates += ["fp16", "bf16"]
-    elif kind == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        candidates.append("bf16")
-    x = torch.from_numpy(_probe_planes(default_batch_size(device))).to(device)
-    results = {precision: _best_seconds(loaded, x, device, precision) for precision in candidates}
-    for precision, (seconds, _) in results.items():
-        _SECONDS[_timing_key(loaded, device, precision, len(x))] = seconds
-    reference = results["fp32"][1]
-    allowed = [p for p in candidates if float((results[p][1] - reference).abs().max()) <= AUTO_TOLERANCE]
-    _CHOSEN[key] = min(allowed, key=lambda p: results[p][0])
-    return _CHOSEN[key]
-
-
-def smallest_within(seconds: dict[int, float], tolerance: float = 0.05) -> int:
-    """The smallest setting (batch size, thread count) whose time is within ``tolerance`` of the best.
-
-    More planes per batch or more threads only earn their memory or cores when they are
-    measurably faster.
-    """
-    best = min(seconds.values())
-    return min(b for b, t in seconds.items() if t <= best * (1.0 + tolerance))
-
-
-def choose_batch_size(loaded: "LoadedModel", device: str, precision: str) -> int:
-    """The plane batch size ``auto`` uses: each of ``BATCH_CANDIDATES`` timed on 256x256 planes.
-
-    Measured once per model file, device and precision, then cached; see :func:`smallest_within`.
-    """
-    key = (str(loaded.path), device, precision)
-    if key not in _BATCH:
-        per_plane = {batch: _probe_seconds(loaded, device, precision, batch) / batch
-                     for batch in BATCH_CANDIDATES.get(device.split(":")[0], (1,))}
-        _BATCH[key] = smallest_within(per_plane)
-    return _BATCH[key]
-
-
-def choose_threads(loaded: "LoadedModel", precision: str, batch_size: int) -> int:
-    """The CPU thread count ``auto`` uses: torch's current count and half of it, timed on 256x256 planes.
-
-    Measured once per model file, precision, batch size and current count, then cached; see
-    :func:`smallest_within`.
-    """
-    import torch
-
-    current = torch.get_num_threads()
-    key = (str(loaded.path), precision, batch_size, current)
-    if key not in _THREADS:
-        seconds = {}
-        for threads in sorted({current, max(1, current // 2)}):
-            with _num_threads(threads):
-                seconds[threads] = _probe_seconds(loaded, "cpu", precision, batch_size)
-        _THREADS[key] = smallest_within(seconds)
-    return _THREADS[key]
-
-
-def choose_tile_size(loaded: "LoadedModel", precision: str) -> int:
-    """The CPU tile side ``auto`` uses for planes it tiles: each of ``TILE_CANDIDATES`` timed.
-
-    A ``TILE_PROBE_SIDE`` square of synthetic nuclei is run through the seam-free tiling once per
-    candidate (about 2 s each on 2 cores; tiled passes need no warm-up). Larger tiles read fewer
-    overlapping windows but hold more memory, so :func:`smallest_within` keeps the smallest side
-    within 5% of the fastest. Measured once per model file, precision and CPU thread count, then
-    cached.
-    """
-    import time
-
-    import torch
-
-    key = (str(loaded.path), precision, torch.get_num_threads())
-    if key not in _TILE:
-        plane = _probe_plane()
-        repeats = TILE_PROBE_SIDE // plane.shape[0]
-        x = torch.from_numpy(np.tile(plane, (repeats, repeats))[None, None])
-        seconds = {}
-        with torch.inference_mode(), _autocast("cpu", precision):
-            for side in TILE_CANDIDATES:
-                start = time.perf_counter()
-                _tiled(loaded.module, x, side)
-                seconds[side] = time.perf_counter() - start
-        _TILE[key] = smallest_within(seconds)
-    return _TILE[key]
-
-
-@contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
-    """Run torch's CPU operators with ``threads`` threads (None: unchanged), then restore the count.
-
-    The count is process-wide: it is only touched when it differs from the current one.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is None or threads == before:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _tiling(height: int, width: int, tile_size: int | None, device: str) -> tuple[bool, int]:
@@ -629,37 +307,3 @@ def _tiled(module: "torch.nn.Module", x: "torch.Tensor", tile_size: int,
         return tiled_forward(module, x, tile_size, on_pass)
     except AttributeError as exc:
         raise ModelError(f"tiling needs a model with NU-Net's layer names ({exc})") from exc
-
-
-def _autocast(device: str, precision: str):
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
-
-
-class _progress:
-    """Context manager yielding ``advance(n)``; shows a rich bar on stderr when enabled."""
-
-    def __init__(self, enabled: bool, total: int, unit: str = "planes") -> None:
-        self.enabled = enabled and total > 1
-        self.total, self.unit = total, unit
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self._bar = Progress(self.unit, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                             console=Console(stderr=True), transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task(self.unit, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)
-

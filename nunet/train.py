@@ -123,7 +123,7 @@ def load_config(path: Path | None, overrides: dict) -> TrainConfig:
 # ---- data --------------------------------------------------------------------------------
 
 def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
-    from nunet.inference import LUMA, normalise_plane
+    from nunet.preprocess import LUMA, invert_normalised, normalise_plane
     from nunet.io import OTHER_SUFFIXES, TIFF_SUFFIXES, read_image
 
     planes = []
@@ -134,7 +134,7 @@ def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
             data = data[..., :3] @ LUMA
         for plane in data.reshape((-1,) + data.shape[-2:]):
             plane = normalise_plane(plane)
-            planes.append(255.0 - plane if invert else plane)
+            planes.append(invert_normalised(plane) if invert else plane)
     if not planes:
         raise NUNetError(f"{folder}: no readable images")
     return planes
@@ -142,7 +142,7 @@ def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
 
 def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
     """Content planes (0..255) grouped by dataset name."""
-    from nunet.inference import normalise_plane
+    from nunet.preprocess import invert_normalised, normalise_plane
 
     datasets = {}
     for folder in config.content_dirs:
@@ -152,7 +152,8 @@ def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
         k = modality_index(modality)
         planes = [normalise_plane(synth_image(modality, side, seed=config.seed * 7919 + 31 * i + k).image)
                   for i in range(config.synthetic_content)]
-        datasets[f"synthetic-{modality}"] = [255.0 - p if PRESETS[modality].dark_blobs else p for p in planes]
+        datasets[f"synthetic-{modality}"] = [invert_normalised(p) if PRESETS[modality].dark_blobs else p
+                                             for p in planes]
     return datasets
 
 
@@ -290,7 +291,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         ``progress(step, total, losses)`` after each step.
     """
     from nunet import save_model
-    from nunet.inference import resolve_device
+    from nunet.runtime import resolve_device
     from nunet.losses import TargetGrams
     from nunet.model import NUNet
     from nunet.vgg import BackboneSpec, build_backbone

@@ -11,7 +11,7 @@ import torch
 from conftest import blobs
 from nunet import enhance
 from nunet.errors import AxesError, ModelError
-from nunet.inference import LUMA, normalise_plane, pad_plane
+from nunet.preprocess import LUMA, normalise_plane, pad_plane
 from nunet.io import Image
 from nunet.tiling import tiled_forward
 
@@ -187,16 +187,44 @@ def test_w_blends_registered_models(tmp_path, monkeypatch):
 
 def test_auto_precision_stays_within_tolerance_of_fp32():
     from nunet import load_model
-    from nunet.inference import AUTO_TOLERANCE, choose_precision
+    from nunet.autotune import AUTO_TOLERANCE, Tuner, precision_candidates
     from nunet.synth import MODALITIES, synth_image
 
-    chosen = choose_precision(load_model("nunet-w8"), "cpu")
-    assert chosen in ("fp32", "bf16")
+    chosen = Tuner().precision(load_model("nunet-w8"), "cpu")
+    assert chosen in precision_candidates("cpu")
     for k, modality in enumerate(MODALITIES):
         image = synth_image(modality, (200, 184), seed=40 + k).image
         reference = enhance(image, "nunet-w8", device="cpu", precision="fp32")
         auto = enhance(image, "nunet-w8", device="cpu", precision="auto")
         assert np.abs(auto - reference).max() <= AUTO_TOLERANCE, modality
+
+
+def test_auto_times_only_what_the_cpu_runs_natively(model, tuner):
+    """Emulated bf16 is never a candidate, and the whole measurement stays short (about 1 s on 2 cores)."""
+    import time
+
+    from nunet.autotune import precision_candidates
+    from nunet.runtime import cpu_info
+
+    info = cpu_info()
+    print(f"CPU: {info.describe()}")
+    assert precision_candidates("cpu") == (["fp32", "bf16"] if info.native_bf16 else ["fp32"])
+    start = time.perf_counter()
+    enhance(blobs((40, 36)), model, device="cpu", precision="auto")
+    assert time.perf_counter() - start < 10  # generous for a slow CI machine; the benchmark prints the figure
+    timed = {key[2] for key in tuner.seconds}
+    assert timed <= set(precision_candidates("cpu"))
+    tuner.clear()
+    assert not tuner.seconds and not tuner.precisions and not tuner.threads
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    from nunet.runtime import cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\n")
+    assert {"avx2", "avx512_bf16"} <= cpu_flags(info)
+    assert cpu_flags(tmp_path / "missing") is None
 
 
 def test_invert_filters_the_flipped_image(model):
@@ -206,63 +234,63 @@ def test_invert_filters_the_flipped_image(model):
 
 
 def test_smallest_within_prefers_the_smallest_setting_within_tolerance():
-    from nunet.inference import smallest_within
+    from nunet.autotune import smallest_within
 
     assert smallest_within({1: 0.30, 2: 0.32, 4: 0.40}) == 1
     assert smallest_within({1: 0.30, 4: 0.20, 8: 0.195, 16: 0.21}) == 4
     assert smallest_within({1: 0.30, 4: 0.20, 8: 0.10}) == 8
 
 
-def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, monkeypatch):
+def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, tuner, monkeypatch):
     from nunet import inference
 
     before = torch.get_num_threads()
     img = blobs((40, 36))
     out = enhance(img, model, precision="auto")
-    precision = inference._CHOSEN[(str(model.path), "cpu")]
-    batch = inference._BATCH[(str(model.path), "cpu", precision)]
+    precision = tuner.precisions[(str(model.path), "cpu")]
+    batch = tuner.batch_sizes[(str(model.path), "cpu", precision)]
     key = (str(model.path), precision, batch, before)
-    assert inference._THREADS[key] in {before, max(1, before // 2)}
+    assert tuner.threads[key] in {before, max(1, before // 2)}
     assert torch.get_num_threads() == before
     np.testing.assert_allclose(out, enhance(img, model, precision=precision), atol=1e-5)
     seen = []
-    monkeypatch.setitem(inference._THREADS, key, 1)  # a cached choice is used, not measured again
-    monkeypatch.setattr(inference, "_to_unit_range", lambda y: (seen.append(torch.get_num_threads()), y)[1] / 255)
+    tuner.threads[key] = 1  # a cached choice is used, not measured again
+    monkeypatch.setattr(inference, "crop_plane", lambda y, h, w: (seen.append(torch.get_num_threads()), y)[1])
     enhance(img, model, precision="auto")
     assert seen == [1] and torch.get_num_threads() == before
 
 
-def test_auto_measures_a_batch_size_once_and_keeps_the_output(model):
-    from nunet import inference
+def test_auto_uses_a_cached_batch_size_and_keeps_the_output(model, tuner):
+    from nunet.autotune import BATCH_CANDIDATES
 
     img = blobs((3, 40, 36))
     out = enhance(img, model, precision="auto")
-    precision = inference._CHOSEN[(str(model.path), "cpu")]
+    precision = tuner.precisions[(str(model.path), "cpu")]
     key = (str(model.path), "cpu", precision)
-    measured = inference._BATCH[key]
-    assert measured in inference.BATCH_CANDIDATES["cpu"]
+    measured = tuner.batch_sizes[key]
+    assert measured in BATCH_CANDIDATES["cpu"]
     np.testing.assert_allclose(out, enhance(img, model, precision=precision, batch_size=measured), atol=1e-6)
-    inference._BATCH[key] = 2  # a cached choice is used, not measured again
+    tuner.batch_sizes[key] = 2  # a cached choice is used, not measured again
     np.testing.assert_allclose(enhance(img, model, precision="auto"),
                                enhance(img, model, precision=precision, batch_size=2), atol=1e-6)
 
 
-def test_auto_measures_a_tile_side_for_large_cpu_planes(model, monkeypatch):
+def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatch):
     """A plane above the CPU tiling threshold: auto probes each candidate tile side once, runs the
     plane with the chosen one, and later calls reuse the choice without probing again."""
-    from nunet import inference
+    from nunet import autotune, inference, tiling
 
     monkeypatch.setitem(inference.AUTO_TILING, "cpu", (300 * 300, 256))  # smaller sizes, same logic, faster
-    monkeypatch.setattr(inference, "TILE_PROBE_SIDE", 512)
+    monkeypatch.setattr(autotune, "TILE_PROBE_SIDE", 512)
     img = blobs((320, 320))
-    sides, real = [], inference._tiled
-    monkeypatch.setattr(inference, "_tiled", lambda module, x, side, on_pass=None:
+    sides, real = [], tiling.tiled_forward
+    monkeypatch.setattr(tiling, "tiled_forward", lambda module, x, side, on_pass=None:
                         (sides.append(side), real(module, x, side, on_pass))[1])
     out = enhance(img, model, precision="auto")
-    precision = inference._CHOSEN[(str(model.path), "cpu")]
-    (key,) = [k for k in inference._TILE if k[:2] == (str(model.path), precision)]
-    chosen = inference._TILE[key]
-    assert sides == [*inference.TILE_CANDIDATES, chosen]
+    precision = tuner.precisions[(str(model.path), "cpu")]
+    (key,) = [k for k in tuner.tile_sides if k[:2] == (str(model.path), precision)]
+    chosen = tuner.tile_sides[key]
+    assert sides == [*autotune.TILE_CANDIDATES, chosen]
     np.testing.assert_allclose(out, enhance(img, model, precision=precision, tile_size=chosen), atol=1e-6)
     sides.clear()
     enhance(img, model, precision="auto")
@@ -271,7 +299,7 @@ def test_auto_measures_a_tile_side_for_large_cpu_planes(model, monkeypatch):
 
 def test_device_side_normalisation_equals_numpy():
     """The CUDA path's normalisation (run here on CPU tensors) matches normalise_plane plane by plane."""
-    from nunet.inference import normalise_planes_torch
+    from nunet.preprocess import normalise_planes_torch
 
     planes = np.stack([blobs((40, 36), seed=s) * (s + 1) + 7 * s for s in range(3)] + [np.full((40, 36), 5.0)])
     got = normalise_planes_torch(torch.from_numpy(planes.astype(np.float32))).numpy()
@@ -292,6 +320,16 @@ def test_automatic_tiling_depends_on_the_device():
     assert _tiling(4096, 4096, None, "cuda:0") == (True, 1024)
     assert _tiling(100, 100, 64, "cpu") == (True, 64)
     assert _tiling(100, 100, 0, "cpu")[0] is False
+
+
+@pytest.fixture
+def tuner():
+    """The tuner enhance uses, empty before and after the test."""
+    from nunet.autotune import DEFAULT_TUNER
+
+    DEFAULT_TUNER.clear()
+    yield DEFAULT_TUNER
+    DEFAULT_TUNER.clear()
 
 
 @pytest.mark.parametrize("invert", [False, True])
@@ -340,16 +378,20 @@ def test_repeated_cpu_passes_reuse_memory_instead_of_faulting_it_in():
     import subprocess
     import sys
 
+    from nunet.autotune import precision_candidates
+
+    precision = precision_candidates("cpu")[-1]  # what auto can pick here: bf16 only where it is native
+    print(f"measured at {precision}")
     script = (
         "import resource, numpy as np\n"
         "from nunet import enhance\n"
         "from nunet.synth import synth_image\n"
         "img = synth_image('dense', (400, 400), seed=1).image\n"
-        "for _ in range(2): enhance(img, 'nunet-w8', device='cpu', precision='bf16')\n"
+        f"for _ in range(2): enhance(img, 'nunet-w8', device='cpu', precision='{precision}')\n"
         "faults = []\n"
         "for _ in range(3):\n"
         "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        "    enhance(img, 'nunet-w8', device='cpu', precision='bf16')\n"
+        f"    enhance(img, 'nunet-w8', device='cpu', precision='{precision}')\n"
         "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
         "print(min(faults))\n"
     )

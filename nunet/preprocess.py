@@ -1,0 +1,122 @@
+"""The steps between an image and the network, each with its inverse where there is one.
+
+Normalisation
+-------------
+Each YX plane is mapped linearly so that its 0.1 and 99.9 percentiles become 0 and 255
+(the range the network was trained on); values outside are clipped. Because the first
+convolution is followed by InstanceNorm, the network barely depends on the input's gain
+and offset: the percentiles only decide which rare outliers (hot pixels) are clipped.
+A constant plane is mapped to 0. The output is clipped to 0..255 and divided by 255
+(:func:`to_unit_range`), giving float32 in [0, 1]. NU-Net enhances bright objects on a dark
+background; with ``invert`` the normalised plane is flipped (255 - x) first, for dark nuclei on
+a bright background (THG, bright-field), as the paper did for its dark-blob training sets.
+
+Geometry
+--------
+Each plane is reflect-padded at its bottom and right to a multiple of 4 (at least 8 px)
+(:func:`pad_plane`) and the output cropped back (:func:`crop_plane`), so the output has exactly
+the input's spatial shape. RGB input (an ``S`` axis) becomes grey with ITU-R 601 luma weights
+(0.299, 0.587, 0.114); an alpha sample is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nunet.errors import AxesError
+
+if TYPE_CHECKING:
+    import torch
+
+PERCENTILES = (0.1, 99.9)
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+#: The top of the network's input and output range.
+FULL_SCALE = 255.0
+
+
+def to_grey(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
+    """Drop an ``S`` (RGB/RGBA sample) axis by luma weighting; other images pass unchanged."""
+    if "S" not in axes:
+        return data, axes
+    samples = data.shape[-1]
+    rgb = data[..., :3].astype(np.float32)
+    grey = rgb @ LUMA if samples >= 3 else rgb.mean(axis=-1)
+    return grey, axes[:-1]
+
+
+def select_channels(data: np.ndarray, axes: str, channel: int | Sequence[int] | None) -> tuple[np.ndarray, str]:
+    """Keep the chosen channel(s) of the ``C`` axis (None: all; a single int drops the axis).
+
+    Negative indices count from the end, as in NumPy (-1 is the last channel).
+    """
+    if channel is None:
+        return data, axes
+    if "C" not in axes:
+        raise AxesError(f"channel={channel} given but the image has no C axis (axes '{axes}')")
+    c = axes.index("C")
+    picks = [channel] if isinstance(channel, int) else list(channel)
+    n = data.shape[c]
+    bad = [p for p in picks if not -n <= p < n]
+    if bad or not picks:
+        raise AxesError(f"channel {channel} out of range: the image has {n} channel(s) (0..{n - 1})")
+    data = np.take(data, picks, axis=c)
+    if isinstance(channel, int):
+        return np.squeeze(data, axis=c), axes.replace("C", "")
+    return data, axes
+
+
+def normalise_plane(plane: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
+    """Map a plane's percentiles to 0..255 (clipped), as float32 (see module docstring)."""
+    plane = np.asarray(plane, dtype=np.float32)
+    lo, hi = np.percentile(plane, percentiles)
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("plane contains NaN or infinite values")
+    if hi <= lo:
+        return np.zeros_like(plane)
+    out = (plane - np.float32(lo)) * np.float32(FULL_SCALE / (hi - lo))
+    return np.clip(out, 0.0, FULL_SCALE, out=out)
+
+
+def normalise_planes_torch(x: "torch.Tensor", percentiles: tuple[float, float] = PERCENTILES) -> "torch.Tensor":
+    """:func:`normalise_plane` for a float32 ``(N, H, W)`` tensor, on its device (same result)."""
+    import torch
+
+    q = torch.tensor(percentiles, dtype=x.dtype, device=x.device) / 100.0
+    lo, hi = torch.quantile(x.reshape(len(x), -1), q, dim=1)
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError("plane contains NaN or infinite values")
+    span = hi - lo
+    scale = torch.where(span > 0, FULL_SCALE / span.clamp_min(1e-30), torch.zeros_like(span))
+    return ((x - lo.view(-1, 1, 1)) * scale.view(-1, 1, 1)).clamp_(0.0, FULL_SCALE)
+
+
+def invert_normalised(x: np.ndarray) -> np.ndarray:
+    """Flip a normalised plane or batch in place (255 - x): dark nuclei become bright."""
+    return np.subtract(FULL_SCALE, x, out=x)
+
+
+def padded_shape(height: int, width: int) -> tuple[int, int]:
+    """Smallest shape >= (height, width) with sides multiples of 4 and at least 8."""
+    return max(8, -(-height // 4) * 4), max(8, -(-width // 4) * 4)
+
+
+def pad_plane(plane: np.ndarray) -> np.ndarray:
+    """Reflect-pad a (..., H, W) array at the bottom/right to :func:`padded_shape`."""
+    height, width = plane.shape[-2:]
+    ph, pw = padded_shape(height, width)
+    pads = [(0, 0)] * (plane.ndim - 2) + [(0, ph - height), (0, pw - width)]
+    mode = "reflect" if min(height, width) > 1 else "edge"
+    return np.pad(plane, pads, mode=mode)
+
+
+def crop_plane(x, height: int, width: int):
+    """Undo :func:`pad_plane`: the top-left ``height`` x ``width`` of a (..., H', W') array or tensor."""
+    return x[..., :height, :width]
+
+
+def to_unit_range(y: "torch.Tensor") -> "torch.Tensor":
+    """The network's raw output clipped to 0..255 and divided by 255, in fp32 (in place when fp32)."""
+    return y.float().clamp_(0.0, FULL_SCALE).div_(FULL_SCALE)
