@@ -198,7 +198,11 @@ def eval_cmd(
     model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="NU-Net model to compare "
                                                        "(repeatable; default: every registered model with a w).")]
     = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of 2D images (default: the synthetic suite).")]
+    suite: Annotated[str, typer.Option(help="Built-in suite: heldout (synthetic, degraded synthetic, real and "
+                                            "degraded real images) or synthetic.")] = "heldout",
+    real_data: Annotated[Optional[Path], typer.Option(help="The stardist wheel or a folder of its test images "
+                                                      "(default: the installed stardist package's).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of 2D images instead of a suite.")]
     = None,
     masks: Annotated[Optional[Path], typer.Option(help="Masks or label images named like the images.")] = None,
     centroids: Annotated[Optional[Path], typer.Option(help="CSV files (columns y,x) named like the images.")]
@@ -206,15 +210,15 @@ def eval_cmd(
     radius: Annotated[float, typer.Option(help="Expected nucleus radius (px) for --images.")] = 6.0,
     invert: Annotated[bool, typer.Option("--invert", help="--images has dark nuclei on a bright background.")]
     = False,
-    n_images: Annotated[int, typer.Option(help="Synthetic images per modality.")] = 4,
-    size: Annotated[int, typer.Option(help="Side of the synthetic images (px).")] = 256,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic suite.")] = 0,
-    modality: Annotated[Optional[list[str]], typer.Option(help="Synthetic modality (repeatable; default: sparse, "
-                                                          "dense, thg, low_snr, uneven; also thg_fibres).")]
+    n_images: Annotated[int, typer.Option(help="--suite synthetic: images per modality.")] = 4,
+    size: Annotated[int, typer.Option(help="--suite synthetic: side of the images (px).")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the suite (an evaluation seed, never used in training).")] = 0,
+    modality: Annotated[Optional[list[str]], typer.Option(help="--suite synthetic: modality (repeatable; default: "
+                                                          "sparse, dense, thg, low_snr, uneven; also thg_fibres).")]
     = None,
-    stacks: Annotated[int, typer.Option(help="Synthetic 3D stacks (sparse nuclei), evaluated per plane.")] = 1,
+    stacks: Annotated[int, typer.Option(help="--suite synthetic: 3D stacks (sparse nuclei), per plane.")] = 1,
 ) -> None:
-    """Compare NU-Net with raw, log LUT, Gaussian, median and DoG: contrast ratio and blob_log F1."""
+    """Compare NU-Net with raw, log LUT, Gaussian, median and DoG: contrast ratio and blob_log F1 on held-out images."""
     from rich.table import Table
 
     from nunet import evaluate
@@ -224,22 +228,28 @@ def eval_cmd(
         raise typer.BadParameter("--images needs --masks and/or --centroids", param_hint="--images")
     models = model if model is not None else [e.name for e in list_models() if e.w is not None]
     try:
-        items = (evaluate.folder_items(images, masks, radius, invert, centroids) if images is not None
-                 else evaluate.synthetic_items(n_images, size, seed, stacks, modality))
+        if images is not None:
+            items = evaluate.folder_items(images, masks, radius, invert, centroids)
+        elif suite == "synthetic":
+            items = evaluate.synthetic_items(n_images, size, seed, stacks, modality)
+        else:
+            items = evaluate.suite_items(suite, real_data, seed)
         with err.status(f"evaluating {len(items)} images x {5 + len(models)} methods"):
             rows, outputs = evaluate.evaluate(items, models)
     except NUNetError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     summary = evaluate.summarise(rows)
-    table = Table(title=f"{len({i.dataset for i in items})} datasets, {len(items)} images "
-                        "(mean over datasets of per-dataset means, ± std across datasets)")
-    for column in ("method", "contrast gain", "fold change", "F1 @ 0.1", "F1 best threshold"):
+    table = Table(title=f"{len({i.dataset for i in items})} datasets, {len(items)} images (means over "
+                        "datasets of per-dataset means; stds and fold changes in summary.csv)")
+    families = len({s["family"] for s in summary}) > 1
+    for column in ("family",) * families + ("method", "contrast gain", "F1 @ 0.1", "F1 best threshold",
+                                            "F1 shared threshold"):
         table.add_column(column, justify="right")
     for s in summary:
-        cells = [f"{m:.2f} ± {sd:.2f}" if math.isfinite(m) else "-" for m, sd in
-                 (s["gain"], s["fold"], s["f1_fixed"], s["f1_best"])]
-        table.add_row(s["method"], *cells)
+        cells = [f"{s[key][0]:.2f}" if math.isfinite(s[key][0]) else "-"
+                 for key in ("gain", "f1_fixed", "f1_best", "f1_shared")]
+        table.add_row(*(s["family"],) * families, s["method"], *cells)
     out.print(table)
     for path in evaluate.write_csv(rows, summary, out_dir) + evaluate.write_figures(items, rows, outputs, out_dir):
         out.print(f"wrote {path}")

@@ -10,6 +10,17 @@ Dark-blob datasets (THG-like) are inverted first, as the paper did for its dark-
 sets. Where every image has a mask, ``truth-mask`` feeds the ground-truth foreground itself to
 the same detection: the F1 a perfect filter would get, the ceiling of the protocol (its contrast
 is left out: a binary mask's contrast ratio only measures the background floor).
+
+Besides the best threshold per dataset, each method gets the one threshold that maximises its
+mean F1 over every dataset at once (``f1_shared``): the drop-in use, where one threshold must
+transfer between acquisitions.
+
+Suites (``SUITES``): ``synthetic`` is the seeded synthetic suite; ``heldout`` adds to it the
+same modalities degraded by :mod:`nunet.degrade`, the annotated real images
+(:mod:`nunet.realdata`) and those real images degraded. Every image of a suite comes from
+evaluation seeds (:func:`nunet.synth.evaluation_seed`), which training never uses. Datasets are
+grouped in families (``synthetic``, ``synthetic-degraded``, ``real``, ``real-degraded``); the
+summary has one block per family and one over all datasets (``all``).
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from nunet import metrics
 from nunet.errors import NUNetError
 
 DETECTION_METHODS = ("raw", "dog", "dog-tuned")
+SUITES = ("heldout", "synthetic")
+ALL = "all"
 CEILING = "truth-mask"
 #: Factors on the expected radius among which ``dog-tuned`` picks its DoG scale per dataset.
 DOG_SCALES = (0.5, 0.7, 1.0, 1.4, 2.0)
@@ -43,12 +56,14 @@ class EvalImage:
     centroids: np.ndarray
     radius: float
     invert: bool = False
+    family: str = "synthetic"
 
 
 @dataclass
 class Row:
     """Results of one method on one image (a line of results.csv)."""
 
+    family: str
     dataset: str
     image: str
     method: str
@@ -62,6 +77,8 @@ class Row:
     precision_best: float = float("nan")
     recall_best: float = float("nan")
     radius_scale: float = float("nan")
+    threshold_shared: float = float("nan")
+    f1_shared: float = float("nan")
 
 
 def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, stacks: int = 1,
@@ -72,16 +89,16 @@ def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, sta
     """
     from scipy import ndimage as ndi
 
-    from nunet.synth import MODALITIES, PRESETS, synth_image, synth_suite
+    from nunet.synth import MODALITIES, PRESETS, evaluation_seed, synth_image, synth_suite
 
     try:
         suite = synth_suite(n_per_modality, (size, size), seed, tuple(modalities or MODALITIES))
     except ValueError as exc:  # an unknown modality
         raise NUNetError(str(exc)) from None
     items = [EvalImage(s.modality, f"{s.modality}-{i}", s.image, s.labels > 0, s.centroids, s.radius,
-                       PRESETS[s.modality].dark_blobs) for i, s in enumerate(suite)]
+                       PRESETS[s.modality].dark_blobs, "synthetic") for i, s in enumerate(suite)]
     for k in range(stacks):
-        stack = synth_image("sparse", (8, size // 2, size // 2), seed=seed * 1000 + 900 + k)
+        stack = synth_image("sparse", (8, size // 2, size // 2), seed=evaluation_seed(seed * 1000 + 900 + k))
         for z in range(0, stack.image.shape[0], 2):
             plane = stack.labels[z]
             present = [v for v in np.unique(plane) if v > 0]
@@ -89,8 +106,70 @@ def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, sta
                 continue
             centroids = np.array(ndi.center_of_mass(plane > 0, plane, present)).reshape(-1, 2)
             items.append(EvalImage("sparse-3d", f"stack{k}-z{z}", stack.image[z], plane > 0, centroids,
-                                   stack.radius))
+                                   stack.radius, family="synthetic"))
     return items
+
+
+def degraded_synthetic_items(n_per_modality: int = 3, size: int = 256, seed: int = 0) -> list[EvalImage]:
+    """The synthetic modalities degraded by :func:`nunet.degrade.degrade` (family ``synthetic-degraded``).
+
+    Dark-blob images are flipped for the degradation and flipped back (they stay dark-blob images).
+    """
+    from nunet.degrade import Ranges, degrade
+    from nunet.synth import MODALITIES, PRESETS, evaluation_seed, synth_image
+
+    items = []
+    for k, modality in enumerate(MODALITIES):
+        dark = PRESETS[modality].dark_blobs
+        for i in range(n_per_modality):
+            s = synth_image(modality, (size, size), seed=evaluation_seed(seed * 1000 + 500 + 10 * i + k))
+            source = s.image.max() - s.image if dark else s.image
+            d = degrade(source, s.labels, s.radius, evaluation_seed(seed * 1000 + 700 + 10 * i + k), Ranges(max_side=size))
+            image = d.image.max() - d.image if dark else d.image
+            items.append(EvalImage(f"{modality}-degraded", f"{modality}-degraded-{i}", image, d.labels > 0,
+                                   d.centroids, d.radius, dark, "synthetic-degraded"))
+    return items
+
+
+def real_items(real, degraded_2d: int = 8, degraded_planes: int = 10, seed: int = 0) -> list[EvalImage]:
+    """The annotated real images (family ``real``) and degraded copies of them (``real-degraded``).
+
+    ``real`` (:class:`nunet.realdata.RealImages`): the 2D image at scale 1 (radius 12) and 1/2 (radius 6),
+    the 3D stack plane by plane (radius 7). Degraded: ``degraded_2d`` draws from the 2D image (scale
+    0.5-1.5, at most 384 px) and ``degraded_planes`` planes of the stack (scale 0.7-2).
+    """
+    from nunet.degrade import Ranges, centroids_of, degrade
+    from nunet.synth import evaluation_seed
+
+    def item(dataset: str, name: str, image, labels, radius: float, family: str) -> EvalImage:
+        return EvalImage(dataset, name, np.asarray(image, np.float32), labels > 0, centroids_of(labels), radius,
+                         family=family)
+
+    half = real.image2d.reshape(real.image2d.shape[0] // 2, 2, -1, 2).mean(axis=(1, 3))
+    items = [item("dsb2018", "dsb2018", real.image2d, real.labels2d, 12.0, "real"),
+             item("dsb2018-half", "dsb2018-half", half, real.labels2d[::2, ::2], 6.0, "real")]
+    planes = [z for z in range(len(real.stack)) if real.labels3d[z].any()]
+    items += [item("stardist-3d", f"z{z:02d}", real.stack[z], real.labels3d[z], 7.0, "real") for z in planes]
+    for i in range(degraded_2d):
+        d = degrade(real.image2d, real.labels2d, 12.0, evaluation_seed(seed * 1000 + 800 + i),
+                    Ranges(scale=(0.5, 1.5), max_side=384))
+        items.append(item("dsb2018-degraded", f"dsb2018-degraded-{i}", d.image, d.labels, d.radius, "real-degraded"))
+    for j, z in enumerate(planes[:: max(1, len(planes) // degraded_planes)][:degraded_planes]):
+        d = degrade(real.stack[z], real.labels3d[z], 7.0, evaluation_seed(seed * 1000 + 850 + j), Ranges(scale=(0.7, 2.0)))
+        items.append(item("stardist-3d-degraded", f"z{z:02d}-degraded", d.image, d.labels, d.radius, "real-degraded"))
+    return items
+
+
+def suite_items(suite: str, real_data: str | Path | None = None, seed: int = 0) -> list[EvalImage]:
+    """The images of a named suite (see ``SUITES`` and the module docstring)."""
+    if suite == "synthetic":
+        return synthetic_items(seed=seed)
+    if suite == "heldout":
+        from nunet.realdata import load_real_images
+
+        real = load_real_images(real_data)
+        return synthetic_items(seed=seed) + degraded_synthetic_items(seed=seed) + real_items(real, seed=seed)
+    raise NUNetError(f"unknown suite '{suite}'; use one of {', '.join(SUITES)}")
 
 
 def folder_items(images: Path, masks: Path | None, radius: float, invert: bool = False,
@@ -129,7 +208,7 @@ def folder_items(images: Path, masks: Path | None, radius: float, invert: bool =
             mask = labels > 0
         if path.stem in csv_files:
             points = _read_centroids(csv_files[path.stem])
-        items.append(EvalImage(images.name, path.stem, image, mask, points, radius, invert))
+        items.append(EvalImage(images.name, path.stem, image, mask, points, radius, invert, images.name))
     if not items:
         raise NUNetError(f"{images}: no image with a mask or centroid CSV of the same name")
     return items
@@ -184,10 +263,11 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
     ceiling = [CEILING] if all(_has_mask(i) for i in items) else []
     methods = ["raw", *metrics.CLASSICAL, "dog-tuned", *loaded, *ceiling]
     outputs = {(i.dataset, i.name, m): filtered(i, m, loaded) for i in items for m in methods if m != "dog-tuned"}
-    dog_tuning = {}
-    for dataset in sorted({i.dataset for i in items}):
-        group = [i for i in items if i.dataset == dataset]
-        *dog_tuning[dataset], images = tune_dog(group, thresholds)
+    datasets = list(dict.fromkeys(i.dataset for i in items))
+    groups = {d: [i for i in items if i.dataset == d] for d in datasets}
+    dog_scale = {}
+    for dataset, group in groups.items():
+        dog_scale[dataset], images = tune_dog(group, thresholds)
         outputs.update({(i.dataset, i.name, "dog-tuned"): image for i, image in zip(group, images)})
     rows: dict[tuple[str, str, str], Row] = {}
     for item in items:
@@ -197,58 +277,67 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
         for m in methods:
             after = (metrics.contrast_ratio(outputs[(item.dataset, item.name, m)], item.mask)
                      if has_mask and m != CEILING else nan)
-            rows[(item.dataset, item.name, m)] = Row(item.dataset, item.name, m, before, after, after - before,
-                                                     after / before)
-    for dataset in sorted({i.dataset for i in items}):
-        group = [i for i in items if i.dataset == dataset]
-        for m in [*DETECTION_METHODS, *loaded, *ceiling]:
-            images = [outputs[(i.dataset, i.name, m)] for i in group]
-            if m == "dog-tuned":  # tune_dog already found its best threshold
-                scale, threshold = dog_tuning[dataset]
-            else:
-                threshold, _ = metrics.best_threshold(images, [i.centroids for i in group], group[0].radius,
-                                                      thresholds)
-            for item, image in zip(group, images):
+            rows[(item.dataset, item.name, m)] = Row(item.family, item.dataset, item.name, m, before, after,
+                                                     after - before, after / before)
+    lowest = min(min(thresholds), fixed_threshold)
+    for m in [*DETECTION_METHODS, *loaded, *ceiling]:
+        # f1[dataset][k, j]: image k of the dataset at thresholds[j]
+        f1, candidates = {}, {}
+        for dataset, group in groups.items():
+            candidates[dataset] = [metrics.BlobCandidates.of(outputs[(i.dataset, i.name, m)], i.radius, lowest)
+                                   for i in group]
+            f1[dataset] = np.array([[metrics.match(c.detect(t), i.centroids, i.radius).f1 for t in thresholds]
+                                    for c, i in zip(candidates[dataset], group)])
+            for item, c in zip(group, candidates[dataset]):
+                rows[(item.dataset, item.name, m)].f1_fixed = metrics.match(
+                    c.detect(fixed_threshold), item.centroids, item.radius).f1
+        shared = int(np.argmax(np.mean([scores.mean(axis=0) for scores in f1.values()], axis=0)))
+        for dataset, group in groups.items():
+            best = int(np.argmax(f1[dataset].mean(axis=0)))
+            for k, (item, c) in enumerate(zip(group, candidates[dataset])):
                 row = rows[(item.dataset, item.name, m)]
-                row.f1_fixed = metrics.match(metrics.detect_blobs(image, item.radius, fixed_threshold),
-                                             item.centroids, item.radius).f1
-                best = metrics.match(metrics.detect_blobs(image, item.radius, threshold), item.centroids, item.radius)
-                row.threshold, row.f1_best = threshold, best.f1
-                row.precision_best, row.recall_best = best.precision, best.recall
+                row.threshold, row.f1_best = float(thresholds[best]), float(f1[dataset][k, best])
+                row.threshold_shared, row.f1_shared = float(thresholds[shared]), float(f1[dataset][k, shared])
+                matching = metrics.match(c.detect(row.threshold), item.centroids, item.radius)
+                row.precision_best, row.recall_best = matching.precision, matching.recall
                 if m == "dog-tuned":
-                    row.radius_scale = scale
+                    row.radius_scale = dog_scale[dataset]
     return list(rows.values()), outputs
 
 
-def tune_dog(group: Sequence[EvalImage], thresholds: Sequence[float]) -> tuple[float, float, list[np.ndarray]]:
+def tune_dog(group: Sequence[EvalImage], thresholds: Sequence[float]) -> tuple[float, list[np.ndarray]]:
     """DoG with its scale tuned on one dataset: the factor of ``DOG_SCALES`` on the expected radius
-    whose best-threshold mean F1 is highest; returns that factor, its threshold and the filtered images."""
-    best: tuple[float, float, float, list[np.ndarray]] | None = None
+    whose best-threshold mean F1 is highest; returns that factor and the filtered images."""
+    best: tuple[float, float, list[np.ndarray]] | None = None
     for scale in DOG_SCALES:
         images = [metrics.dog(_source(i), i.radius * scale) for i in group]
-        threshold, score = metrics.best_threshold(images, [i.centroids for i in group], group[0].radius,
-                                                  thresholds)
+        _, score = metrics.best_threshold(images, [i.centroids for i in group], [i.radius for i in group],
+                                          thresholds)
         if best is None or score > best[0]:
-            best = (score, scale, threshold, images)
-    return best[1], best[2], best[3]
+            best = (score, scale, images)
+    return best[1], best[2]
 
 
 def summarise(rows: Sequence[Row]) -> list[dict]:
-    """Per method: mean over datasets of the per-dataset means (and the std across datasets)."""
+    """Per family (and over all datasets, family ``all``) and method: the mean over datasets of the
+    per-dataset means (and the std across datasets) of gain, fold change and the three F1s."""
     summary = []
-    for method in dict.fromkeys(r.method for r in rows):
-        per_dataset = {}
-        for r in rows:
-            if r.method == method:
-                per_dataset.setdefault(r.dataset, []).append(r)
+    families = list(dict.fromkeys(r.family for r in rows))
+    for family in [*families, ALL] if len(families) > 1 else [ALL]:
+        for method in dict.fromkeys(r.method for r in rows):
+            per_dataset = {}
+            for r in rows:
+                if r.method == method and family in (ALL, r.family):
+                    per_dataset.setdefault(r.dataset, []).append(r)
 
-        def stat(field: str) -> tuple[float, float]:
-            values = [[getattr(r, field) for r in rs] for rs in per_dataset.values()]
-            means = [float(np.mean([v for v in vs if np.isfinite(v)])) for vs in values if any(np.isfinite(vs))]
-            return (float(np.mean(means)), float(np.std(means))) if means else (float("nan"), float("nan"))
+            def stat(field: str) -> tuple[float, float]:
+                values = [[getattr(r, field) for r in rs] for rs in per_dataset.values()]
+                means = [float(np.mean([v for v in vs if np.isfinite(v)])) for vs in values if any(np.isfinite(vs))]
+                return (float(np.mean(means)), float(np.std(means))) if means else (float("nan"), float("nan"))
 
-        summary.append({"method": method, "gain": stat("gain"), "fold": stat("fold"),
-                        "f1_fixed": stat("f1_fixed"), "f1_best": stat("f1_best")})
+            summary.append({"family": family, "method": method, "gain": stat("gain"), "fold": stat("fold"),
+                            "f1_fixed": stat("f1_fixed"), "f1_best": stat("f1_best"),
+                            "f1_shared": stat("f1_shared")})
     return summary
 
 
@@ -262,10 +351,11 @@ def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> li
         writer.writerows(asdict(r) for r in rows)
     with table.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["method", "gain_mean", "gain_std", "fold_mean", "fold_std", "f1_fixed_mean",
-                         "f1_fixed_std", "f1_best_mean", "f1_best_std"])
+        writer.writerow(["family", "method", "gain_mean", "gain_std", "fold_mean", "fold_std", "f1_fixed_mean",
+                         "f1_fixed_std", "f1_best_mean", "f1_best_std", "f1_shared_mean", "f1_shared_std"])
         for s in summary:
-            writer.writerow([s["method"], *s["gain"], *s["fold"], *s["f1_fixed"], *s["f1_best"]])
+            writer.writerow([s["family"], s["method"], *s["gain"], *s["fold"], *s["f1_fixed"], *s["f1_best"],
+                             *s["f1_shared"]])
     return [results, table]
 
 

@@ -97,12 +97,47 @@ def detect_blobs(image: np.ndarray, radius: float, threshold: float) -> np.ndarr
 
     Sigmas span radius/2 to 1.5 * radius, divided by sqrt(2) (a blob's LoG scale).
     """
-    from skimage.feature import blob_log
+    return BlobCandidates.of(image, radius, threshold).detect(threshold)
 
-    sigma = radius / np.sqrt(2.0)
-    blobs = blob_log(np.asarray(image, dtype=np.float32), min_sigma=0.5 * sigma, max_sigma=1.5 * sigma,
-                     num_sigma=5, threshold=threshold, exclude_border=False)
-    return blobs[:, :2] if len(blobs) else np.zeros((0, 2))
+
+@dataclass(frozen=True)
+class BlobCandidates:
+    """``blob_log``'s scale-space maxima above a lowest threshold, for detection at many thresholds.
+
+    skimage's ``blob_log`` finds the local maxima of the scale-normalised LoG cube that exceed the
+    threshold, then prunes overlapping blobs. The maxima do not depend on the threshold, so they are
+    found once here (above ``lowest``) and :meth:`detect` keeps those above a higher threshold and
+    prunes them as ``blob_log`` does: the same detections, without recomputing the cube.
+    """
+
+    maxima: np.ndarray   # (M, 3) y, x, sigma, sorted by decreasing response
+    values: np.ndarray   # (M,) LoG response of each maximum
+
+    @classmethod
+    def of(cls, image: np.ndarray, radius: float, lowest: float) -> "BlobCandidates":
+        from skimage.feature import peak_local_max
+
+        image = np.asarray(image, dtype=np.float32)
+        sigma = radius / np.sqrt(2.0)
+        sigmas = np.linspace(0.5 * sigma, 1.5 * sigma, 5).astype(np.float32)
+        cube = np.empty(image.shape + (len(sigmas),), dtype=np.float32)
+        for i, s in enumerate(sigmas):
+            cube[..., i] = -ndi.gaussian_laplace(image, s) * s**2
+        peaks = peak_local_max(cube, threshold_abs=lowest, threshold_rel=None, exclude_border=False,
+                               footprint=np.ones((3, 3, 3)))
+        values = cube[tuple(peaks.T)] if len(peaks) else np.zeros(0, np.float32)
+        maxima = np.hstack([peaks[:, :2].astype(np.float32), sigmas[peaks[:, 2]][:, None]]) if len(peaks) \
+            else np.zeros((0, 3), np.float32)
+        return cls(maxima, values)
+
+    def detect(self, threshold: float) -> np.ndarray:
+        """Centroids ``(N, 2)`` that ``blob_log`` finds at ``threshold`` (>= the lowest one)."""
+        from skimage.feature.blob import _prune_blobs
+
+        kept = self.maxima[self.values > threshold]
+        if not len(kept):
+            return np.zeros((0, 2))
+        return _prune_blobs(kept, 0.5, sigma_dim=1)[:, :2]
 
 
 @dataclass(frozen=True)
@@ -144,12 +179,15 @@ def match(detections: np.ndarray, truth: np.ndarray, max_distance: float) -> Mat
     return Matching(tp, len(detections) - tp, len(truth) - tp)
 
 
-def best_threshold(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], radius: float,
+def best_threshold(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], radius: float | Sequence[float],
                    thresholds: Sequence[float]) -> tuple[float, float]:
-    """The blob_log threshold with the highest mean F1 over a condition's images: (threshold, F1)."""
-    scores = []
-    for t in thresholds:
-        f1 = [match(detect_blobs(im, radius, t), gt, radius).f1 for im, gt in zip(images, truths)]
-        scores.append(float(np.mean(f1)))
+    """The blob_log threshold with the highest mean F1 over a condition's images: (threshold, F1).
+
+    ``radius`` is the expected nucleus radius, one for all images or one per image.
+    """
+    radii = [radius] * len(images) if np.isscalar(radius) else list(radius)
+    candidates = [BlobCandidates.of(im, r, min(thresholds)) for im, r in zip(images, radii)]
+    scores = [float(np.mean([match(c.detect(t), gt, r).f1 for c, gt, r in zip(candidates, truths, radii)]))
+              for t in thresholds]
     best = int(np.argmax(scores))
     return float(thresholds[best]), scores[best]

@@ -182,8 +182,30 @@ def synth_suite(n_per_modality: int = 4, shape: tuple[int, ...] = (256, 256), se
     Image ``i`` of a modality has the seed ``1000 seed + 10 i + k``, ``k`` the modality's place in
     ``PRESETS``, whichever modalities are chosen.
     """
-    return [synth_image(m, shape, seed=seed * 1000 + 10 * i + modality_index(m))
+    return [synth_image(m, shape, seed=evaluation_seed(seed * 1000 + 10 * i + modality_index(m)))
             for m in modalities for i in range(n_per_modality)]
+
+
+#: Held-out split: every seed evaluation uses is below this; training draws its seeds at or above it.
+EVAL_SEED_LIMIT = 10**6
+
+
+def training_seed(seed: int, *parts: int) -> int:
+    """A seed for training data made from a config seed and indices, never one evaluation uses.
+
+    Raises ValueError (the held-out assertion) if the result falls in the evaluation range.
+    """
+    value = EVAL_SEED_LIMIT + int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
+    if value < EVAL_SEED_LIMIT:
+        raise ValueError(f"training seed {value} falls in the evaluation range (< {EVAL_SEED_LIMIT})")
+    return value
+
+
+def evaluation_seed(value: int) -> int:
+    """``value`` checked to be in the evaluation range (see :func:`training_seed`)."""
+    if not 0 <= value < EVAL_SEED_LIMIT:
+        raise ValueError(f"evaluation seed {value} is outside the held-out range 0..{EVAL_SEED_LIMIT - 1}")
+    return value
 
 
 def modality_index(modality: str) -> int:

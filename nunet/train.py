@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from nunet.errors import NUNetError
-from nunet.synth import MODALITIES, PRESETS, modality_index, nuclei_labels, synth_image
+from nunet.synth import MODALITIES, PRESETS, modality_index, nuclei_labels, synth_image, training_seed
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -51,6 +51,12 @@ class TrainConfig:
     mask_dirs: list[str] = field(default_factory=list)
     synthetic_masks: int = 128          # synthetic blob masks in the target bank (0: none)
     separate_touching: bool = False     # cut touching labels of the targets apart (1 px gap)
+    degrade_content: bool = False       # synthetic content degraded as nunet.degrade does (illumination, haze,
+                                        # debris, intensity spread, photons, scale)
+    content_weight: float = 1.0         # weight of the paper's content loss
+    supervised_weight: float = 0.0      # weight of the L1 term to soft masks of degraded synthetic nuclei
+    supervised_batch: int = 8           # synthetic images with masks per step (when supervised_weight > 0)
+    supervised_images: int = 64         # synthetic images per bright modality in the supervised bank
     steps: int = 2000
     crops_per_dataset: int = 64         # per epoch
     content_batch: int = 16
@@ -77,7 +83,8 @@ class TrainConfig:
                         "str | None": (str, type(None))}[f.type]
             if not isinstance(value, expected) or (f.type == "int" and isinstance(value, bool)):
                 raise NUNetError(f"config: '{f.name}' must be {f.type}, got {value!r}")
-        positive = ("steps", "crops_per_dataset", "content_batch", "target_batch", "checkpoint_every")
+        positive = ("steps", "crops_per_dataset", "content_batch", "target_batch", "checkpoint_every",
+                    "supervised_batch", "supervised_images")
         for key in positive:
             if getattr(self, key) < 1:
                 raise NUNetError(f"config: '{key}' must be >= 1")
@@ -85,6 +92,9 @@ class TrainConfig:
             raise NUNetError("config: 'time_limit_s' must be >= 0 (0: no limit)")
         if self.w < 0 or self.lr <= 0 or self.crop < 16 or self.crop % 4:
             raise NUNetError("config: need w >= 0, lr > 0 and crop >= 16, a multiple of 4")
+        if min(self.content_weight, self.supervised_weight) < 0 or not (
+                self.content_weight or self.w or self.supervised_weight):
+            raise NUNetError("config: content_weight, w and supervised_weight must be >= 0, one of them > 0")
         if self.backbone not in BACKBONES:
             raise NUNetError(f"config: backbone must be one of {', '.join(BACKBONES)}")
         for modality in self.synthetic_modalities:
@@ -150,11 +160,62 @@ def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
     for modality in config.synthetic_modalities if config.synthetic_content else ():
         side = (config.crop * 2, config.crop * 2)
         k = modality_index(modality)
-        planes = [normalise_plane(synth_image(modality, side, seed=config.seed * 7919 + 31 * i + k).image)
+        images = [synth_image(modality, side, seed=training_seed(config.seed, 0, i, k))
                   for i in range(config.synthetic_content)]
-        datasets[f"synthetic-{modality}"] = [invert_normalised(p) if PRESETS[modality].dark_blobs else p
-                                             for p in planes]
+        dark = PRESETS[modality].dark_blobs
+        if config.degrade_content:
+            images = [_degraded(s, training_seed(config.seed, 1, i, k), config.crop * 2, dark)[0]
+                      for i, s in enumerate(images)]
+        else:
+            images = [s.image for s in images]
+        planes = [normalise_plane(image) for image in images]
+        datasets[f"synthetic-{modality}"] = [invert_normalised(p) if dark else p for p in planes]
     return datasets
+
+
+def _degraded(image, seed: int, side: int, dark: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic image degraded by :func:`nunet.degrade.degrade` (in the bright-nuclei domain), at
+    most ``side`` px, with its labels; dark-blob images are flipped for the degradation and back."""
+    from nunet.degrade import Ranges, degrade
+
+    raw = image.image.max() - image.image if dark else image.image
+    done = degrade(raw, image.labels, image.radius, seed, Ranges(max_side=side))
+    return (done.image.max() - done.image if dark else done.image), done.labels
+
+
+def soft_mask(labels: np.ndarray) -> np.ndarray:
+    """The supervised target of a labelled image in 0..255: the foreground with 1-px gaps between
+    touching nuclei (:func:`binary_mask`), edges softened by a Gaussian of sigma 0.75 px."""
+    from scipy import ndimage as ndi
+
+    return 255.0 * ndi.gaussian_filter(binary_mask(labels, separate_touching=True), 0.75)
+
+
+def supervised_bank(config: TrainConfig) -> list:
+    """Synthetic images with labels for the supervised term: ``supervised_images`` of each bright
+    modality, at twice the crop side (training seeds only)."""
+    side = (config.crop * 2, config.crop * 2)
+    bright = [m for m in MODALITIES if not PRESETS[m].dark_blobs]
+    return [synth_image(m, side, seed=training_seed(config.seed, 2, i, modality_index(m)))
+            for m in bright for i in range(config.supervised_images)]
+
+
+def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Degraded crops as the network's input (N, 1, crop, crop) in 0..255 and their soft masks."""
+    from nunet.preprocess import normalise_plane
+
+    inputs, targets = [], []
+    for _ in range(config.supervised_batch):
+        image = bank[rng.integers(len(bank))]
+        degraded, labels = _degraded(image, training_seed(config.seed, 3, int(rng.integers(2**31))),
+                                     config.crop, False)
+        pad = [(0, config.crop - degraded.shape[0]), (0, config.crop - degraded.shape[1])]
+        x, y = normalise_plane(np.pad(degraded, pad, mode="reflect")), soft_mask(np.pad(labels, pad, mode="reflect"))
+        turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+        for out, array in ((inputs, x), (targets, y)):
+            array = np.rot90(array, turns)
+            out.append(np.ascontiguousarray(array[:, ::-1] if flip else array, dtype=np.float32))
+    return torch.from_numpy(np.stack(inputs)[:, None]), torch.from_numpy(np.stack(targets)[:, None])
 
 
 def _contrast(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -259,22 +320,32 @@ class State:
     log: list[dict] = field(default_factory=list)
 
 
-def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float, optimiser):
+def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float, optimiser, supervised=None):
+    """One optimiser step; returns the content, morphological, supervised and total losses (floats).
+
+    ``supervised`` is an (inputs, soft masks) pair for the supervised term, or None.
+    """
     from nunet.losses import content_loss, morphological_loss
 
+    zero = torch.zeros((), device=batch.device)
     output = net(batch)
-    features_out = backbone(output)
-    with torch.no_grad():
-        features_in = backbone.content_features(batch)
-    index = torch.randint(len(targets), (min(config.target_batch, len(targets)),), generator=rng_torch)
-    index = index.to(batch.device)
-    content = content_loss(features_out[backbone.content_tap], features_in)
-    morph = morphological_loss(features_out, targets, index)
-    total = content + weight_morph * morph
+    content, morph = zero, zero
+    if config.content_weight or weight_morph:
+        features_out = backbone(output)
+        with torch.no_grad():
+            features_in = backbone.content_features(batch)
+        index = torch.randint(len(targets), (min(config.target_batch, len(targets)),), generator=rng_torch)
+        content = content_loss(features_out[backbone.content_tap], features_in)
+        morph = morphological_loss(features_out, targets, index.to(batch.device))
+    fit = zero
+    if supervised is not None:
+        inputs, masks = supervised
+        fit = torch.nn.functional.l1_loss(net(inputs).clamp(0.0, 255.0), masks) / 255.0
+    total = config.content_weight * content + weight_morph * morph + config.supervised_weight * fit
     optimiser.zero_grad(set_to_none=True)
     total.backward()
     optimiser.step()
-    return content.item(), morph.item(), total.item()
+    return content.item(), morph.item(), fit.item(), total.item()
 
 
 def train(config: TrainConfig, resume: bool = False, command: str = "", progress=None) -> Path:
@@ -319,6 +390,14 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         net = NUNet().to(device).train()
         return net, torch.optim.AdamW(net.parameters(), lr=config.lr)
 
+    bank = supervised_bank(config) if config.supervised_weight else None
+
+    def supervised(state_rng: np.random.Generator):
+        if bank is None:
+            return None
+        inputs, masks = supervised_batch(bank, config, state_rng)
+        return inputs.to(device), masks.to(device)
+
     torch_rng = torch.Generator().manual_seed(config.seed)
     state = State()
     net, optimiser = fresh()
@@ -331,12 +410,12 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         optimiser.load_state_dict(saved["optimiser"])
         state = State(saved["step"], saved["morph_scale"], json.loads(saved["log"]))
         rng = np.random.default_rng([config.seed, state.step])
-    else:
+    elif config.w:  # the paper's dry run balances the morphological term against the content term
         dry_rng = np.random.default_rng([config.seed, 1])
         feed = batches(dry_rng)
         contents, morphs = [], []
         for _ in range(config.dry_run_steps):
-            c, m, _ = _step(net, backbone, targets, next(feed), torch_rng, config, 1.0, optimiser)
+            c, m, _, _ = _step(net, backbone, targets, next(feed), torch_rng, config, 1.0, optimiser)
             contents.append(c)
             morphs.append(m)
         state.morph_scale = float(np.mean(contents) / max(np.mean(morphs), 1e-12))
@@ -344,11 +423,11 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     feed = batches(rng)
     started = time.perf_counter()
     while state.step < config.steps:
-        c, m, t = _step(net, backbone, targets, next(feed), torch_rng, config, config.w * state.morph_scale,
-                        optimiser)
+        c, m, f, t = _step(net, backbone, targets, next(feed), torch_rng, config, config.w * state.morph_scale,
+                           optimiser, supervised(rng))
         state.step += 1
         state.log.append({"step": state.step, "content": c, "morphological": m * state.morph_scale * config.w,
-                          "total": t, "seconds": round(time.perf_counter() - started, 3)})
+                          "supervised": f, "total": t, "seconds": round(time.perf_counter() - started, 3)})
         if progress:
             progress(state.step, config.steps, state.log[-1])
         if state.step % config.checkpoint_every == 0:
@@ -394,8 +473,11 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
         writer.writerows(log)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in log]
-    for key, colour in (("content", "tab:blue"), ("morphological", "tab:orange"), ("total", "tab:green")):
-        values = np.array([r[key] for r in log])
+    for key, colour in (("content", "tab:blue"), ("morphological", "tab:orange"), ("supervised", "tab:red"),
+                        ("total", "tab:green")):
+        values = np.array([r.get(key, 0.0) for r in log])
+        if not values.any():
+            continue
         smooth = np.copy(values)
         for i in range(1, len(values)):
             smooth[i] = 0.9 * smooth[i - 1] + 0.1 * values[i]
@@ -425,7 +507,14 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
              f"| blob-mask targets | {summary['target_masks']} (folders: {', '.join(config.mask_dirs) or 'none'}; "
              f"synthetic: {config.synthetic_masks}) |",
              f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
+             f"| loss | {config.content_weight:g} x content + w x morphological"
+             + (f" + {config.supervised_weight:g} x L1 to soft masks of degraded synthetic nuclei (batch "
+                f"{config.supervised_batch}, {config.supervised_images} images per bright modality)"
+                if config.supervised_weight else "")
+             + (" ; content degraded (nunet.degrade)" if config.degrade_content else "") + " |",
              f"| final losses | content {final['content']:.4g}, w x morphological {final['morphological']:.4g}, "
-             f"total {final['total']:.4g} |",
+             f"supervised {final.get('supervised', 0.0):.4g}, total {final['total']:.4g} |",
+             "| held-out split | synthetic training images use seeds >= 10^6 (nunet.synth.training_seed); "
+             "evaluation seeds are below; the annotated real images are evaluation-only |",
              f"| made by | `{summary['command'] or ' '.join(sys.argv)}` |", ""]
     path.write_text("\n".join(lines), encoding="utf-8")

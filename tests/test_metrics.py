@@ -112,13 +112,14 @@ def test_synthetic_stack_is_3d():
 
 @pytest.mark.slow
 def test_eval_command_end_to_end(tmp_path):
-    result = CliRunner().invoke(app, ["eval", str(tmp_path), "-m", "nunet-test", "--n-images", "1", "--size", "96"])
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "-m", "nunet-test", "--suite", "synthetic", "--n-images", "1",
+                                      "--size", "96"])
     assert result.exit_code == 0, result.output
     assert "nunet-test" in result.output and "dog" in result.output
     for name in ("results.csv", "summary.csv", "panels.png", "histograms.png", "f1.png"):
         assert (tmp_path / name).stat().st_size > 0
     with (tmp_path / "summary.csv").open() as fh:
-        methods = [row["method"] for row in csv.DictReader(fh)]
+        methods = [row["method"] for row in csv.DictReader(fh) if row["family"] == "all"]
     assert methods == ["raw", "log_lut", "gaussian", "median", "dog", "dog-tuned", "nunet-test", "truth-mask"]
     with (tmp_path / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -139,12 +140,12 @@ def test_eval_command_end_to_end(tmp_path):
 
 
 def test_eval_chooses_synthetic_modalities(tmp_path):
-    result = CliRunner().invoke(app, ["eval", str(tmp_path), "-m", "nunet-test", "--n-images", "1", "--size", "96",
-                                      "--modality", "thg_fibres", "--modality", "sparse", "--stacks", "0"])
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "-m", "nunet-test", "--suite", "synthetic", "--n-images", "1",
+                                      "--size", "96", "--modality", "thg_fibres", "--modality", "sparse", "--stacks", "0"])
     assert result.exit_code == 0, result.output
     with (tmp_path / "results.csv").open() as fh:
         assert {r["dataset"] for r in csv.DictReader(fh)} == {"thg_fibres", "sparse"}
-    bad = CliRunner().invoke(app, ["eval", str(tmp_path / "x"), "--modality", "fibers"])
+    bad = CliRunner().invoke(app, ["eval", str(tmp_path / "x"), "--suite", "synthetic", "--modality", "fibers"])
     assert bad.exit_code == 2 and "unknown modality 'fibers'" in bad.output
 
 

@@ -1,0 +1,143 @@
+"""The held-out benchmark: realistic degradations, the annotated real images, the seed split,
+the shared threshold, and the supervised training route (real files, a real tiny training run)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from nunet import metrics
+from nunet.cli import app
+from nunet.degrade import Ranges, degrade
+from nunet.errors import NUNetError
+from nunet.synth import EVAL_SEED_LIMIT, evaluation_seed, synth_image, training_seed
+
+
+def test_degradation_is_seeded_and_keeps_the_truth_exact():
+    s = synth_image("sparse", (128, 128), seed=3)
+    a, b = degrade(s.image, s.labels, s.radius, seed=7), degrade(s.image, s.labels, s.radius, seed=7)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.factors == b.factors
+    other = degrade(s.image, s.labels, s.radius, seed=8)
+    assert other.factors != a.factors
+    # no rescale: the labels are the input's, so debris and streaks never enter the truth
+    same = degrade(s.image, s.labels, s.radius, seed=7, ranges=Ranges(scale=(1.0, 1.0), debris_per_area=(40, 40)))
+    np.testing.assert_array_equal(same.labels, s.labels)
+    np.testing.assert_allclose(same.centroids, s.centroids, atol=1e-9)
+    assert same.factors["debris"] > 0 and same.radius == s.radius
+    # a rescale moves the centroids with it and scales the radius
+    double = degrade(s.image, s.labels, s.radius, seed=7, ranges=Ranges(scale=(2.0, 2.0), max_side=256))
+    assert double.image.shape == (256, 256) and double.radius == pytest.approx(2 * s.radius)
+    assert len(double.centroids) == len(s.centroids)
+
+
+def test_debris_is_bright_and_off_the_nuclei_mask():
+    s = synth_image("sparse", (128, 128), seed=4)
+    quiet = Ranges(scale=(1, 1), spread=(1, 1), vignetting=(0, 0), illumination=(0, 0), haze=(0, 0),
+                   photons=(1e6, 1e6), read_noise=(0, 0), debris_per_area=(0, 0), streaks_per_area=(0, 0))
+    from dataclasses import replace
+
+    clean = degrade(s.image, s.labels, s.radius, seed=1, ranges=quiet)
+    dirty = degrade(s.image, s.labels, s.radius, seed=1, ranges=replace(quiet, debris_per_area=(60, 60),
+                                                                        debris_brightness=(4, 4)))
+    extra = dirty.image - clean.image
+    assert extra.max() > 2 * np.percentile(clean.image[s.labels > 0], 50)  # spots brighter than nuclei
+    np.testing.assert_array_equal(dirty.labels, clean.labels)
+
+
+def test_training_and_evaluation_seeds_never_meet():
+    assert all(training_seed(seed, *parts) >= EVAL_SEED_LIMIT
+               for seed in range(5) for parts in [(0, 1, 2), (3, 12345)])
+    assert evaluation_seed(12) == 12
+    with pytest.raises(ValueError, match="held-out range"):
+        evaluation_seed(EVAL_SEED_LIMIT)
+
+
+def test_blob_candidates_detect_what_blob_log_detects():
+    from skimage.feature import blob_log
+
+    for seed, modality in enumerate(("sparse", "dense", "uneven")):
+        image = metrics.minmax(synth_image(modality, (128, 128), seed=seed).image)
+        sigma = 6.0 / np.sqrt(2)
+        candidates = metrics.BlobCandidates.of(image, 6.0, 0.01)
+        for threshold in (0.01, 0.05, 0.2):
+            expected = blob_log(image, min_sigma=0.5 * sigma, max_sigma=1.5 * sigma, num_sigma=5,
+                                threshold=threshold, exclude_border=False)[:, :2]
+            got = candidates.detect(threshold)
+            np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected, axis=0))
+
+
+def test_real_images_are_found_or_the_error_names_the_path(tmp_path):
+    from nunet.realdata import load_real_images
+
+    with pytest.raises(NUNetError, match="missing.whl: not the stardist wheel"):
+        load_real_images(tmp_path / "missing.whl")
+    real = load_real_images()  # .ci/run installs the stardist package's data (no dependencies)
+    assert real.image2d.shape == (512, 512) and real.labels2d.max() >= 100
+    assert real.stack.shape == real.labels3d.shape == (31, 61, 57)
+
+
+@pytest.mark.slow
+def test_heldout_suite_is_deterministic_and_reports_shared_thresholds(tmp_path):
+    from nunet import evaluate
+    from nunet.realdata import load_real_images
+
+    real = load_real_images()
+    first = evaluate.real_items(real, degraded_2d=2, degraded_planes=2)
+    again = evaluate.real_items(real, degraded_2d=2, degraded_planes=2)
+    assert [i.name for i in first] == [i.name for i in again]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.image, b.image)
+    assert {i.family for i in first} == {"real", "real-degraded"}
+    synthetic = evaluate.degraded_synthetic_items(n_per_modality=1, size=96)
+    assert {i.family for i in synthetic} == {"synthetic-degraded"}
+    items = [i for i in first if i.dataset != "stardist-3d"][:4] + synthetic[:2]
+    rows, _ = evaluate.evaluate(items, ["nunet-test"])
+    summary = evaluate.summarise(rows)
+    assert {s["family"] for s in summary} == {"real", "real-degraded", "synthetic-degraded", "all"}
+    for method in ("raw", "dog-tuned", "nunet-test"):
+        own = [r for r in rows if r.method == method]
+        assert len({r.threshold_shared for r in own}) == 1  # one threshold for every dataset
+        # the shared threshold can never beat each dataset's own best on average
+        assert np.mean([r.f1_shared for r in own]) <= np.mean([r.f1_best for r in own]) + 1e-9
+
+
+def test_eval_suite_option_is_checked(tmp_path):
+    bad = CliRunner().invoke(app, ["eval", str(tmp_path / "o"), "--suite", "nope"])
+    assert bad.exit_code == 2 and "unknown suite 'nope'" in bad.output
+    missing = CliRunner().invoke(app, ["eval", str(tmp_path / "o"), "--real-data", str(tmp_path / "none.whl")])
+    assert missing.exit_code == 2 and "none.whl" in missing.output
+
+
+@pytest.mark.slow
+def test_supervised_route_lowers_its_loss_and_exports_a_model(tmp_path):
+    import torch
+
+    from nunet import enhance, load_model
+    from nunet.model import NUNet
+    from nunet.train import load_config, supervised_bank, supervised_batch, train
+
+    config = load_config(None, {"name": "nunet-sup", "w": 0.0, "content_weight": 0.0, "supervised_weight": 1.0,
+                                "supervised_batch": 4, "supervised_images": 2, "synthetic_content": 1,
+                                "synthetic_masks": 4, "crop": 48, "steps": 30, "lr": 3e-3, "device": "cpu",
+                                "degrade_content": True, "output_dir": str(tmp_path / "run")})
+    path = train(config, command="test")
+    model = load_model(path)
+    bank = supervised_bank(config)
+    inputs, masks = supervised_batch(bank, config, np.random.default_rng(99))
+
+    def loss(net) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.l1_loss(net(inputs).clamp(0, 255), masks))
+
+    torch.manual_seed(config.seed)
+    assert loss(model.module) < loss(NUNet().eval())
+    with (tmp_path / "run" / "losses.csv").open() as fh:
+        log = list(csv.DictReader(fh))
+    assert len(log) == 30 and float(log[0]["content"]) == 0.0 and float(log[-1]["supervised"]) > 0
+    out = enhance(synth_image("sparse", (40, 44), seed=1).image, model)
+    assert out.shape == (40, 44)
+    assert "L1 to soft masks" in (tmp_path / "run" / "nunet-sup.md").read_text()
