@@ -127,7 +127,8 @@ def batch_overhead(files: int, size: int) -> None:
 
     import tifffile
 
-    from nunet.batch import FilterOptions, run_batch
+    from nunet.batch import run_batch
+    from nunet.settings import FilterSettings
     from nunet.inference import filter_image
     from nunet.io import read_image
     from nunet.synth import synth_image
@@ -147,7 +148,7 @@ def batch_overhead(files: int, size: int) -> None:
                 filter_image(image, "nunet-w8", device="cpu")
             computes.append(time.perf_counter() - start)
             start = time.perf_counter()
-            records = run_batch(src, Path(tmp) / f"out{round_}", FilterOptions(model="nunet-w8", device="cpu"))
+            records = run_batch(src, Path(tmp) / f"out{round_}", FilterSettings(model="nunet-w8", device="cpu")).records
             walls.append(time.perf_counter() - start)
         compute, wall = min(computes), min(walls)
     assert all(r.status == "ok" for r in records)

@@ -1,47 +1,51 @@
-"""Filtering files and folders: output naming, skipping, atomic writes, per-file records.
+"""Filtering files and folders: a plan checked before any compute, claims, atomic writes, records.
 
-A batch never stops at a bad file: each file gets a :class:`FileRecord` whose status is
-``ok``, ``skipped`` (output exists, no overwrite), ``dry-run`` or ``failed`` (with a
-one-line error). Inputs are only read; outputs are written to a temporary file in the
-output folder and renamed, so an interrupted batch leaves no partial file and a rerun
-resumes where it stopped.
+Plan
+----
+Before any image is read, :func:`plan_batch` lists the inputs and their outputs and refuses the
+run (:class:`~nunet.errors.UsageError`, exit code 2) when an output name leaves the output folder,
+is an input file, or is shared by two inputs, when an existing output was not written by nunet
+(only nunet's own outputs are skipped or, with ``overwrite``, replaced), and when the output folder
+cannot be created or written (a write is probed).
+
+Claims
+------
+Each output is claimed before its input is read, by creating ``.<name>.nunet-claim`` beside it
+exclusively (holding the process id and host), and released when the batch ends. A second batch
+writing into the same folder at the same time skips what the first one claimed, so no image is
+computed twice. A claim whose process is gone (a run killed by SIGKILL) is stale: the next run
+takes it over and removes the ``.<name>.*.part`` file that run left.
+
+Records
+-------
+A batch never stops at a bad file: each file gets a :class:`FileRecord` whose status is ``ok``,
+``skipped`` (an existing nunet output, or claimed by another run), ``dry-run`` or ``failed`` (with a
+one-line error naming the file). Inputs are only read; outputs are written to a temporary ``.part``
+file and renamed, so an interrupted batch leaves no partial output and a rerun resumes where it
+stopped. On Ctrl-C (SIGINT) the batch stops after the file in progress and returns what was done.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
+import socket
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nunet.errors import ImageWriteError, NUNetError
-from nunet.registry import DEFAULT_MODEL
+from nunet.errors import NUNetError, UsageError
+from nunet.settings import FilterSettings
 
 DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.png", "*.jpg")
 DEFAULT_TEMPLATE = "{stem}.tif"
 #: Used instead of the default template when the output folder is the input folder.
 SAME_FOLDER_TEMPLATE = "{stem}_nunet.tif"
-
-
-@dataclass
-class FilterOptions:
-    """How each image is filtered and written (the CLI's per-image options)."""
-
-    model: str = DEFAULT_MODEL
-    w: float | None = None
-    axes: str | None = None
-    channel: int | list[int] | None = None
-    tile_size: int | None = None
-    batch_size: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    invert: bool = False
-    dtype: str = "float32"
-    overwrite: bool = False
+CLAIM_SUFFIX = ".nunet-claim"
 
 
 @dataclass
@@ -63,29 +67,51 @@ class FileRecord:
         return record
 
 
-def collect_inputs(input_dir: Path, output_dir: Path, patterns: Sequence[str] = DEFAULT_PATTERNS,
-                   recursive: bool = False, template: str = DEFAULT_TEMPLATE) -> list[Path]:
-    """Files of ``input_dir`` matching any pattern, sorted, never the batch's own outputs.
+@dataclass(frozen=True)
+class Job:
+    """One input and its planned output."""
 
-    Files inside ``output_dir`` (when it lies inside ``input_dir``) are excluded, and when
-    both folders are the same, so are files whose name matches the output template.
-    Temporary ``.part`` files and hidden files are always excluded.
-    """
+    input: Path
+    output: Path
+
+
+@dataclass
+class BatchResult:
+    """The records of a batch, in input order, and whether it was interrupted (Ctrl-C)."""
+
+    records: list[FileRecord]
+    interrupted: bool = False
+
+
+def _matches(path: Path, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatch(path.name.lower(), p.lower()) for p in patterns)
+
+
+def candidate_files(input_dir: Path, output_dir: Path, patterns: Sequence[str] = DEFAULT_PATTERNS,
+                    recursive: bool = False) -> list[Path]:
+    """Files of ``input_dir`` matching any pattern, sorted; never hidden or ``.part`` files, nor files
+    inside ``output_dir`` when it lies inside ``input_dir``."""
     input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
-    candidates = input_dir.rglob("*") if recursive else input_dir.glob("*")
-    own_outputs = _template_glob(template) if input_dir == output_dir else None
     found = []
-    for path in candidates:
+    for path in input_dir.rglob("*") if recursive else input_dir.glob("*"):
         if not path.is_file() or path.name.startswith(".") or path.suffix == ".part":
-            continue
-        if not any(fnmatch.fnmatch(path.name.lower(), p.lower()) for p in patterns):
             continue
         if output_dir != input_dir and output_dir in path.resolve().parents:
             continue
-        if own_outputs and fnmatch.fnmatch(path.name, own_outputs):
-            continue
-        found.append(path)
+        if _matches(path, patterns):
+            found.append(path)
     return sorted(found)
+
+
+def collect_inputs(input_dir: Path, output_dir: Path, patterns: Sequence[str] = DEFAULT_PATTERNS,
+                   recursive: bool = False, template: str = DEFAULT_TEMPLATE) -> list[Path]:
+    """:func:`candidate_files`, without the batch's own outputs when both folders are the same
+    (files whose name matches the output template)."""
+    found = candidate_files(input_dir, output_dir, patterns, recursive)
+    if input_dir.resolve() != output_dir.resolve():
+        return found
+    own = _template_glob(template)
+    return [p for p in found if not fnmatch.fnmatch(p.name, own)]
 
 
 def _template_glob(template: str) -> str:
@@ -100,94 +126,198 @@ def output_path(input_path: Path, input_root: Path, output_dir: Path, template: 
     """Output file for an input: sub-folders mirrored, file name from the template.
 
     The template may use ``{stem}`` (input name without suffix), ``{name}`` (with suffix)
-    and ``{model}`` (the model name or file stem).
+    and ``{model}`` (the model name or file stem); the result must stay inside ``output_dir``.
     """
     rel = input_path.resolve().relative_to(input_root.resolve())
     model_tag = Path(model).stem if model.endswith(".pt") else model
     try:
         name = template.format(stem=input_path.stem, name=input_path.name, model=model_tag)
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"bad name template '{template}': use {{stem}}, {{name}} or {{model}}") from exc
+        raise UsageError(f"bad name template '{template}': use {{stem}}, {{name}} or {{model}}") from exc
+    folder = (output_dir / rel.parent).resolve()
+    out = (folder / name).resolve()
+    if not name or Path(name).is_absolute() or out.parent != folder:
+        raise UsageError(f"name template '{template}' gives '{name}', which leaves the output folder; "
+                         "use a plain file name")
     return output_dir / rel.parent / name
 
 
-def filter_file(input_path: Path, output: Path, options: FilterOptions, model=None,
-                progress: bool = False, dry_run: bool = False) -> FileRecord:
-    """Read, filter and write one file; never raises for a bad file, returns its record.
+def check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` (and parents) and probe a write there; UsageError naming it if either fails."""
+    import tempfile
 
-    Parameters
-    ----------
-    input_path, output : Path
-        Source image and destination TIFF.
-    options : FilterOptions
-        Filtering and writing options.
-    model : LoadedModel, optional
-        An already loaded model (a batch loads it once); default ``options.model``.
-    progress : bool
-        Show a per-plane progress bar.
-    dry_run : bool
-        Only report what would be done.
-    """
-    record, image = _read(input_path, output, options, dry_run)
-    return _write(record, _filter(record, image, options, model, progress), output, options)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nunet-probe-"):
+            pass
+    except FileExistsError:
+        raise UsageError(f"{folder}: a file stands where a folder of the path should be") from None
+    except NotADirectoryError:
+        raise UsageError(f"{folder}: a file stands where a folder of the path should be") from None
+    except OSError as exc:
+        raise UsageError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
 
 
-# The three stages of a file. Each adds its time to ``record.seconds`` and turns any error into
-# a failed record; a stage after a failed (or skipped) one does nothing.
+def check_report_path(path: Path) -> None:
+    """Check before the batch that the JSON report can be written at ``path``."""
+    if path.is_dir():
+        raise UsageError(f"--report: {path} is a folder; give a file name")
+    try:
+        check_writable_folder(path.parent)
+    except UsageError as exc:
+        raise UsageError(f"--report: {exc}") from None
+
+
+def plan_batch(input_dir: Path, output_dir: Path, *, patterns: Sequence[str] = DEFAULT_PATTERNS,
+               recursive: bool = False, template: str | None = None, model_tag: str = "",
+               check_folder: bool = True) -> list[Job]:
+    """The inputs and outputs of a batch, checked (see module docstring); raises UsageError."""
+    from nunet.io import written_by_nunet
+
+    if not input_dir.is_dir():
+        raise UsageError(f"{input_dir}: input folder not found")
+    same = input_dir.resolve() == output_dir.resolve()
+    template = template or (SAME_FOLDER_TEMPLATE if same else DEFAULT_TEMPLATE)
+    candidates = candidate_files(input_dir, output_dir, patterns, recursive)
+    inputs = collect_inputs(input_dir, output_dir, patterns, recursive, template)
+    if not inputs:
+        if candidates:
+            raise UsageError(f"{input_dir}: every matching input would be its own output with the name template "
+                             f"'{template}'; choose another template or output folder")
+        raise UsageError(f"{input_dir}: no files matching {' '.join(patterns)}" + (" (recursive)" if recursive else ""))
+    # files the run must never replace: its inputs, and matching files that are not earlier outputs
+    protected = {p.resolve() for p in inputs} | {p.resolve() for p in candidates if not written_by_nunet(p)}
+    jobs, claimed = [], {}
+    for path in inputs:
+        out = output_path(path, input_dir, output_dir, template, model_tag)
+        key = out.resolve()
+        if key in claimed:
+            raise UsageError(f"{path.name} and {claimed[key].name} would both be written to {out}; "
+                             "use --name-template with {name} to keep them apart")
+        if key in protected:
+            raise UsageError(f"{out}: output for {path.name} would replace an input file; "
+                             "choose another name template or output folder")
+        if out.exists() and not written_by_nunet(out):
+            raise UsageError(f"{out}: exists and was not written by nunet; it is never replaced "
+                             "(move it or choose another name template or output folder)")
+        claimed[key] = path
+        jobs.append(Job(path, out))
+    if check_folder:
+        for folder in sorted({job.output.parent for job in jobs}):
+            check_writable_folder(folder)
+    return jobs
+
+
+# ---- claims ------------------------------------------------------------------------------
+
+def _claim_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}{CLAIM_SUFFIX}")
+
+
+def _owner_alive(text: str) -> bool:
+    """Whether the process named in a claim ("pid host") still runs (another host: assumed alive)."""
+    try:
+        pid, host = text.split()[:2]
+        if host != socket.gethostname():
+            return True
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):
+        return True
+    return True
+
+
+def claim(output: Path) -> bool:
+    """Claim ``output`` for this process; False when a live run holds it. A stale claim (its process
+    gone) is taken over and the ``.part`` files its run left for this output are removed."""
+    path = _claim_path(output)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+    for _ in range(2):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileExistsError:
+            try:
+                owner = path.read_text()
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if _owner_alive(owner):
+                return False
+            stale = path.with_name(f"{path.name}.{os.getpid()}.stale")
+            try:
+                os.rename(path, stale)  # atomic: one run wins the takeover
+            except FileNotFoundError:
+                continue
+            stale.unlink()
+            for part in output.parent.glob(f".{output.name}.*.part"):
+                part.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return True
+    return False
+
+
+def release(output: Path) -> None:
+    """Remove this process's claim on ``output``."""
+    _claim_path(output).unlink(missing_ok=True)
+
+
+# ---- one file ----------------------------------------------------------------------------
 
 @contextmanager
-def _stage(record: FileRecord):
+def _stage(record: FileRecord) -> Iterator[None]:
+    """Add the block's time to the record and turn any error into a failed record naming the file."""
     start = time.perf_counter()
     try:
         yield
     except NUNetError as exc:
-        _fail(record, str(exc))
+        message = str(exc)
+        _fail(record, message if record.input in message else f"{record.input}: {message}")
     except Exception as exc:  # a batch must go on past any bad file
         _fail(record, f"{record.input}: {type(exc).__name__}: {exc}".splitlines()[0])
     finally:
         record.seconds = round(record.seconds + time.perf_counter() - start, 4)
 
 
-def _read(input_path: Path, output: Path, options: FilterOptions, dry_run: bool):
+def _read(job: Job, settings: FilterSettings, overwrite: bool, dry_run: bool):
     from nunet.io import read_image, with_data
 
-    record, image = FileRecord(str(input_path), str(output), "ok"), None
+    record, image = FileRecord(str(job.input), str(job.output), "ok"), None
     with _stage(record):
-        if output.resolve() == input_path.resolve():
-            raise ImageWriteError(f"{output}: output would overwrite the input; choose another name or folder")
-        if output.exists() and not options.overwrite:
+        if job.output.exists() and not overwrite:
             record.status = "skipped"
         elif dry_run:
             record.status = "dry-run"
         else:
-            image = read_image(input_path)
-            if options.axes:
-                image = with_data(image, image.data, options.axes)
+            image = read_image(job.input)
+            if settings.axes:
+                image = with_data(image, image.data, settings.axes)
             record.shape, record.axes = list(image.data.shape), image.axes
     return record, image
 
 
-def _filter(record: FileRecord, image, options: FilterOptions, model, progress: bool):
+def _filter(record: FileRecord, image, settings: FilterSettings, model, progress: bool):
     from nunet.inference import filter_image
     from nunet.io import convert_dtype, with_data
 
     result = None
     if image is not None:
         with _stage(record):
-            result = filter_image(image, model if model is not None else options.model, w=options.w,
-                                  channel=options.channel, tile_size=options.tile_size,
-                                  batch_size=options.batch_size, device=options.device,
-                                  precision=options.precision, invert=options.invert, progress=progress)
-            result = with_data(result, convert_dtype(result.data, options.dtype), result.axes)
+            result = filter_image(image, model if model is not None else settings.model, channel=settings.channel,
+                                  progress=progress, **settings.plane_kwargs())
+            result = with_data(result, convert_dtype(result.data, settings.dtype), result.axes)
     return result if record.status == "ok" else None
 
 
-def _write(record: FileRecord, result, output: Path, options: FilterOptions) -> FileRecord:
+def _write(record: FileRecord, result, output: Path, overwrite: bool) -> FileRecord:
     from nunet.io import write_image
 
     if result is not None:
         with _stage(record):
-            write_image(result, output, overwrite=options.overwrite)
+            write_image(result, output, overwrite=overwrite)
     return record
 
 
@@ -197,19 +327,46 @@ def _fail(record: FileRecord, message: str) -> None:
     record.traceback = traceback.format_exc()
 
 
-def run_batch(input_dir: Path, output_dir: Path, options: FilterOptions, *,
-              patterns: Sequence[str] = DEFAULT_PATTERNS, recursive: bool = False,
-              template: str | None = None, dry_run: bool = False,
-              on_start: Callable[[int], None] | None = None,
-              on_file: Callable[[FileRecord], None] | None = None) -> list[FileRecord]:
+def filter_file(input_path: Path, output: Path, settings: FilterSettings, *, overwrite: bool = False,
+                model=None, progress: bool = False) -> FileRecord:
+    """Read, filter and write one file; returns its record (a bad image is a failed record).
+
+    Raises
+    ------
+    UsageError
+        Before reading, when the input is missing, the output is a folder or the input itself, an
+        existing output was not written by nunet, or the output folder cannot be written.
+    """
+    from nunet.io import written_by_nunet
+
+    if not input_path.is_file():
+        raise UsageError(f"{input_path}: no such file")
+    if output.is_dir():
+        raise UsageError(f"{output}: is a folder; give an output file name (or use nunet batch for folders)")
+    if output.resolve() == input_path.resolve():
+        raise UsageError(f"{output}: output would overwrite the input; choose another name or folder")
+    if output.exists() and overwrite and not written_by_nunet(output):
+        raise UsageError(f"{output}: exists and was not written by nunet; it is never replaced")
+    check_writable_folder(output.parent)
+    job = Job(input_path, output)
+    record, image = _read(job, settings, overwrite, dry_run=False)
+    return _write(record, _filter(record, image, settings, model, progress), output, overwrite)
+
+
+# ---- folders -----------------------------------------------------------------------------
+
+def run_batch(input_dir: Path, output_dir: Path, settings: FilterSettings, *,
+              patterns: Sequence[str] = DEFAULT_PATTERNS, recursive: bool = False, template: str | None = None,
+              overwrite: bool = False, dry_run: bool = False, on_start: Callable[[int], None] | None = None,
+              on_file: Callable[[FileRecord], None] | None = None) -> BatchResult:
     """Filter every matching file of ``input_dir`` into ``output_dir``.
 
     Parameters
     ----------
     input_dir, output_dir : Path
         Folders; ``output_dir`` may equal or lie inside ``input_dir``.
-    options : FilterOptions
-        Per-image options; the model is loaded once for the whole batch.
+    settings : FilterSettings
+        Per-image settings; the model is loaded once for the whole batch.
     patterns : sequence of str
         Glob patterns on file names (case-insensitive).
     recursive : bool
@@ -217,6 +374,8 @@ def run_batch(input_dir: Path, output_dir: Path, options: FilterOptions, *,
     template : str, optional
         Output name template (see :func:`output_path`). Default ``{stem}.tif``, or
         ``{stem}_nunet.tif`` when the output folder is the input folder.
+    overwrite : bool
+        Replace existing outputs (only files nunet wrote; see the module docstring).
     dry_run : bool
         Plan only: records say ``dry-run`` or ``skipped``; nothing is read or written.
     on_start, on_file : callable, optional
@@ -224,79 +383,77 @@ def run_batch(input_dir: Path, output_dir: Path, options: FilterOptions, *,
 
     Raises
     ------
-    NUNetError
-        When the batch cannot start: missing input folder, no matching file, unknown model.
+    UsageError, NUNetError
+        When the batch cannot start (see :func:`plan_batch`), or the model cannot be loaded.
     """
-    from nunet.errors import ImageReadError
     from nunet.inference import get_model
-    from nunet.runtime import resolve_device
     from nunet.registry import resolve_model
 
-    if not input_dir.is_dir():
-        raise ImageReadError(f"{input_dir}: input folder not found")
-    same = input_dir.resolve() == output_dir.resolve()
-    template = template or (SAME_FOLDER_TEMPLATE if same else DEFAULT_TEMPLATE)
-    inputs = collect_inputs(input_dir, output_dir, patterns, recursive, template)
-    if not inputs:
-        raise ImageReadError(f"{input_dir}: no files matching {' '.join(patterns)}"
-                             + (" (recursive)" if recursive else ""))
-    if options.w is None:
-        resolve_model(options.model)
-    model = None if dry_run or options.w is not None else get_model(options.model, resolve_device(options.device))
-    model_tag = f"w{options.w:g}" if options.w is not None else model.name if model is not None else str(options.model)
+    settings = settings.resolved()
+    if settings.w is None:
+        resolve_model(settings.model)
+    model = None if dry_run or settings.w is not None else get_model(settings.model, settings.device)
+    model_tag = f"w{settings.w:g}" if settings.w is not None else model.name if model is not None \
+        else str(settings.model)
+    jobs = plan_batch(input_dir, output_dir, patterns=patterns, recursive=recursive, template=template,
+                      model_tag=model_tag, check_folder=not dry_run)
     if on_start:
-        on_start(len(inputs))
-    claimed: dict[Path, Path] = {}
-    jobs: list[tuple[Path, Path, str | None]] = []
-    for path in inputs:
-        try:
-            out = output_path(path, input_dir, output_dir, template, model_tag)
-        except ValueError as exc:
-            raise NUNetError(str(exc)) from exc
-        clash = f"{path}: output name {out.name} already used by {claimed[out].name}" if out in claimed else None
-        claimed.setdefault(out, path)
-        jobs.append((path, out, clash))
-    return _pipeline(jobs, options, model, dry_run, on_file)
+        on_start(len(jobs))
+    return _pipeline(jobs, settings, model, overwrite, dry_run, on_file)
 
 
-def _pipeline(jobs: list[tuple[Path, Path, str | None]], options: FilterOptions, model, dry_run: bool,
-              on_file: Callable[[FileRecord], None] | None) -> list[FileRecord]:
-    """Filter ``jobs`` (input, output, error) in order, reading ahead and writing behind.
+def _pipeline(jobs: list[Job], settings: FilterSettings, model, overwrite: bool, dry_run: bool,
+              on_file: Callable[[FileRecord], None] | None) -> BatchResult:
+    """Filter ``jobs`` in order, reading ahead and writing behind.
 
-    A reader thread loads the next file while the current one is filtered, and a writer thread
-    saves the previous result, so a folder runs at the network's speed rather than network +
-    I/O. At most one file is read ahead and two wait to be written, which bounds memory.
+    A reader thread claims and loads the next file while the current one is filtered, and a writer
+    thread saves the previous result, so a folder runs at the network's speed rather than network +
+    I/O. At most one file is read ahead and two wait to be written, which bounds memory. Claims are
+    released when the batch ends, however it ends.
     """
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    def read(job: tuple[Path, Path, str | None]):
-        path, out, clash = job
-        if clash:
-            return FileRecord(str(path), str(out), "failed", error=clash), None
-        return _read(path, out, options, dry_run)
+    held: list[Path] = []
+
+    def read(job: Job):
+        if not dry_run:
+            if not claim(job.output):
+                return FileRecord(str(job.input), str(job.output), "skipped",
+                                  error="claimed by another nunet run writing into this folder"), None
+            held.append(job.output)
+        return _read(job, settings, overwrite, dry_run)
 
     records: list[FileRecord] = []
     writes: deque[Future] = deque()
+    interrupted = False
 
     def finish(future: Future) -> None:
         records.append(future.result())
         if on_file:
             on_file(records[-1])
 
-    with ThreadPoolExecutor(1, thread_name_prefix="nunet-read") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="nunet-write") as writer:
+    reader = ThreadPoolExecutor(1, thread_name_prefix="nunet-read")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="nunet-write")
+    try:
         ahead = reader.submit(read, jobs[0]) if jobs else None
-        for i, (_, out, _) in enumerate(jobs):
+        for i, job in enumerate(jobs):
             record, image = ahead.result()
             ahead = reader.submit(read, jobs[i + 1]) if i + 1 < len(jobs) else None
-            result = _filter(record, image, options, model, progress=False)
-            writes.append(writer.submit(_write, record, result, out, options))
+            result = _filter(record, image, settings, model, progress=False)
+            writes.append(writer.submit(_write, record, result, job.output, overwrite))
             while writes and (writes[0].done() or len(writes) > 2):
                 finish(writes.popleft())
-        while writes:
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        while writes:  # results already computed are written (atomically) and recorded
             finish(writes.popleft())
-    return records
+        writer.shutdown(wait=True)
+        for output in held:
+            release(output)
+    return BatchResult(records, interrupted)
 
 
 def write_report(records: Sequence[FileRecord], path: Path) -> None:

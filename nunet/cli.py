@@ -1,7 +1,10 @@
 """Command line: ``nunet filter|batch|models`` and ``nunet-batch``. Parses options, calls the library.
 
 Exit codes: 0 every file succeeded (or was skipped), 1 some file failed, 2 usage error or
-a batch that cannot start (missing folder or model, no matching file).
+a run that cannot start (bad option, missing input, folder or model, no matching file, an output
+that would replace an input or a file nunet did not write, an unwritable output folder or report),
+found before any image is filtered; 130 interrupted (Ctrl-C), after printing the summary and
+writing the report for the files done.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from nunet.batch import DEFAULT_PATTERNS, FileRecord, FilterOptions
+from nunet.batch import DEFAULT_PATTERNS, FileRecord
 from nunet.errors import NUNetError
 from nunet.registry import DEFAULT_MODEL
+from nunet.settings import OUTPUT_DTYPES, PRECISIONS, FilterSettings
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
@@ -27,31 +31,39 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model n
 StrengthOpt = Annotated[Optional[float], typer.Option("--w", help="Filtering strength: blend the two registered "
                                                      "models whose w brackets it (overrides --model).")]
 AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters of TZCYXS (default: from the file).")]
-ChannelOpt = Annotated[Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2 (default: all).")]
+ChannelOpt = Annotated[Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2; -1 is the last "
+                                                      "(default: all).")]
 TileOpt = Annotated[Optional[int], typer.Option(help="Tile planes larger than this many pixels (0: never; "
                                                      "default: CPU planes over 1280x1280 in 256-px tiles, "
                                                      "GPU over 2048x2048).")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (default: measured with "
                                                      "--precision auto, else 1 on CPU, 8 on GPU).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[str, typer.Option(help="fp32, bf16, fp16 (GPU) or auto (fastest within 1e-2 of fp32).")]
-DtypeOpt = Annotated[str, typer.Option(help="Output pixel type: float32 ([0, 1]), uint8 or uint16 (full range).")]
+PrecisionOpt = Annotated[str, typer.Option(help=f"{', '.join(PRECISIONS)} (fp16: GPU only; auto: the fastest "
+                                                 "within 1e-2 of fp32).")]
+DtypeOpt = Annotated[str, typer.Option(help=f"Output pixel type, one of {', '.join(OUTPUT_DTYPES)} (float32 in "
+                                             "[0, 1]; integers over their full range).")]
 InvertOpt = Annotated[bool, typer.Option("--invert", help="Dark nuclei on a bright background (THG, "
                                                          "bright-field): flip each plane before filtering.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace outputs nunet wrote earlier (default: "
+                                                               "skip them); other files are never replaced.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-file lines and tracebacks.")]
 
 
-def _options(model: str, w: float | None, axes: str | None, channel: str | None, tile_size: int | None,
-             batch_size: int | None, device: str, precision: str, invert: bool, dtype: str,
-             overwrite: bool) -> FilterOptions:
-    if dtype not in ("float32", "uint8", "uint16"):
-        raise typer.BadParameter(f"'{dtype}' is not one of float32, uint8, uint16", param_hint="--dtype")
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise typer.BadParameter(f"'{precision}' is not one of auto, fp32, bf16, fp16", param_hint="--precision")
-    return FilterOptions(model=model, w=w, axes=axes, channel=_parse_channel(channel), tile_size=tile_size,
-                         batch_size=batch_size, device=device, precision=precision, invert=invert,
-                         dtype=dtype, overwrite=overwrite)
+def _settings(model: str, w: float | None, axes: str | None, channel: str | None, tile_size: int | None,
+              batch_size: int | None, device: str, precision: str, invert: bool, dtype: str) -> FilterSettings:
+    """The command's FilterSettings, checked against the hardware; a bad option exits 2."""
+    try:
+        return FilterSettings(model=model, w=w, axes=axes, channel=_parse_channel(channel), tile_size=tile_size,
+                              batch_size=batch_size, device=device, precision=precision, invert=invert,
+                              dtype=dtype).resolved()
+    except NUNetError as exc:
+        _usage_exit(exc)
+
+
+def _usage_exit(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
 
 
 def _parse_channel(text: str | None) -> int | list[int] | None:
@@ -95,16 +107,13 @@ def filter_cmd(
     """Filter one image into a calibrated ImageJ TIFF."""
     from nunet.batch import filter_file
     from nunet.inference import get_model
-    from nunet.runtime import resolve_device
 
-    options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype,
-                       overwrite)
+    settings = _settings(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype)
     try:
-        loaded = None if options.w is not None else get_model(options.model, resolve_device(options.device))
+        loaded = None if settings.w is not None else get_model(settings.model, settings.device)
+        record = filter_file(input, output, settings, overwrite=overwrite, model=loaded, progress=True)
     except NUNetError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    record = filter_file(input, output, options, model=loaded, progress=True)
+        _usage_exit(exc)
     if record.status == "skipped":
         err.print(f"skipped: {output} exists (use --overwrite to replace)")
     elif record.status == "failed":
@@ -125,8 +134,8 @@ def batch(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, "
                                              "mirrored in the output.")] = False,
     name_template: Annotated[Optional[str], typer.Option(
-        help="Output name from {stem}, {name}, {model} (default {stem}.tif; {stem}_nunet.tif "
-             "when OUTPUT_DIR is INPUT_DIR).")] = None,
+        help="Output file name from {stem}, {name}, {model} (default {stem}.tif; {stem}_nunet.tif "
+             "when OUTPUT_DIR is INPUT_DIR); it must stay inside OUTPUT_DIR.")] = None,
     axes: AxesOpt = None, channel: ChannelOpt = None, tile_size: TileOpt = None,
     batch_size: BatchOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
     invert: InvertOpt = False,
@@ -138,10 +147,14 @@ def batch(
     """Filter every image of a folder; keeps going past bad files and lists them at the end."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    from nunet.batch import run_batch, write_report
+    from nunet.batch import check_report_path, run_batch, write_report
 
-    options = _options(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype,
-                       overwrite)
+    settings = _settings(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype)
+    if report is not None:
+        try:
+            check_report_path(report)
+        except NUNetError as exc:
+            _usage_exit(exc)
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
                         disable=dry_run)
@@ -152,22 +165,29 @@ def batch(
         if dry_run or verbose or record.status == "skipped":
             line = {"ok": f"{record.input} -> {record.output} ({record.seconds:.2f} s)",
                     "dry-run": f"would filter {record.input} -> {record.output}",
-                    "skipped": f"skip {record.output}: exists",
+                    "skipped": f"skip {record.output}: {record.error or 'exists'}",
                     "failed": f"[red]failed[/red] {record.error}"}[record.status]
             progress.console.print(line)
 
     with progress:
         try:
-            records = run_batch(input_dir, output_dir, options, patterns=pattern or DEFAULT_PATTERNS,
-                                recursive=recursive, template=name_template, dry_run=dry_run,
-                                on_start=lambda n: progress.update(task, total=n), on_file=on_file)
+            result = run_batch(input_dir, output_dir, settings, patterns=pattern or DEFAULT_PATTERNS,
+                               recursive=recursive, template=name_template, overwrite=overwrite, dry_run=dry_run,
+                               on_start=lambda n: progress.update(task, total=n), on_file=on_file)
         except NUNetError as exc:
             progress.stop()
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
+            _usage_exit(exc)
+    code = _report_failures(result.records, verbose)
+    if result.interrupted:
+        err.print(f"interrupted: stopped after {len(result.records)} file(s); a rerun resumes")
+        code = 130
     if report is not None:
-        write_report(records, report)
-    raise typer.Exit(_report_failures(records, verbose))
+        try:
+            write_report(result.records, report)
+        except OSError as exc:
+            err.print(f"[red]error:[/red] {report}: cannot write the report ({exc.strerror or exc})")
+            code = code or 1
+    raise typer.Exit(code)
 
 
 app.command("batch")(batch)

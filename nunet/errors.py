@@ -19,3 +19,7 @@ class AxesError(NUNetError, ValueError):
 
 class ModelError(NUNetError):
     """A model cannot be found, read or run."""
+
+
+class UsageError(NUNetError, ValueError):
+    """A bad option or a run that cannot start: found before any compute (exit code 2)."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from nunet.errors import NUNetError
 from nunet.io import Calibration, Image
+from nunet.registry import DEFAULT_MODEL
 
 ENV_IJ_JAR = "NUNET_IJ_JAR"
 DEBIAN_IJ_JAR = Path("/usr/share/java/ij.jar")
@@ -191,7 +192,7 @@ def _set_calibration(imp: Any, cal: Calibration) -> None:
 
 # ---- filtering ------------------------------------------------------------------------
 
-def filter_imageplus(imp: Any, model: str = "nunet-w8", *, w: float | None = None,
+def filter_imageplus(imp: Any, model: str = DEFAULT_MODEL, *, w: float | None = None,
                      channel: int | Sequence[int] | None = None, dtype: str = "float32",
                      **options: Any) -> Any:
     """Filter an ImagePlus; return a new ImagePlus "NU-Net of <title>".
@@ -219,7 +220,8 @@ def register() -> None:
     """
     from jpype import JArray, JFloat, JImplements, JOverride, JClass
 
-    from nunet.serve import handle_request
+    from nunet.inference import filter_planes
+    from nunet.settings import SETTING_NAMES, FilterSettings
 
     @JImplements("java.util.function.Function")
     class _Filter:
@@ -227,13 +229,11 @@ def register() -> None:
         def apply(self, request):
             planes = [np.asarray(p) for p in request.get("planes")]
             width, height = int(request.get("width")), int(request.get("height"))
-            header = {key: cast(str(request.get(key))) for key, cast in
-                      (("model", str), ("w", float), ("tile_size", int), ("device", str),
-                       ("invert", lambda text: text.lower() in ("true", "1")))  # Jython's True: 1
-                      if request.get(key) is not None}
-            stack = np.stack(planes).reshape((-1, height, width))
+            settings = FilterSettings.from_text({key: str(request.get(key)) for key in SETTING_NAMES
+                                                 if request.get(key) is not None}).resolved()  # Jython's True: 1
+            stack = np.stack(planes).reshape((-1, height, width)).astype(np.float32)
             result = JClass("java.util.ArrayList")()
-            for plane in handle_request(header, stack):
+            for plane in filter_planes(stack, settings.model, **settings.plane_kwargs()):
                 result.add(JArray(JFloat)(np.ascontiguousarray(plane).ravel()))
             return result
 

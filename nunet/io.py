@@ -18,12 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from nunet._atomic import atomic_path
+from nunet._version import __version__
 from nunet.errors import AxesError, ImageReadError, ImageWriteError
+from nunet.settings import OUTPUT_DTYPES
 
 IMAGEJ_ORDER = "TZCYXS"
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_SUFFIXES = (".png", ".jpg", ".jpeg")
-OUTPUT_DTYPES = ("float32", "uint8", "uint16")
+#: The TIFF Software tag of every file nunet writes: how a rerun tells its own outputs from other files.
+SOFTWARE = f"nunet {__version__}"
 
 
 @dataclass(frozen=True)
@@ -276,11 +279,22 @@ def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = Fals
         metadata.update(min=0.0, max=1.0)
     try:
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, data, imagej=True, metadata=metadata,
+            tifffile.imwrite(tmp, data, imagej=True, metadata=metadata, software=SOFTWARE,
                              resolution=(1.0 / cal.pixel_width, 1.0 / cal.pixel_height))
     except OSError as exc:
         raise ImageWriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     return path
+
+
+def written_by_nunet(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TIFF that nunet wrote (its Software tag starts with ``nunet``)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return str(tif.pages[0].software or "").startswith("nunet")
+    except Exception:  # not a TIFF, unreadable, truncated: not ours
+        return False
 
 
 def with_data(image: Image, data: np.ndarray, axes: str) -> Image:

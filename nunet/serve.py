@@ -27,21 +27,17 @@ import numpy as np
 from nunet._version import __version__
 from nunet.errors import NUNetError
 
-FILTER_KEYS = ("model", "w", "tile_size", "device", "precision", "batch_size", "invert")
+#: Header keys of the protocol itself; every other key is a FilterSettings option.
+PROTOCOL_KEYS = ("op", "planes", "height", "width")
 
 
 def handle_request(header: dict, planes: np.ndarray) -> np.ndarray:
     """Filter ``planes`` (P, H, W) with the options of a request header; float32 in [0, 1]."""
     from nunet.inference import filter_planes
-    from nunet.registry import DEFAULT_MODEL
+    from nunet.settings import FilterSettings
 
-    unknown = set(header) - set(FILTER_KEYS) - {"op", "planes", "height", "width"}
-    if unknown:
-        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    options = {k: header[k] for k in FILTER_KEYS if header.get(k) is not None}
-    options.setdefault("model", DEFAULT_MODEL)
-    model = options.pop("model")
-    return filter_planes(np.asarray(planes, dtype=np.float32), model, **options)
+    settings = FilterSettings.from_mapping({k: v for k, v in header.items() if k not in PROTOCOL_KEYS}).resolved()
+    return filter_planes(np.asarray(planes, dtype=np.float32), settings.model, **settings.plane_kwargs())
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:

@@ -69,7 +69,7 @@ def test_filter_uint8_output_and_channel(tmp_path):
 def test_filter_never_overwrites_its_input(folder):
     before = sha256(folder / "plane.tif")
     result = run("filter", folder / "plane.tif", folder / "plane.tif", "-m", "nunet-test", "--overwrite")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "would overwrite the input" in result.output
     assert sha256(folder / "plane.tif") == before
 
@@ -153,7 +153,8 @@ def test_name_template_and_collisions(tmp_path):
 
     iio.imwrite(src / "a.png", blobs((16, 16)).clip(0, 255).astype(np.uint8))
     result = run("batch", src, tmp_path / "out", "-m", "nunet-test")
-    assert result.exit_code == 1 and "already used by" in result.output
+    assert result.exit_code == 2 and "a.tif and a.png would both be written to" in result.output.replace("\n", " ")
+    assert not (tmp_path / "out").exists()  # found before any compute
     named = run("batch", src, tmp_path / "out2", "-m", "nunet-test", "--name-template", "{name}_{model}.tif")
     assert named.exit_code == 0
     assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["a.png_nunet-test.tif", "a.tif_nunet-test.tif"]
@@ -175,12 +176,14 @@ def test_cannot_start_exits_2(folder, tmp_path, args, message):
     assert message in result.output
 
 
-def test_unwritable_output_is_a_file_failure(folder, tmp_path):
+def test_a_file_where_the_output_folder_should_be_is_found_before_the_compute(folder, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
-    result = run("batch", folder, blocker / "out", "-m", "nunet-test", "--pattern", "*.png")
-    assert result.exit_code == 1
-    assert "cannot write" in result.output
+    for out in (blocker / "out", blocker):
+        result = run("batch", folder, out, "-m", "nunet-test", "--pattern", "*.png")
+        assert result.exit_code == 2, result.output
+        assert "file stands where a folder" in result.output or "is not a folder" in result.output
+        assert "filtered" not in result.output and "File exists" not in result.output
 
 
 def test_console_scripts_and_models_table(folder, tmp_path, model_dir):
@@ -197,7 +200,8 @@ def test_console_scripts_and_models_table(folder, tmp_path, model_dir):
 
 
 def test_batch_pipeline_keeps_order_and_matches_single_file_results(tmp_path, model):
-    from nunet.batch import FilterOptions, run_batch
+    from nunet.batch import run_batch
+    from nunet.settings import FilterSettings
 
     src = tmp_path / "in"
     src.mkdir()
@@ -206,8 +210,8 @@ def test_batch_pipeline_keeps_order_and_matches_single_file_results(tmp_path, mo
         tifffile.imwrite(src / name, blobs((24 + 4 * i, 28)).astype(np.float32))
     (src / "img03.tif").write_bytes(b"II*\x00garbage")  # a bad file in the middle
     seen: list[str] = []
-    records = run_batch(src, tmp_path / "out", FilterOptions(model="nunet-test", device="cpu"),
-                        on_file=lambda r: seen.append(Path(r.input).name))
+    records = run_batch(src, tmp_path / "out", FilterSettings(model="nunet-test", device="cpu"),
+                        on_file=lambda r: seen.append(Path(r.input).name)).records
     assert [Path(r.input).name for r in records] == names == seen
     assert [r.status for r in records] == ["ok"] * 3 + ["failed"] + ["ok"] * 3
     for name in names[:3] + names[4:]:

@@ -40,10 +40,36 @@ def test_worker_protocol(model_dir):
         assert answer.startswith("ERR unknown model 'nope'; available:")
         answer, _ = request(proc, {"op": "filter", "planes": 1, "height": 8, "width": 8, "model": "nunet-test",
                                    "colour": "red"}, np.zeros((1, 8, 8)))
-        assert answer == "ERR ValueError: unknown option(s): colour"
+        assert answer.startswith("ERR unknown option(s): colour; known:")
         assert request(proc, {"op": "ping"})[0] == "OK 0 0 0"  # still in step after errors
+        proc.stdin.write(b"this is not json\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().decode().startswith("ERR JSONDecodeError")
+        answer, _ = request(proc, {"op": "filter", "planes": 1, "height": "eight", "width": 8})
+        assert answer.startswith("ERR ValueError") and "eight" in answer
+        answer, _ = request(proc, {"op": "filter", "planes": 1, "height": 8, "width": 8, "tile_size": -5},
+                            np.zeros((1, 8, 8)))
+        assert answer.startswith("ERR --tile-size: must be >= 0")
+        answer, _ = request(proc, {"op": "launch"})
+        assert answer == "ERR ValueError: unknown op 'launch'"
+        assert request(proc, {"op": "ping"})[0] == "OK 0 0 0"
         proc.stdin.close()  # Fiji exiting closes the pipe: the worker ends
         assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
     assert b"worker" in proc.stderr.read()
+
+
+def test_worker_ends_cleanly_when_the_pipe_closes_mid_payload(model_dir):
+    """Fiji killed while sending: the payload is short, the pipe closes; the worker exits 0 without output."""
+    proc = subprocess.Popen([sys.executable, "-m", "nunet", "serve"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().decode().startswith("READY")
+        header = {"op": "filter", "planes": 2, "height": 16, "width": 16, "model": "nunet-test"}
+        proc.stdin.write((json.dumps(header) + "\n").encode() + np.zeros(100, "<f4").tobytes())
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read() == b""
+    finally:
+        proc.kill()

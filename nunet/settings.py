@@ -1,0 +1,122 @@
+"""The filter's options, defined once: names, defaults, allowed values and their checks.
+
+The CLI, the folder runner, the Fiji worker protocol and the in-process Fiji bridge all build a
+:class:`FilterSettings`; a bad value is a :class:`~nunet.errors.UsageError` naming the option,
+raised before any image is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from nunet.errors import UsageError
+from nunet.registry import DEFAULT_MODEL
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OUTPUT_DTYPES = ("float32", "uint8", "uint16")
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """How each image is filtered and written.
+
+    Attributes
+    ----------
+    model : str
+        Registered model name or TorchScript file.
+    w : float, optional
+        Filtering strength: blend the two registered models whose w brackets it (overrides ``model``).
+    axes : str, optional
+        Axes of the input, letters of ``TZCYXS`` (default: from the file).
+    channel : int or tuple of int, optional
+        Channel(s) to filter (default all); negative indices count from the last channel.
+    tile_size : int, optional
+        Tile planes larger than this (0: never; default: automatic, see :mod:`nunet.inference`).
+    batch_size : int, optional
+        Planes per forward pass (default: 1 on a CPU, 8 on a GPU, measured with ``auto``).
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    precision : str
+        One of ``PRECISIONS``; ``fp16`` needs a GPU.
+    invert : bool
+        Dark nuclei on a bright background: flip each plane first.
+    dtype : str
+        Output pixel type, one of ``OUTPUT_DTYPES``.
+    """
+
+    model: str = DEFAULT_MODEL
+    w: float | None = None
+    axes: str | None = None
+    channel: int | tuple[int, ...] | None = None
+    tile_size: int | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    invert: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.channel, list):
+            object.__setattr__(self, "channel", tuple(self.channel))
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision: '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        if self.dtype not in OUTPUT_DTYPES:
+            raise UsageError(f"--dtype: '{self.dtype}' is not one of {', '.join(OUTPUT_DTYPES)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"--batch-size: must be >= 1, got {self.batch_size}")
+        if self.tile_size is not None and self.tile_size < 0:
+            raise UsageError(f"--tile-size: must be >= 0 (0: never tile), got {self.tile_size}")
+        if self.w is not None and not self.w >= 0:
+            raise UsageError(f"--w: must be a number >= 0, got {self.w}")
+        if self.channel is not None and isinstance(self.channel, tuple) and not self.channel:
+            raise UsageError("--channel: give at least one channel index")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> "FilterSettings":
+        """Settings from a dict of option names (unknown names are a UsageError; None means default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def from_text(cls, values: dict[str, str]) -> "FilterSettings":
+        """Settings from option names and text values (a Java map, a macro): each value is cast to
+        its option's type; ``true``/``1`` are true for flags; a bad value is a UsageError."""
+        casts = {"w": float, "tile_size": int, "batch_size": int, "invert": lambda t: t.lower() in ("true", "1"),
+                 "channel": lambda t: tuple(int(v) for v in t.split(",")) if "," in t else int(t)}
+        try:
+            return cls.from_mapping({k: casts.get(k, str)(str(v)) for k, v in values.items()})
+        except ValueError as exc:
+            if isinstance(exc, UsageError):
+                raise
+            raise UsageError(f"bad option value ({exc})") from None
+
+    def resolved(self) -> "FilterSettings":
+        """These settings with the device resolved and checked against the hardware (before any compute)."""
+        from dataclasses import replace
+
+        from nunet.errors import ModelError
+        from nunet.runtime import resolve_device
+
+        try:
+            device = resolve_device(self.device)
+        except ModelError as exc:
+            raise UsageError(f"--device: {exc}") from None
+        if self.precision == "fp16" and device == "cpu":
+            raise UsageError("--precision: 'fp16' needs a GPU; use 'bf16', 'auto' or 'fp32' on the CPU")
+        return replace(self, device=device)
+
+    def plane_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`nunet.inference.filter_planes`: all but model, axes, channel
+        and dtype (which concern the whole image)."""
+        values = asdict(self)
+        for key in ("model", "axes", "channel", "dtype"):
+            values.pop(key)
+        return values
+
+
+#: The option names, for the worker protocol and the Fiji plugin's key list.
+SETTING_NAMES = tuple(f.name for f in fields(FilterSettings))
