@@ -13,6 +13,10 @@ class ImageWriteError(NUNetError):
     """An output file cannot be written (names the file and the problem)."""
 
 
+class ImageValueError(NUNetError, ValueError):
+    """An image's pixels cannot be filtered (NaN or infinite values); names the plane."""
+
+
 class AxesError(NUNetError, ValueError):
     """An axes string or channel selection does not match the image."""
 

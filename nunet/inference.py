@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nunet.autotune import DEFAULT_TUNER, default_batch_size
-from nunet.errors import ModelError
+from nunet.errors import ImageValueError, ModelError
 from nunet.io import Image, check_axes, guess_axes, with_data
 from nunet.preprocess import (PERCENTILES, crop_plane, invert_normalised, normalise_plane, normalise_planes_torch,
                               pad_plane, padded_shape, select_channels, to_grey, to_unit_range)
@@ -93,10 +93,22 @@ def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAUL
     moved = np.transpose(data, order)
     lead_shape = moved.shape[:-2]
     planes = moved.reshape((-1,) + moved.shape[-2:])
+    _check_finite(planes, "".join(axes[i] for i in other), lead_shape)
     out = filter_planes(planes, model, w=w, tile_size=tile_size, batch_size=batch_size, device=device,
                         precision=precision, percentiles=percentiles, invert=invert, progress=progress)
     out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
     return with_data(image, out, axes)
+
+
+def _check_finite(planes: np.ndarray, lead_axes: str, lead_shape: tuple[int, ...]) -> None:
+    """Refuse NaN or infinite pixels before any compute, naming the first bad plane by its axes."""
+    if np.issubdtype(planes.dtype, np.integer) or planes.dtype == bool:
+        return
+    bad = np.flatnonzero(~np.isfinite(planes).all(axis=(1, 2)))
+    if len(bad):
+        where = ", ".join(f"{a}={i}" for a, i in zip(lead_axes, np.unravel_index(bad[0], lead_shape))) or "the plane"
+        more = f" (and {len(bad) - 1} more plane(s))" if len(bad) > 1 else ""
+        raise ImageValueError(f"{where}{more}: contains NaN or infinite values")
 
 
 def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,

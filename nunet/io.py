@@ -265,8 +265,10 @@ def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = Fals
     if path.exists() and not overwrite:
         raise ImageWriteError(f"{path}: output exists (use overwrite)")
     data, axes = to_imagej_order(image.data, image.axes)
+    # the full TZCYXS shape: tifffile would otherwise take a trailing 1 (a 1-px wide plane) for samples
+    data = data.reshape([data.shape[axes.index(a)] if a in axes else 1 for a in IMAGEJ_ORDER])
     cal = image.calibration
-    metadata: dict = {"axes": axes}
+    metadata: dict = {"axes": IMAGEJ_ORDER}
     if cal.unit:
         metadata["unit"] = cal.unit
     if cal.z_spacing is not None:

@@ -161,4 +161,29 @@ def load_model_file(path: str | os.PathLike, device: str = "cpu") -> LoadedModel
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: cannot load TorchScript model ({first_line})") from exc
     module.eval()
+    check_contract(module, path, device)
     return LoadedModel(module=module, metadata=metadata, path=path, device=str(device))
+
+
+#: The probe plane of :func:`check_contract` (padded planes are multiples of 4, at least 8 px).
+PROBE_SHAPE = (1, 1, 12, 16)
+
+
+def check_contract(module: "torch.nn.Module", path: Path, device: str = "cpu") -> None:
+    """Run ``module`` once on a tiny plane: a NU-Net maps (N, 1, H, W) float to a new (N, 1, H, W)
+    float plane. Anything else (an Identity, a classifier, a wrong output shape) is a ModelError
+    naming the file, raised at load time instead of at the first image."""
+    import torch
+
+    ramp = torch.linspace(0.0, 255.0, PROBE_SHAPE[2] * PROBE_SHAPE[3]).reshape(PROBE_SHAPE).to(device)
+    try:
+        with torch.inference_mode():
+            out = module(ramp)
+    except Exception as exc:  # TorchScript raises several kinds for a wrong signature or shape
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: does not run as a NU-Net on a {PROBE_SHAPE} plane ({first_line})") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != PROBE_SHAPE or not out.is_floating_point():
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"{path}: not a NU-Net: a {PROBE_SHAPE} plane gave {shape}, expected the same shape")
+    if torch.equal(out, ramp):
+        raise ModelError(f"{path}: not a NU-Net: it returns its input unchanged")
