@@ -27,6 +27,7 @@ from nunet.io import Calibration, Image
 from nunet.registry import DEFAULT_MODEL
 
 ENV_IJ_JAR = "NUNET_IJ_JAR"
+ENV_IMAGEJ_DIR = "NUNET_IMAGEJ_DIR"
 DEBIAN_IJ_JAR = Path("/usr/share/java/ij.jar")
 INPROCESS_KEY = "nunet.filter"
 
@@ -53,14 +54,41 @@ def classpath(fiji_dir: str | os.PathLike | None = None) -> list[Path]:
     return jars
 
 
+def user_imagej_dir() -> Path:
+    """The ImageJ folder :func:`start` uses when given none: ``$NUNET_IMAGEJ_DIR``, else
+    ``$XDG_CACHE_HOME/nunet/imagej`` (``~/.cache/nunet/imagej``)."""
+    if os.environ.get(ENV_IMAGEJ_DIR):
+        return Path(os.environ[ENV_IMAGEJ_DIR])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "nunet" / "imagej"
+
+
+def _ensure_installed(root: Path) -> Path:
+    """``root`` with this nunet's "NU-Net Filter" plugin installed (installed or refreshed when needed)."""
+    import sys
+
+    from nunet._version import __version__
+    from nunet.fiji_install import PLUGIN_DIR, install
+
+    config = root / PLUGIN_DIR / "nunet.properties"
+    current = config.is_file() and f"nunet_version={__version__}\n" in config.read_text(encoding="utf-8") \
+        and f"python={sys.executable}\n" in config.read_text(encoding="utf-8")
+    if not current:
+        root.mkdir(parents=True, exist_ok=True)
+        install(root)
+    return root
+
+
 def start(fiji_dir: str | os.PathLike | None = None, headless: bool | None = None) -> None:
     """Start a JVM with ImageJ, or reuse the running one (a pyimagej session's).
 
     Parameters
     ----------
     fiji_dir : path-like, optional
-        A Fiji.app or ImageJ folder; its ``plugins/`` becomes ImageJ's plugins folder, so the
-        installed "NU-Net Filter" command is found. Default: ``$NUNET_IJ_JAR`` or Debian's ij.jar.
+        A Fiji.app or ImageJ folder; its ``plugins/`` becomes ImageJ's plugins folder (the JVM
+        option ``-Dplugins.dir``), so the installed "NU-Net Filter" command is found. Default: a
+        per-user folder (:func:`user_imagej_dir`) where the plugin is installed on first use, with
+        ``$NUNET_IJ_JAR`` or Debian's ij.jar.
     headless : bool, optional
         Default: headless when no display is available. ImageJ 1.53's ``run()`` needs a
         display (use Xvfb on servers); conversions and :func:`filter_imageplus` do not.
@@ -71,6 +99,8 @@ def start(fiji_dir: str | os.PathLike | None = None, headless: bool | None = Non
         return
     if headless is None:
         headless = not os.environ.get("DISPLAY")
+    if fiji_dir is None:
+        fiji_dir = _ensure_installed(user_imagej_dir())
     scyjava.config.set_java_constraints(fetch="never")
     for jar in classpath(fiji_dir):
         scyjava.config.add_classpath(str(jar))
@@ -251,8 +281,27 @@ def unregister() -> None:
 
 
 def run_macro(code: str, arg: str = "") -> str | None:
-    """Run ImageJ macro code in this JVM (batch mode images become the current image)."""
+    """Run ImageJ macro code in this JVM (batch mode images become the current image).
+
+    A macro error (an image not found, a bad argument) raises instead of opening ImageJ's modal
+    error dialog, which would wait for a click that a script never gives.
+
+    Raises
+    ------
+    NUNetError
+        Before running, when the code calls ``run("NU-Net Filter")`` and this ImageJ has no such
+        command; after, with ImageJ's message, when the macro stopped on an error.
+    """
     from jpype import JClass
 
-    result = JClass("ij.IJ").runMacro(code, arg)
+    commands = JClass("ij.Menus").getCommands()
+    if "NU-Net Filter" in code and (commands is None or commands.get("NU-Net Filter") is None):
+        raise NUNetError('this ImageJ has no "NU-Net Filter" command: start it with fiji.start() (it installs '
+                         "the plugin in a per-user folder) or fiji.start(FOLDER) after 'nunet fiji install FOLDER'")
+    interpreter = JClass("ij.macro.Interpreter")()
+    interpreter.setIgnoreErrors(True)
+    result = interpreter.run(code, arg)
+    message = interpreter.getErrorMessage()  # set, and the macro stopped, on an error
+    if message is not None:
+        raise NUNetError(f"ImageJ macro error: {' '.join(str(message).split())}")
     return None if result is None else str(result)

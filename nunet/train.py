@@ -56,7 +56,7 @@ class TrainConfig:
     content_weight: float = 1.0         # weight of the paper's content loss
     supervised_weight: float = 0.0      # weight of the L1 term to soft masks of degraded synthetic nuclei
     supervised_batch: int = 8           # synthetic images with masks per step (when supervised_weight > 0)
-    supervised_images: int = 64         # synthetic images per bright modality in the supervised bank
+    supervised_images: int = 64         # synthetic images per modality in the supervised bank
     steps: int = 2000
     crops_per_dataset: int = 64         # per epoch
     content_batch: int = 16
@@ -192,12 +192,18 @@ def soft_mask(labels: np.ndarray) -> np.ndarray:
 
 
 def supervised_bank(config: TrainConfig) -> list:
-    """Synthetic images with labels for the supervised term: ``supervised_images`` of each bright
-    modality, at twice the crop side (training seeds only)."""
+    """Synthetic images with labels for the supervised term: ``supervised_images`` of each modality of
+    ``synthetic_modalities``, at twice the crop side (training seeds only). Dark-blob images are
+    flipped, as a user flips them with ``invert``: the network always sees bright nuclei."""
+    from dataclasses import replace
+
     side = (config.crop * 2, config.crop * 2)
-    bright = [m for m in MODALITIES if not PRESETS[m].dark_blobs]
-    return [synth_image(m, side, seed=training_seed(config.seed, 2, i, modality_index(m)))
-            for m in bright for i in range(config.supervised_images)]
+    bank = []
+    for m in config.synthetic_modalities:
+        for i in range(config.supervised_images):
+            s = synth_image(m, side, seed=training_seed(config.seed, 2, i, modality_index(m)))
+            bank.append(replace(s, image=s.image.max() - s.image) if PRESETS[m].dark_blobs else s)
+    return bank
 
 
 def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -509,7 +515,7 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
              f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
              f"| loss | {config.content_weight:g} x content + w x morphological"
              + (f" + {config.supervised_weight:g} x L1 to soft masks of degraded synthetic nuclei (batch "
-                f"{config.supervised_batch}, {config.supervised_images} images per bright modality)"
+                f"{config.supervised_batch}, {config.supervised_images} images per modality)"
                 if config.supervised_weight else "")
              + (" ; content degraded (nunet.degrade)" if config.degrade_content else "") + " |",
              f"| final losses | content {final['content']:.4g}, w x morphological {final['morphological']:.4g}, "

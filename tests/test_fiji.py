@@ -387,3 +387,33 @@ def test_install_and_uninstall(tmp_path):
     subprocess.run([bindir / "nunet", "fiji", "uninstall", root], capture_output=True, text=True, check=True)
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["jars", "jars/jython-slim-2.7.3.jar",
                                                                              "macros", "plugins"]
+
+
+def test_documented_snippet_starts_without_a_folder_and_macro_errors_raise(display, model_dir, tmp_path):
+    """README's pyimagej/scyjava snippet as written: fiji.start() with no folder installs the plugin in a
+    per-user folder, run("NU-Net Filter") is served in-process, and a macro error raises at once instead
+    of waiting on ImageJ's modal dialog (a real JVM in a fresh process)."""
+    script = (
+        "import numpy as np\n"
+        "from nunet import fiji\n"
+        "from nunet.errors import NUNetError\n"
+        "from nunet.io import Image\n"
+        "fiji.start()\n"
+        "imp = fiji.to_imageplus(Image((np.arange(40 * 44).reshape(40, 44) % 97).astype(np.float32), 'YX'), 'cells')\n"
+        "fiji.register()\n"
+        "imp.show()\n"
+        "fiji.run_macro('run(\"NU-Net Filter\", \"model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit\");')\n"
+        "from jpype import JClass\n"
+        "print('title:', JClass('ij.WindowManager').getCurrentImage().getTitle())\n"
+        "try:\n"
+        "    fiji.run_macro('selectImage(\"not-open\");')\n"
+        "except NUNetError as exc:\n"
+        "    print('error:', exc)\n"
+    )
+    env = {**os.environ, "DISPLAY": display, "NUNET_MODEL_PATH": str(model_dir), "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("NUNET_IMAGEJ_DIR", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "title: NU-Net of cells" in done.stdout
+    assert "error: ImageJ macro error: not-open not found" in done.stdout
+    assert (tmp_path / "nunet" / "imagej" / "plugins" / "NU-Net" / "NU-Net_Filter.py").is_file()
