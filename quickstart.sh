@@ -2,7 +2,7 @@
 # Set up nunet and filter the bundled samples into ./out/ with the default model.
 #
 #   bash quickstart.sh          install, then filter samples/ into out/
-#   bash quickstart.sh --test   install with the test extras, then run the test suite
+#   bash quickstart.sh --test   install with the test extras, then check the code (ruff) and run the tests
 #
 # Where: the active virtual environment (or conda env) if there is one, else ./.venv (created here;
 # Debian's and Ubuntu's system Python refuse 'pip install' outside one).
@@ -53,6 +53,9 @@ if [ "${1:-}" = "--test" ]; then
     step "installing nunet with the test extras and the stardist package's test images (no dependencies)"
     pip_install -e ".[test]"
     pip_install --no-deps stardist==0.9.2
+    step "checking the code with ruff (lint and format)"
+    "$PYTHON" -m ruff check .
+    "$PYTHON" -m ruff format --check .
     step "running the tests"
     exec "$PYTHON" -m pytest
 fi

@@ -79,9 +79,21 @@ for (i = 0; i < {calls + 1}; i++) {{
         path = Path(tmp) / "bench.ijm"
         path.write_text(macro)
         ij_jar = os.environ.get("NUNET_IJ_JAR", "/usr/share/java/ij.jar")
-        done = subprocess.run(["java", f"-Dplugins.dir={imagej_dir}", "-Dpython.cachedir.skip=true",
-                               f"-Djava.io.tmpdir={tmp}", "-jar", ij_jar, "-batch", str(path)],
-                              capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [
+                "java",
+                f"-Dplugins.dir={imagej_dir}",
+                "-Dpython.cachedir.skip=true",
+                f"-Djava.io.tmpdir={tmp}",
+                "-jar",
+                ij_jar,
+                "-batch",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     times = [float(v) for v in re.findall(r"call_ms ([0-9.]+)", done.stdout)]
     if len(times) != calls + 1:
         raise RuntimeError(f"the worker benchmark macro failed:\n{done.stdout}\n{done.stderr}")

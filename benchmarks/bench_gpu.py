@@ -50,14 +50,14 @@ def main() -> None:
     import torch
 
     from nunet import enhance, load_model
-    from nunet.preprocess import normalise_plane
     from nunet.model import untrained
+    from nunet.preprocess import normalise_plane
     from nunet.synth import synth_image
 
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu: no CUDA device")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
-    net = (load_model(args.model, device="cuda").module if args.model else untrained(0).cuda().eval())
+    net = load_model(args.model, device="cuda").module if args.model else untrained(0).cuda().eval()
     plane = normalise_plane(synth_image("dense", (args.size, args.size), seed=2).image)
     x1 = torch.from_numpy(plane)[None, None].cuda()
 
@@ -114,8 +114,10 @@ def main() -> None:
             torch.cuda.synchronize()
             wall = (time.perf_counter() - start) / len(volume) * 1e3
             peak = torch.cuda.max_memory_allocated() / 2**30
-            print(f"enhance 130x{args.size}x{args.size} {precision} batch {batch_size}: {wall:.2f} ms/plane "
-                  f"(wall, incl. normalisation and transfers), peak GPU memory {peak:.2f} GiB (paper: 1.3 GB)")
+            print(
+                f"enhance 130x{args.size}x{args.size} {precision} batch {batch_size}: {wall:.2f} ms/plane "
+                f"(wall, incl. normalisation and transfers), peak GPU memory {peak:.2f} GiB (paper: 1.3 GB)"
+            )
 
     from nunet.autotune import Tuner
     from nunet.inference import get_model
@@ -131,8 +133,10 @@ def main() -> None:
     enhance(volume, model_ref, device="cuda", precision="auto", axes="ZYX")
     torch.cuda.synchronize()
     wall = (time.perf_counter() - start) / len(volume) * 1e3
-    print(f"enhance 130x{args.size}x{args.size} auto (picks {chosen}, batch {batch}; measuring took {tuning:.1f} s): "
-          f"{wall:.2f} ms/plane, peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    print(
+        f"enhance 130x{args.size}x{args.size} auto (picks {chosen}, batch {batch}; measuring took {tuning:.1f} s): "
+        f"{wall:.2f} ms/plane, peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    )
 
 
 def output_layer(size: int, batch: int, precision: str, repeats: int) -> None:
@@ -148,8 +152,10 @@ def output_layer(size: int, batch: int, precision: str, repeats: int) -> None:
     with torch.inference_mode(), ctx:
         direct = cuda_ms(lambda: torch.nn.functional.conv2d(padded, weight, bias), repeats) / batch
         rows = cuda_ms(lambda: single_output_conv(padded, weight, bias), repeats) / batch
-    print(f"output layer 32->1 9x9, {precision} batch {batch}: cuDNN conv2d {direct:.3f} ms/plane, "
-          f"nunet row convolutions {rows:.3f} ms/plane")
+    print(
+        f"output layer 32->1 9x9, {precision} batch {batch}: cuDNN conv2d {direct:.3f} ms/plane, "
+        f"nunet row convolutions {rows:.3f} ms/plane"
+    )
 
 
 def _saved_untrained() -> str:

@@ -50,8 +50,11 @@ def nunet_gflop(height: int, width: int) -> float:
     nunet computes the decoder with fewer operations (upsampling convolutions on the low-res
     grid, :func:`nunet.model.upsample_conv3x3`), so GFLOP/s derived from this are effective rates.
     """
-    layers = ([(1, 32, 9, 1), (32, 64, 3, 2), (64, 128, 3, 4)] + [(128, 128, 3, 4)] * 10
-              + [(128, 64, 3, 2), (64, 32, 3, 1), (32, 1, 9, 1)])
+    layers = (
+        [(1, 32, 9, 1), (32, 64, 3, 2), (64, 128, 3, 4)]
+        + [(128, 128, 3, 4)] * 10
+        + [(128, 64, 3, 2), (64, 32, 3, 1), (32, 1, 9, 1)]
+    )
     return sum(2 * cin * cout * k * k * (height // s) * (width // s) for cin, cout, k, s in layers) / 1e9
 
 
@@ -66,8 +69,10 @@ def tiling_cost(size: int, plane_ms: float) -> None:
     whole = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", tile_size=0), 1) / 1e3
     tiled = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", tile_size=tile), 1) / 1e3
     ideal = plane_ms / 1e3 * size * size / 400**2
-    print(f"\n{size}x{size} plane, nunet-w8 fp32: whole {whole:.1f} s, tiled ({tile}-px tiles) {tiled:.1f} s; "
-          f"400x400 rate scaled up: {ideal:.1f} s (tiled / scaled = {tiled / ideal:.2f})")
+    print(
+        f"\n{size}x{size} plane, nunet-w8 fp32: whole {whole:.1f} s, tiled ({tile}-px tiles) {tiled:.1f} s; "
+        f"400x400 rate scaled up: {ideal:.1f} s (tiled / scaled = {tiled / ideal:.2f})"
+    )
 
 
 def tiled_peak_memory(size: int, tile: int) -> dict:
@@ -110,8 +115,10 @@ def precision_rows(size: int, repeats: int) -> float:
     chosen = tuner.precision(loaded, "cpu")
     batch = tuner.batch_size(loaded, "cpu", chosen)
     threads = tuner.thread_count(loaded, chosen, batch)
-    print(f"\nenhance() on one {size}x{size} plane, nunet-w8, CPU "
-          f"(auto picks {chosen}, batch {batch}, {threads} threads):")
+    print(
+        f"\nenhance() on one {size}x{size} plane, nunet-w8, CPU "
+        f"(auto picks {chosen}, batch {batch}, {threads} threads):"
+    )
     base = None
     for precision in ("fp32", "bf16", "auto"):
         ms = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", precision=precision), repeats)
@@ -128,9 +135,9 @@ def batch_overhead(files: int, size: int) -> None:
     import tifffile
 
     from nunet.batch import run_batch
-    from nunet.settings import FilterSettings
     from nunet.inference import filter_image
     from nunet.io import read_image
+    from nunet.settings import FilterSettings
     from nunet.synth import synth_image
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,15 +159,21 @@ def batch_overhead(files: int, size: int) -> None:
             walls.append(time.perf_counter() - start)
         compute, wall = min(computes), min(walls)
     assert all(r.status == "ok" for r in records)
-    print(f"\nfolder batch, {files} TIFFs of 2x{size}x{size}: wall {wall:.2f} s, network compute alone "
-          f"{compute:.2f} s: wall / compute = {wall / compute:.3f} (target <= 1.10)")
+    print(
+        f"\nfolder batch, {files} TIFFs of 2x{size}x{size}: wall {wall:.2f} s, network compute alone "
+        f"{compute:.2f} s: wall / compute = {wall / compute:.3f} (target <= 1.10)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=400, help="plane side for the speed figures")
-    parser.add_argument("--tiled-size", type=int, default=8192, help="plane side for the tiled memory figure "
-                        "(0 skips it; 8192 takes about 6 minutes on 2 cores)")
+    parser.add_argument(
+        "--tiled-size",
+        type=int,
+        default=8192,
+        help="plane side for the tiled memory figure (0 skips it; 8192 takes about 6 minutes on 2 cores)",
+    )
     parser.add_argument("--tile", type=int, default=256, help="tile side for the tiled figures")
     parser.add_argument("--large-size", type=int, default=2048, help="plane side for whole vs tiled (0 skips)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -195,8 +208,10 @@ def main() -> None:
                 print(f"{name:<12}{threads:>8}{batch:>7}{ms:>10.1f}{rate:>9.1f}{rate / ceiling:>7.2f}")
     torch.set_num_threads(threads_max)
     best = min(rows, key=lambda r: r[3])
-    print(f"\nbest: {best[0]}, {best[1]} threads, batch {best[2]}: {best[3]:.1f} ms/plane, "
-          f"{gflop / (best[3] * 1e-3) / ceiling:.2f} of the matmul ceiling (target >= 0.5)")
+    print(
+        f"\nbest: {best[0]}, {best[1]} threads, batch {best[2]}: {best[3]:.1f} ms/plane, "
+        f"{gflop / (best[3] * 1e-3) / ceiling:.2f} of the matmul ceiling (target >= 0.5)"
+    )
 
     plane = np.random.default_rng(0).random((args.size, args.size), dtype=np.float32)
     dog_ms = best_ms(lambda: ndi.gaussian_filter(plane, 2.0) - ndi.gaussian_filter(plane, 3.2), args.repeats)
@@ -210,9 +225,11 @@ def main() -> None:
     if args.tiled_size:
         mem = tiled_peak_memory(args.tiled_size, args.tile)
         ideal = fp32_ms / 1e3 * args.tiled_size**2 / args.size**2
-        print(f"tiled {args.tiled_size}x{args.tiled_size} plane, tile {args.tile}: peak RSS {mem['peak_mb']:.0f} MB "
-              f"(process before: {mem['before_mb']:.0f} MB; target < 2 GB), {mem['seconds']:.1f} s "
-              f"({mem['seconds'] / ideal:.2f}x the {args.size}x{args.size} rate scaled up)")
+        print(
+            f"tiled {args.tiled_size}x{args.tiled_size} plane, tile {args.tile}: peak RSS {mem['peak_mb']:.0f} MB "
+            f"(process before: {mem['before_mb']:.0f} MB; target < 2 GB), {mem['seconds']:.1f} s "
+            f"({mem['seconds'] / ideal:.2f}x the {args.size}x{args.size} rate scaled up)"
+        )
 
 
 if __name__ == "__main__":

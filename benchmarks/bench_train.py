@@ -26,19 +26,33 @@ def main() -> None:
     results = {}
     for backbone in ("random-vgg19", "random-multiscale"):
         with tempfile.TemporaryDirectory() as out:
-            config = load_config(None, {"name": "bench", "synthetic_content": 1, "synthetic_masks": args.target_batch,
-                                        "content_batch": args.batch, "target_batch": args.target_batch,
-                                        "crop": args.crop, "steps": args.steps, "dry_run_steps": 1,
-                                        "device": args.device, "backbone": backbone, "output_dir": out,
-                                        "checkpoint_every": 10_000})
+            config = load_config(
+                None,
+                {
+                    "name": "bench",
+                    "synthetic_content": 1,
+                    "synthetic_masks": args.target_batch,
+                    "content_batch": args.batch,
+                    "target_batch": args.target_batch,
+                    "crop": args.crop,
+                    "steps": args.steps,
+                    "dry_run_steps": 1,
+                    "device": args.device,
+                    "backbone": backbone,
+                    "output_dir": out,
+                    "checkpoint_every": 10_000,
+                },
+            )
             stamps = []
             train(config, progress=lambda step, total, record: stamps.append(time.perf_counter()))
         per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
         results[backbone] = per_step
     print(f"content batch {args.batch}, target batch {args.target_batch}, crop {args.crop}, device {args.device}")
     for backbone, seconds in results.items():
-        print(f"{backbone:<20}{seconds:>8.2f} s/step {1 / seconds:>8.3f} it/s "
-              f"{seconds / results['random-vgg19']:>6.2f}x random-vgg19")
+        print(
+            f"{backbone:<20}{seconds:>8.2f} s/step {1 / seconds:>8.3f} it/s "
+            f"{seconds / results['random-vgg19']:>6.2f}x random-vgg19"
+        )
 
 
 if __name__ == "__main__":

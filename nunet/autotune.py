@@ -83,8 +83,9 @@ def probe_plane() -> np.ndarray:
     return plane
 
 
-def time_passes(module: "torch.nn.Module", x: "torch.Tensor", device: str,
-                precision: str) -> tuple[float, "torch.Tensor"]:
+def time_passes(
+    module: "torch.nn.Module", x: "torch.Tensor", device: str, precision: str
+) -> tuple[float, "torch.Tensor"]:
     """Best of ``TIMED_PASSES`` forward passes after a warm-up, and the last output in [0, 1]."""
     import torch
 
@@ -147,8 +148,11 @@ class Tuner:
         key = (str(loaded.path), device, precision)
         if key not in self.batch_sizes:
             candidates = BATCH_CANDIDATES.get(device.split(":")[0], (1,))
-            self.batch_sizes[key] = candidates[0] if len(candidates) == 1 else smallest_within(
-                {b: self._probe_seconds(loaded, device, precision, b) / b for b in candidates})
+            self.batch_sizes[key] = (
+                candidates[0]
+                if len(candidates) == 1
+                else smallest_within({b: self._probe_seconds(loaded, device, precision, b) / b for b in candidates})
+            )
         return self.batch_sizes[key]
 
     def thread_count(self, loaded: "LoadedModel", precision: str, batch_size: int) -> int:

@@ -87,8 +87,9 @@ def _matches(path: Path, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(path.name.lower(), p.lower()) for p in patterns)
 
 
-def candidate_files(input_dir: Path, output_dir: Path, patterns: Sequence[str] = DEFAULT_PATTERNS,
-                    recursive: bool = False) -> list[Path]:
+def candidate_files(
+    input_dir: Path, output_dir: Path, patterns: Sequence[str] = DEFAULT_PATTERNS, recursive: bool = False
+) -> list[Path]:
     """Files of ``input_dir`` matching any pattern, sorted; never hidden or ``.part`` files, nor files
     inside ``output_dir`` when it lies inside ``input_dir``."""
     input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
@@ -103,8 +104,13 @@ def candidate_files(input_dir: Path, output_dir: Path, patterns: Sequence[str] =
     return sorted(found)
 
 
-def collect_inputs(input_dir: Path, output_dir: Path, patterns: Sequence[str] = DEFAULT_PATTERNS,
-                   recursive: bool = False, template: str = DEFAULT_TEMPLATE) -> list[Path]:
+def collect_inputs(
+    input_dir: Path,
+    output_dir: Path,
+    patterns: Sequence[str] = DEFAULT_PATTERNS,
+    recursive: bool = False,
+    template: str = DEFAULT_TEMPLATE,
+) -> list[Path]:
     """:func:`candidate_files`, without the batch's own outputs when both folders are the same
     (files whose name matches the output template)."""
     found = candidate_files(input_dir, output_dir, patterns, recursive)
@@ -137,8 +143,9 @@ def output_path(input_path: Path, input_root: Path, output_dir: Path, template: 
     folder = (output_dir / rel.parent).resolve()
     out = (folder / name).resolve()
     if not name or Path(name).is_absolute() or out.parent != folder:
-        raise UsageError(f"name template '{template}' gives '{name}', which leaves the output folder; "
-                         "use a plain file name")
+        raise UsageError(
+            f"name template '{template}' gives '{name}', which leaves the output folder; use a plain file name"
+        )
     return output_dir / rel.parent / name
 
 
@@ -170,9 +177,16 @@ def check_report_path(path: Path) -> None:
         raise UsageError(f"--report: {exc}") from None
 
 
-def plan_batch(input_dir: Path, output_dir: Path, *, patterns: Sequence[str] = DEFAULT_PATTERNS,
-               recursive: bool = False, template: str | None = None, model_tag: str = "",
-               check_folder: bool = True) -> list[Job]:
+def plan_batch(
+    input_dir: Path,
+    output_dir: Path,
+    *,
+    patterns: Sequence[str] = DEFAULT_PATTERNS,
+    recursive: bool = False,
+    template: str | None = None,
+    model_tag: str = "",
+    check_folder: bool = True,
+) -> list[Job]:
     """The inputs and outputs of a batch, checked (see module docstring); raises UsageError."""
     from nunet.io import written_by_nunet
 
@@ -184,8 +198,10 @@ def plan_batch(input_dir: Path, output_dir: Path, *, patterns: Sequence[str] = D
     inputs = collect_inputs(input_dir, output_dir, patterns, recursive, template)
     if not inputs:
         if candidates:
-            raise UsageError(f"{input_dir}: every matching input would be its own output with the name template "
-                             f"'{template}'; choose another template or output folder")
+            raise UsageError(
+                f"{input_dir}: every matching input would be its own output with the name template "
+                f"'{template}'; choose another template or output folder"
+            )
         raise UsageError(f"{input_dir}: no files matching {' '.join(patterns)}" + (" (recursive)" if recursive else ""))
     # files the run must never replace: its inputs, and matching files that are not earlier outputs
     protected = {p.resolve() for p in inputs} | {p.resolve() for p in candidates if not written_by_nunet(p)}
@@ -194,14 +210,20 @@ def plan_batch(input_dir: Path, output_dir: Path, *, patterns: Sequence[str] = D
         out = output_path(path, input_dir, output_dir, template, model_tag)
         key = out.resolve()
         if key in claimed:
-            raise UsageError(f"{path.name} and {claimed[key].name} would both be written to {out}; "
-                             "use --name-template with {name} to keep them apart")
+            raise UsageError(
+                f"{path.name} and {claimed[key].name} would both be written to {out}; "
+                "use --name-template with {name} to keep them apart"
+            )
         if key in protected:
-            raise UsageError(f"{out}: output for {path.name} would replace an input file; "
-                             "choose another name template or output folder")
+            raise UsageError(
+                f"{out}: output for {path.name} would replace an input file; "
+                "choose another name template or output folder"
+            )
         if out.exists() and not written_by_nunet(out):
-            raise UsageError(f"{out}: exists and was not written by nunet; it is never replaced "
-                             "(move it or choose another name template or output folder)")
+            raise UsageError(
+                f"{out}: exists and was not written by nunet; it is never replaced "
+                "(move it or choose another name template or output folder)"
+            )
         claimed[key] = path
         jobs.append(Job(path, out))
     if check_folder:
@@ -211,6 +233,7 @@ def plan_batch(input_dir: Path, output_dir: Path, *, patterns: Sequence[str] = D
 
 
 # ---- claims ------------------------------------------------------------------------------
+
 
 def _claim_path(output: Path) -> Path:
     return output.with_name(f".{output.name}{CLAIM_SUFFIX}")
@@ -267,6 +290,7 @@ def release(output: Path) -> None:
 
 # ---- one file ----------------------------------------------------------------------------
 
+
 @contextmanager
 def _stage(record: FileRecord) -> Iterator[None]:
     """Add the block's time to the record and turn any error into a failed record naming the file."""
@@ -306,8 +330,13 @@ def _filter(record: FileRecord, image, settings: FilterSettings, model, progress
     result = None
     if image is not None:
         with _stage(record):
-            result = filter_image(image, model if model is not None else settings.model, channel=settings.channel,
-                                  progress=progress, **settings.plane_kwargs())
+            result = filter_image(
+                image,
+                model if model is not None else settings.model,
+                channel=settings.channel,
+                progress=progress,
+                **settings.plane_kwargs(),
+            )
             result = with_data(result, convert_dtype(result.data, settings.dtype), result.axes)
     return result if record.status == "ok" else None
 
@@ -327,8 +356,15 @@ def _fail(record: FileRecord, message: str) -> None:
     record.traceback = traceback.format_exc()
 
 
-def filter_file(input_path: Path, output: Path, settings: FilterSettings, *, overwrite: bool = False,
-                model=None, progress: bool = False) -> FileRecord:
+def filter_file(
+    input_path: Path,
+    output: Path,
+    settings: FilterSettings,
+    *,
+    overwrite: bool = False,
+    model=None,
+    progress: bool = False,
+) -> FileRecord:
     """Read, filter and write one file; returns its record (a bad image is a failed record).
 
     Raises
@@ -355,10 +391,20 @@ def filter_file(input_path: Path, output: Path, settings: FilterSettings, *, ove
 
 # ---- folders -----------------------------------------------------------------------------
 
-def run_batch(input_dir: Path, output_dir: Path, settings: FilterSettings, *,
-              patterns: Sequence[str] = DEFAULT_PATTERNS, recursive: bool = False, template: str | None = None,
-              overwrite: bool = False, dry_run: bool = False, on_start: Callable[[int], None] | None = None,
-              on_file: Callable[[FileRecord], None] | None = None) -> BatchResult:
+
+def run_batch(
+    input_dir: Path,
+    output_dir: Path,
+    settings: FilterSettings,
+    *,
+    patterns: Sequence[str] = DEFAULT_PATTERNS,
+    recursive: bool = False,
+    template: str | None = None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_file: Callable[[FileRecord], None] | None = None,
+) -> BatchResult:
     """Filter every matching file of ``input_dir`` into ``output_dir``.
 
     Parameters
@@ -393,17 +439,31 @@ def run_batch(input_dir: Path, output_dir: Path, settings: FilterSettings, *,
     if settings.w is None:
         resolve_model(settings.model)
     model = None if dry_run or settings.w is not None else get_model(settings.model, settings.device)
-    model_tag = f"w{settings.w:g}" if settings.w is not None else model.name if model is not None \
-        else str(settings.model)
-    jobs = plan_batch(input_dir, output_dir, patterns=patterns, recursive=recursive, template=template,
-                      model_tag=model_tag, check_folder=not dry_run)
+    model_tag = (
+        f"w{settings.w:g}" if settings.w is not None else model.name if model is not None else str(settings.model)
+    )
+    jobs = plan_batch(
+        input_dir,
+        output_dir,
+        patterns=patterns,
+        recursive=recursive,
+        template=template,
+        model_tag=model_tag,
+        check_folder=not dry_run,
+    )
     if on_start:
         on_start(len(jobs))
     return _pipeline(jobs, settings, model, overwrite, dry_run, on_file)
 
 
-def _pipeline(jobs: list[Job], settings: FilterSettings, model, overwrite: bool, dry_run: bool,
-              on_file: Callable[[FileRecord], None] | None) -> BatchResult:
+def _pipeline(
+    jobs: list[Job],
+    settings: FilterSettings,
+    model,
+    overwrite: bool,
+    dry_run: bool,
+    on_file: Callable[[FileRecord], None] | None,
+) -> BatchResult:
     """Filter ``jobs`` in order, reading ahead and writing behind.
 
     A reader thread claims and loads the next file while the current one is filtered, and a writer
@@ -419,8 +479,12 @@ def _pipeline(jobs: list[Job], settings: FilterSettings, model, overwrite: bool,
     def read(job: Job):
         if not dry_run:
             if not claim(job.output):
-                return FileRecord(str(job.input), str(job.output), "skipped",
-                                  error="claimed by another nunet run writing into this folder"), None
+                return FileRecord(
+                    str(job.input),
+                    str(job.output),
+                    "skipped",
+                    error="claimed by another nunet run writing into this folder",
+                ), None
             held.append(job.output)
         return _read(job, settings, overwrite, dry_run)
 

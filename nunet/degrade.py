@@ -31,16 +31,16 @@ from scipy import ndimage as ndi
 class Ranges:
     """Ranges the factors are drawn from (uniform unless said otherwise)."""
 
-    scale: tuple[float, float] = (0.5, 2.0)            # log-uniform
-    spread: tuple[float, float] = (1.0, 10.0)          # max/min nucleus brightness ratio
+    scale: tuple[float, float] = (0.5, 2.0)  # log-uniform
+    spread: tuple[float, float] = (1.0, 10.0)  # max/min nucleus brightness ratio
     vignetting: tuple[float, float] = (0.0, 0.6)
-    illumination: tuple[float, float] = (0.0, 1.0)     # additive field amplitude / nuclei contrast
+    illumination: tuple[float, float] = (0.0, 1.0)  # additive field amplitude / nuclei contrast
     haze: tuple[float, float] = (0.0, 1.0)
     debris_per_area: tuple[float, float] = (0.0, 40.0)  # spots per 256x256 px
     streaks_per_area: tuple[float, float] = (0.0, 6.0)
     debris_brightness: tuple[float, float] = (1.0, 4.0)  # times the nuclei contrast
-    photons: tuple[float, float] = (3.0, 200.0)        # log-uniform, expected counts of a mean nucleus
-    read_noise: tuple[float, float] = (0.5, 3.0)       # in photons
+    photons: tuple[float, float] = (3.0, 200.0)  # log-uniform, expected counts of a mean nucleus
+    read_noise: tuple[float, float] = (0.5, 3.0)  # in photons
     max_side: int = 512
 
 
@@ -48,11 +48,11 @@ class Ranges:
 class Degraded:
     """A degraded image with its exact ground truth."""
 
-    image: np.ndarray       # float32 (Y, X), photon counts
-    labels: np.ndarray      # int32, same shape
-    centroids: np.ndarray   # (N, 2) of the visible labels
-    radius: float           # expected nucleus radius after the rescale (px)
-    factors: dict           # the drawn factors, for reports
+    image: np.ndarray  # float32 (Y, X), photon counts
+    labels: np.ndarray  # int32, same shape
+    centroids: np.ndarray  # (N, 2) of the visible labels
+    radius: float  # expected nucleus radius after the rescale (px)
+    factors: dict  # the drawn factors, for reports
 
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -63,13 +63,14 @@ def _smooth_field(shape: tuple[int, int], sigma: float, rng: np.random.Generator
     """A smooth random field in [0, 1] (min-max scaled), features of about ``sigma`` px."""
     small = tuple(max(4, int(np.ceil(n / sigma)) + 3) for n in shape)
     coarse = ndi.gaussian_filter(rng.normal(size=small), 1.0)
-    field = ndi.zoom(coarse, (shape[0] / small[0], shape[1] / small[1]), order=3)[:shape[0], :shape[1]]
+    field = ndi.zoom(coarse, (shape[0] / small[0], shape[1] / small[1]), order=3)[: shape[0], : shape[1]]
     field = np.pad(field, [(0, shape[0] - field.shape[0]), (0, shape[1] - field.shape[1])], mode="edge")
     return (field - field.min()) / max(float(np.ptp(field)), 1e-12)
 
 
-def _debris(shape: tuple[int, int], spots: int, streaks: int, rng: np.random.Generator,
-            brightness: tuple[float, float]) -> np.ndarray:
+def _debris(
+    shape: tuple[int, int], spots: int, streaks: int, rng: np.random.Generator, brightness: tuple[float, float]
+) -> np.ndarray:
     """Small bright spots and short 1-px streaks, blurred, peak values drawn from ``brightness``."""
     out = np.zeros(shape, np.float32)
     height, width = shape
@@ -102,8 +103,7 @@ def centroids_of(labels: np.ndarray) -> np.ndarray:
     return np.array(ndi.center_of_mass(labels > 0, labels, present)).reshape(-1, 2)
 
 
-def degrade(image: np.ndarray, labels: np.ndarray, radius: float, seed: int,
-            ranges: Ranges = Ranges()) -> Degraded:
+def degrade(image: np.ndarray, labels: np.ndarray, radius: float, seed: int, ranges: Ranges = Ranges()) -> Degraded:
     """Degrade a 2D image with labelled nuclei (see module docstring); the same seed, the same result."""
     rng = np.random.default_rng(seed)
     x = np.asarray(image, np.float32)
@@ -117,7 +117,7 @@ def degrade(image: np.ndarray, labels: np.ndarray, radius: float, seed: int,
     side = ranges.max_side
     y0 = int(rng.integers(0, max(1, x.shape[0] - side + 1)))
     x0 = int(rng.integers(0, max(1, x.shape[1] - side + 1)))
-    x, labels = x[y0:y0 + side, x0:x0 + side], labels[y0:y0 + side, x0:x0 + side]
+    x, labels = x[y0 : y0 + side, x0 : x0 + side], labels[y0 : y0 + side, x0 : x0 + side]
     shape = x.shape
     foreground = labels > 0
     background = float(np.median(x[~foreground])) if (~foreground).any() else 0.0
@@ -148,6 +148,15 @@ def degrade(image: np.ndarray, labels: np.ndarray, radius: float, seed: int,
     read_noise = rng.uniform(*ranges.read_noise)
     level = background + contrast
     counts = rng.poisson(np.clip(x, 0, None) * (photons / level)) + rng.normal(0.0, read_noise, shape)
-    factors = {"scale": scale, "spread": spread, "vignetting": vignetting, "illumination": illumination,
-               "haze": haze, "debris": spots, "streaks": streaks, "photons": photons, "read_noise": read_noise}
+    factors = {
+        "scale": scale,
+        "spread": spread,
+        "vignetting": vignetting,
+        "illumination": illumination,
+        "haze": haze,
+        "debris": spots,
+        "streaks": streaks,
+        "photons": photons,
+        "read_noise": read_noise,
+    }
     return Degraded(counts.astype(np.float32), labels, centroids_of(labels), radius * scale, factors)

@@ -81,8 +81,9 @@ class Row:
     f1_shared: float = float("nan")
 
 
-def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, stacks: int = 1,
-                    modalities: Sequence[str] | None = None) -> list[EvalImage]:
+def synthetic_items(
+    n_per_modality: int = 4, size: int = 256, seed: int = 0, stacks: int = 1, modalities: Sequence[str] | None = None
+) -> list[EvalImage]:
     """The built-in seeded suite: 2D images of each modality plus 3D stacks evaluated per plane.
 
     ``modalities`` defaults to ``nunet.synth.MODALITIES``; an unknown name is a NUNetError.
@@ -95,8 +96,19 @@ def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, sta
         suite = synth_suite(n_per_modality, (size, size), seed, tuple(modalities or MODALITIES))
     except ValueError as exc:  # an unknown modality
         raise NUNetError(str(exc)) from None
-    items = [EvalImage(s.modality, f"{s.modality}-{i}", s.image, s.labels > 0, s.centroids, s.radius,
-                       PRESETS[s.modality].dark_blobs, "synthetic") for i, s in enumerate(suite)]
+    items = [
+        EvalImage(
+            s.modality,
+            f"{s.modality}-{i}",
+            s.image,
+            s.labels > 0,
+            s.centroids,
+            s.radius,
+            PRESETS[s.modality].dark_blobs,
+            "synthetic",
+        )
+        for i, s in enumerate(suite)
+    ]
     for k in range(stacks):
         stack = synth_image("sparse", (8, size // 2, size // 2), seed=evaluation_seed(seed * 1000 + 900 + k))
         for z in range(0, stack.image.shape[0], 2):
@@ -105,8 +117,17 @@ def synthetic_items(n_per_modality: int = 4, size: int = 256, seed: int = 0, sta
             if not present:
                 continue
             centroids = np.array(ndi.center_of_mass(plane > 0, plane, present)).reshape(-1, 2)
-            items.append(EvalImage("sparse-3d", f"stack{k}-z{z}", stack.image[z], plane > 0, centroids,
-                                   stack.radius, family="synthetic"))
+            items.append(
+                EvalImage(
+                    "sparse-3d",
+                    f"stack{k}-z{z}",
+                    stack.image[z],
+                    plane > 0,
+                    centroids,
+                    stack.radius,
+                    family="synthetic",
+                )
+            )
     return items
 
 
@@ -124,10 +145,22 @@ def degraded_synthetic_items(n_per_modality: int = 3, size: int = 256, seed: int
         for i in range(n_per_modality):
             s = synth_image(modality, (size, size), seed=evaluation_seed(seed * 1000 + 500 + 10 * i + k))
             source = s.image.max() - s.image if dark else s.image
-            d = degrade(source, s.labels, s.radius, evaluation_seed(seed * 1000 + 700 + 10 * i + k), Ranges(max_side=size))
+            d = degrade(
+                source, s.labels, s.radius, evaluation_seed(seed * 1000 + 700 + 10 * i + k), Ranges(max_side=size)
+            )
             image = d.image.max() - d.image if dark else d.image
-            items.append(EvalImage(f"{modality}-degraded", f"{modality}-degraded-{i}", image, d.labels > 0,
-                                   d.centroids, d.radius, dark, "synthetic-degraded"))
+            items.append(
+                EvalImage(
+                    f"{modality}-degraded",
+                    f"{modality}-degraded-{i}",
+                    image,
+                    d.labels > 0,
+                    d.centroids,
+                    d.radius,
+                    dark,
+                    "synthetic-degraded",
+                )
+            )
     return items
 
 
@@ -142,20 +175,30 @@ def real_items(real, degraded_2d: int = 8, degraded_planes: int = 10, seed: int 
     from nunet.synth import evaluation_seed
 
     def item(dataset: str, name: str, image, labels, radius: float, family: str) -> EvalImage:
-        return EvalImage(dataset, name, np.asarray(image, np.float32), labels > 0, centroids_of(labels), radius,
-                         family=family)
+        return EvalImage(
+            dataset, name, np.asarray(image, np.float32), labels > 0, centroids_of(labels), radius, family=family
+        )
 
     half = real.image2d.reshape(real.image2d.shape[0] // 2, 2, -1, 2).mean(axis=(1, 3))
-    items = [item("dsb2018", "dsb2018", real.image2d, real.labels2d, 12.0, "real"),
-             item("dsb2018-half", "dsb2018-half", half, real.labels2d[::2, ::2], 6.0, "real")]
+    items = [
+        item("dsb2018", "dsb2018", real.image2d, real.labels2d, 12.0, "real"),
+        item("dsb2018-half", "dsb2018-half", half, real.labels2d[::2, ::2], 6.0, "real"),
+    ]
     planes = [z for z in range(len(real.stack)) if real.labels3d[z].any()]
     items += [item("stardist-3d", f"z{z:02d}", real.stack[z], real.labels3d[z], 7.0, "real") for z in planes]
     for i in range(degraded_2d):
-        d = degrade(real.image2d, real.labels2d, 12.0, evaluation_seed(seed * 1000 + 800 + i),
-                    Ranges(scale=(0.5, 1.5), max_side=384))
+        d = degrade(
+            real.image2d,
+            real.labels2d,
+            12.0,
+            evaluation_seed(seed * 1000 + 800 + i),
+            Ranges(scale=(0.5, 1.5), max_side=384),
+        )
         items.append(item("dsb2018-degraded", f"dsb2018-degraded-{i}", d.image, d.labels, d.radius, "real-degraded"))
     for j, z in enumerate(planes[:: max(1, len(planes) // degraded_planes)][:degraded_planes]):
-        d = degrade(real.stack[z], real.labels3d[z], 7.0, evaluation_seed(seed * 1000 + 850 + j), Ranges(scale=(0.7, 2.0)))
+        d = degrade(
+            real.stack[z], real.labels3d[z], 7.0, evaluation_seed(seed * 1000 + 850 + j), Ranges(scale=(0.7, 2.0))
+        )
         items.append(item("stardist-3d-degraded", f"z{z:02d}-degraded", d.image, d.labels, d.radius, "real-degraded"))
     return items
 
@@ -172,8 +215,9 @@ def suite_items(suite: str, real_data: str | Path | None = None, seed: int = 0) 
     raise NUNetError(f"unknown suite '{suite}'; use one of {', '.join(SUITES)}")
 
 
-def folder_items(images: Path, masks: Path | None, radius: float, invert: bool = False,
-                 centroids: Path | None = None) -> list[EvalImage]:
+def folder_items(
+    images: Path, masks: Path | None, radius: float, invert: bool = False, centroids: Path | None = None
+) -> list[EvalImage]:
     """Images of a folder paired by file stem with masks/label images and/or centroid CSVs.
 
     A mask or label image (label > 0 is foreground) gives the contrast mask and the centroids
@@ -246,8 +290,12 @@ def filtered(item: EvalImage, method: str, models: dict) -> np.ndarray:
     return enhance(source, models[method], axes="YX")
 
 
-def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds: Sequence[float] = THRESHOLDS,
-             fixed_threshold: float = FIXED_THRESHOLD) -> tuple[list[Row], dict]:
+def evaluate(
+    items: Sequence[EvalImage],
+    models: Sequence[str] = (),
+    thresholds: Sequence[float] = THRESHOLDS,
+    fixed_threshold: float = FIXED_THRESHOLD,
+) -> tuple[list[Row], dict]:
     """Run every method on every item; return the per-image rows and the filtered images.
 
     Returns
@@ -275,22 +323,32 @@ def evaluate(items: Sequence[EvalImage], models: Sequence[str] = (), thresholds:
         nan = float("nan")
         before = metrics.contrast_ratio(outputs[(item.dataset, item.name, "raw")], item.mask) if has_mask else nan
         for m in methods:
-            after = (metrics.contrast_ratio(outputs[(item.dataset, item.name, m)], item.mask)
-                     if has_mask and m != CEILING else nan)
-            rows[(item.dataset, item.name, m)] = Row(item.family, item.dataset, item.name, m, before, after,
-                                                     after - before, after / before)
+            after = (
+                metrics.contrast_ratio(outputs[(item.dataset, item.name, m)], item.mask)
+                if has_mask and m != CEILING
+                else nan
+            )
+            rows[(item.dataset, item.name, m)] = Row(
+                item.family, item.dataset, item.name, m, before, after, after - before, after / before
+            )
     lowest = min(min(thresholds), fixed_threshold)
     for m in [*DETECTION_METHODS, *loaded, *ceiling]:
         # f1[dataset][k, j]: image k of the dataset at thresholds[j]
         f1, candidates = {}, {}
         for dataset, group in groups.items():
-            candidates[dataset] = [metrics.BlobCandidates.of(outputs[(i.dataset, i.name, m)], i.radius, lowest)
-                                   for i in group]
-            f1[dataset] = np.array([[metrics.match(c.detect(t), i.centroids, i.radius).f1 for t in thresholds]
-                                    for c, i in zip(candidates[dataset], group)])
+            candidates[dataset] = [
+                metrics.BlobCandidates.of(outputs[(i.dataset, i.name, m)], i.radius, lowest) for i in group
+            ]
+            f1[dataset] = np.array(
+                [
+                    [metrics.match(c.detect(t), i.centroids, i.radius).f1 for t in thresholds]
+                    for c, i in zip(candidates[dataset], group)
+                ]
+            )
             for item, c in zip(group, candidates[dataset]):
                 rows[(item.dataset, item.name, m)].f1_fixed = metrics.match(
-                    c.detect(fixed_threshold), item.centroids, item.radius).f1
+                    c.detect(fixed_threshold), item.centroids, item.radius
+                ).f1
         shared = int(np.argmax(np.mean([scores.mean(axis=0) for scores in f1.values()], axis=0)))
         for dataset, group in groups.items():
             best = int(np.argmax(f1[dataset].mean(axis=0)))
@@ -311,8 +369,7 @@ def tune_dog(group: Sequence[EvalImage], thresholds: Sequence[float]) -> tuple[f
     best: tuple[float, float, list[np.ndarray]] | None = None
     for scale in DOG_SCALES:
         images = [metrics.dog(_source(i), i.radius * scale) for i in group]
-        _, score = metrics.best_threshold(images, [i.centroids for i in group], [i.radius for i in group],
-                                          thresholds)
+        _, score = metrics.best_threshold(images, [i.centroids for i in group], [i.radius for i in group], thresholds)
         if best is None or score > best[0]:
             best = (score, scale, images)
     return best[1], best[2]
@@ -335,9 +392,17 @@ def summarise(rows: Sequence[Row]) -> list[dict]:
                 means = [float(np.mean([v for v in vs if np.isfinite(v)])) for vs in values if any(np.isfinite(vs))]
                 return (float(np.mean(means)), float(np.std(means))) if means else (float("nan"), float("nan"))
 
-            summary.append({"family": family, "method": method, "gain": stat("gain"), "fold": stat("fold"),
-                            "f1_fixed": stat("f1_fixed"), "f1_best": stat("f1_best"),
-                            "f1_shared": stat("f1_shared")})
+            summary.append(
+                {
+                    "family": family,
+                    "method": method,
+                    "gain": stat("gain"),
+                    "fold": stat("fold"),
+                    "f1_fixed": stat("f1_fixed"),
+                    "f1_best": stat("f1_best"),
+                    "f1_shared": stat("f1_shared"),
+                }
+            )
     return summary
 
 
@@ -351,11 +416,26 @@ def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> li
         writer.writerows(asdict(r) for r in rows)
     with table.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["family", "method", "gain_mean", "gain_std", "fold_mean", "fold_std", "f1_fixed_mean",
-                         "f1_fixed_std", "f1_best_mean", "f1_best_std", "f1_shared_mean", "f1_shared_std"])
+        writer.writerow(
+            [
+                "family",
+                "method",
+                "gain_mean",
+                "gain_std",
+                "fold_mean",
+                "fold_std",
+                "f1_fixed_mean",
+                "f1_fixed_std",
+                "f1_best_mean",
+                "f1_best_std",
+                "f1_shared_mean",
+                "f1_shared_std",
+            ]
+        )
         for s in summary:
-            writer.writerow([s["family"], s["method"], *s["gain"], *s["fold"], *s["f1_fixed"], *s["f1_best"],
-                             *s["f1_shared"]])
+            writer.writerow(
+                [s["family"], s["method"], *s["gain"], *s["fold"], *s["f1_fixed"], *s["f1_best"], *s["f1_shared"]]
+            )
     return [results, table]
 
 
@@ -373,8 +453,7 @@ def write_figures(items: Sequence[EvalImage], rows: Sequence[Row], outputs: dict
     threshold = {(r.dataset, r.method): r.threshold for r in rows}
     paths = []
 
-    fig, axes = plt.subplots(len(firsts), len(detection), figsize=(3 * len(detection), 3 * len(firsts)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(firsts), len(detection), figsize=(3 * len(detection), 3 * len(firsts)), squeeze=False)
     for row_axes, item in zip(axes, firsts):
         for ax, method in zip(row_axes, detection):
             image = outputs[(item.dataset, item.name, method)]

@@ -71,8 +71,11 @@ def _ensure_installed(root: Path) -> Path:
     from nunet.fiji_install import PLUGIN_DIR, install
 
     config = root / PLUGIN_DIR / "nunet.properties"
-    current = config.is_file() and f"nunet_version={__version__}\n" in config.read_text(encoding="utf-8") \
+    current = (
+        config.is_file()
+        and f"nunet_version={__version__}\n" in config.read_text(encoding="utf-8")
         and f"python={sys.executable}\n" in config.read_text(encoding="utf-8")
+    )
     if not current:
         root.mkdir(parents=True, exist_ok=True)
         install(root)
@@ -122,6 +125,7 @@ def _stop_imagej_threads() -> None:
 
 # ---- conversions ----------------------------------------------------------------------
 
+
 def from_imageplus(imp: Any) -> Image:
     """An ImagePlus (8/16/32-bit, RGB, hyperstack) as an :class:`~nunet.io.Image`.
 
@@ -161,9 +165,14 @@ def _calibration(cal: Any) -> Calibration:
     unit = str(cal.getUnit())
     time_unit = str(cal.getTimeUnit())
     interval = float(cal.frameInterval) if cal.frameInterval else None
-    return Calibration(float(cal.pixelWidth), float(cal.pixelHeight),
-                       None if unit in ("pixel", "pixels", "") else unit, float(cal.pixelDepth),
-                       interval, time_unit if interval is not None and time_unit else None)
+    return Calibration(
+        float(cal.pixelWidth),
+        float(cal.pixelHeight),
+        None if unit in ("pixel", "pixels", "") else unit,
+        float(cal.pixelDepth),
+        interval,
+        time_unit if interval is not None and time_unit else None,
+    )
 
 
 def to_imageplus(image: Image, title: str = "image") -> Any:
@@ -222,9 +231,16 @@ def _set_calibration(imp: Any, cal: Calibration) -> None:
 
 # ---- filtering ------------------------------------------------------------------------
 
-def filter_imageplus(imp: Any, model: str = DEFAULT_MODEL, *, w: float | None = None,
-                     channel: int | Sequence[int] | None = None, dtype: str = "float32",
-                     **options: Any) -> Any:
+
+def filter_imageplus(
+    imp: Any,
+    model: str = DEFAULT_MODEL,
+    *,
+    w: float | None = None,
+    channel: int | Sequence[int] | None = None,
+    dtype: str = "float32",
+    **options: Any,
+) -> Any:
     """Filter an ImagePlus; return a new ImagePlus "NU-Net of <title>".
 
     Same frames, slices and calibration (time-lapses stay frames). ``channel`` is 0-based
@@ -248,7 +264,7 @@ def register() -> None:
     The plugin finds the function under the system property ``nunet.filter`` and sends the
     selected planes (float arrays) with the dialog's options; no worker process is started.
     """
-    from jpype import JArray, JFloat, JImplements, JOverride, JClass
+    from jpype import JArray, JClass, JFloat, JImplements, JOverride
 
     from nunet.inference import filter_planes
     from nunet.settings import SETTING_NAMES, FilterSettings
@@ -259,8 +275,9 @@ def register() -> None:
         def apply(self, request):
             planes = [np.asarray(p) for p in request.get("planes")]
             width, height = int(request.get("width")), int(request.get("height"))
-            settings = FilterSettings.from_text({key: str(request.get(key)) for key in SETTING_NAMES
-                                                 if request.get(key) is not None}).resolved()  # Jython's True: 1
+            settings = FilterSettings.from_text(
+                {key: str(request.get(key)) for key in SETTING_NAMES if request.get(key) is not None}
+            ).resolved()  # Jython's True: 1
             stack = np.stack(planes).reshape((-1, height, width)).astype(np.float32)
             result = JClass("java.util.ArrayList")()
             for plane in filter_planes(stack, settings.model, **settings.plane_kwargs()):
@@ -296,8 +313,10 @@ def run_macro(code: str, arg: str = "") -> str | None:
 
     commands = JClass("ij.Menus").getCommands()
     if "NU-Net Filter" in code and (commands is None or commands.get("NU-Net Filter") is None):
-        raise NUNetError('this ImageJ has no "NU-Net Filter" command: start it with fiji.start() (it installs '
-                         "the plugin in a per-user folder) or fiji.start(FOLDER) after 'nunet fiji install FOLDER'")
+        raise NUNetError(
+            'this ImageJ has no "NU-Net Filter" command: start it with fiji.start() (it installs '
+            "the plugin in a per-user folder) or fiji.start(FOLDER) after 'nunet fiji install FOLDER'"
+        )
     interpreter = JClass("ij.macro.Interpreter")()
     interpreter.setIgnoreErrors(True)
     result = interpreter.run(code, arg)

@@ -65,7 +65,9 @@ def install(root: Path, python: str = sys.executable, jython_jar: Path = DEFAULT
         f"nunet_version={__version__}\n"
         f"installed={datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
         "# seconds: worker start-up, and one filter call\n"
-        "startup_timeout=300\ntimeout=3600\n", encoding="utf-8")
+        "startup_timeout=300\ntimeout=3600\n",
+        encoding="utf-8",
+    )
     written.append(config)
     for example in sorted(resource_dir("macros").iterdir()):
         if example.suffix in (".ijm", ".py"):
@@ -105,16 +107,19 @@ def _install_jython_shim(root: Path, jython_jar: Path) -> list[Path]:
     """Compile the ``Jython`` plugin class against the ImageJ jar and jython.jar; install both."""
     ij_jar = next((p for p in (root / "ij.jar", Path("/usr/share/java/ij.jar")) if p.is_file()), None)
     if ij_jar is None or not jython_jar.is_file() or shutil.which("javac") is None:
-        raise NUNetError(f"{root} is a plain ImageJ: running the .py plugin needs Jython there. Needed: ij.jar, "
-                         f"{jython_jar} (--jython-jar) and javac (a JDK); or install into a Fiji.app")
+        raise NUNetError(
+            f"{root} is a plain ImageJ: running the .py plugin needs Jython there. Needed: ij.jar, "
+            f"{jython_jar} (--jython-jar) and javac (a JDK); or install into a Fiji.app"
+        )
     jars = root / "plugins" / "jars"
     jars.mkdir(parents=True, exist_ok=True)
     source = resource_dir("fiji") / "imagej1" / "Jython.java"
     with tempfile.TemporaryDirectory() as build:
         classpath = f"{ij_jar}:{jython_jar}"
-        for command in (["javac", "--release", "8", "-cp", classpath, "-d", build,
-                         str(source)],
-                        ["jar", "cf", str(jars / "nunet-jython-shim.jar"), "-C", build, "Jython.class"]):
+        for command in (
+            ["javac", "--release", "8", "-cp", classpath, "-d", build, str(source)],
+            ["jar", "cf", str(jars / "nunet-jython-shim.jar"), "-C", build, "Jython.class"],
+        ):
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 raise NUNetError(f"cannot build the ImageJ 1 Jython shim: {done.stderr.strip().splitlines()[-1:]}")

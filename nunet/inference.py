@@ -30,8 +30,18 @@ import numpy as np
 from nunet.autotune import DEFAULT_TUNER, default_batch_size
 from nunet.errors import ImageValueError, ModelError
 from nunet.io import Image, check_axes, guess_axes, with_data
-from nunet.preprocess import (PERCENTILES, crop_plane, invert_normalised, normalise_plane, normalise_planes_torch,
-                              pad_plane, padded_shape, select_channels, to_grey, to_unit_range)
+from nunet.preprocess import (
+    PERCENTILES,
+    crop_plane,
+    invert_normalised,
+    normalise_plane,
+    normalise_planes_torch,
+    pad_plane,
+    padded_shape,
+    select_channels,
+    to_grey,
+    to_unit_range,
+)
 from nunet.registry import DEFAULT_MODEL
 from nunet.runtime import autocast, num_threads, resolve_device, reuse_freed_memory
 from nunet.runtime import progress as progress_bar
@@ -70,11 +80,20 @@ def get_model(model: "str | os.PathLike | LoadedModel", device: str) -> "LoadedM
     return _cached_model(str(path), path.stat().st_mtime, device)
 
 
-def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
-                 w: float | None = None, channel: int | Sequence[int] | None = None, tile_size: int | None = None,
-                 batch_size: int | None = None, device: str = "auto", precision: str = "fp32",
-                 percentiles: tuple[float, float] = PERCENTILES, invert: bool = False,
-                 progress: bool = False) -> Image:
+def filter_image(
+    image: Image,
+    model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL,
+    *,
+    w: float | None = None,
+    channel: int | Sequence[int] | None = None,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    percentiles: tuple[float, float] = PERCENTILES,
+    invert: bool = False,
+    progress: bool = False,
+) -> Image:
     """Filter every YX plane of an :class:`~nunet.io.Image`; keep its calibration.
 
     Returns
@@ -94,8 +113,18 @@ def filter_image(image: Image, model: "str | os.PathLike | LoadedModel" = DEFAUL
     lead_shape = moved.shape[:-2]
     planes = moved.reshape((-1,) + moved.shape[-2:])
     _check_finite(planes, "".join(axes[i] for i in other), lead_shape)
-    out = filter_planes(planes, model, w=w, tile_size=tile_size, batch_size=batch_size, device=device,
-                        precision=precision, percentiles=percentiles, invert=invert, progress=progress)
+    out = filter_planes(
+        planes,
+        model,
+        w=w,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        percentiles=percentiles,
+        invert=invert,
+        progress=progress,
+    )
     out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
     return with_data(image, out, axes)
 
@@ -111,11 +140,21 @@ def _check_finite(planes: np.ndarray, lead_axes: str, lead_shape: tuple[int, ...
         raise ImageValueError(f"{where}{more}: contains NaN or infinite values")
 
 
-def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
-            w: float | None = None, axes: str | None = None, channel: int | Sequence[int] | None = None,
-            tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
-            precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
-            invert: bool = False, progress: bool = False) -> np.ndarray:
+def enhance(
+    image: "np.ndarray | Image",
+    model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL,
+    *,
+    w: float | None = None,
+    axes: str | None = None,
+    channel: int | Sequence[int] | None = None,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    percentiles: tuple[float, float] = PERCENTILES,
+    invert: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
     """Filter an image with NU-Net.
 
     Parameters
@@ -166,9 +205,19 @@ def enhance(image: "np.ndarray | Image", model: "str | os.PathLike | LoadedModel
         if np.iscomplexobj(data) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
             raise TypeError(f"unsupported image dtype {data.dtype}")
         img = Image(data, check_axes(axes, data.shape, "image") if axes else guess_axes(data.shape))
-    return filter_image(img, model, w=w, channel=channel, tile_size=tile_size, batch_size=batch_size,
-                        device=device, precision=precision, percentiles=percentiles, invert=invert,
-                        progress=progress).data
+    return filter_image(
+        img,
+        model,
+        w=w,
+        channel=channel,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        percentiles=percentiles,
+        invert=invert,
+        progress=progress,
+    ).data
 
 
 def blend_weights(w: float, available: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -202,8 +251,9 @@ def blend_weights(w: float, available: Sequence[tuple[str, float]]) -> list[tupl
     return [(lo_name, 1.0 - t), (hi_name, t)]
 
 
-def filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *,
-                  w: float | None = None, **options) -> np.ndarray:
+def filter_planes(
+    planes: np.ndarray, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *, w: float | None = None, **options
+) -> np.ndarray:
     """Filter a stack of planes ``(P, H, W)``; return float32 ``(P, H, W)`` in [0, 1].
 
     With ``w``, ``model`` is ignored: the output blends the two registered models whose w
@@ -220,10 +270,18 @@ def filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel" =
     return out
 
 
-def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel", *,
-                   tile_size: int | None = None, batch_size: int | None = None, device: str = "auto",
-                   precision: str = "fp32", percentiles: tuple[float, float] = PERCENTILES,
-                   invert: bool = False, progress: bool = False) -> np.ndarray:
+def _filter_planes(
+    planes: np.ndarray,
+    model: "str | os.PathLike | LoadedModel",
+    *,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    percentiles: tuple[float, float] = PERCENTILES,
+    invert: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
     import torch
 
     if precision not in PRECISIONS:
@@ -255,8 +313,12 @@ def _filter_planes(planes: np.ndarray, model: "str | os.PathLike | LoadedModel",
     if tiled:
         from nunet.tiling import TILED_PASSES
     steps = TILED_PASSES if tiled else 1  # a tiled plane reports each of its passes
-    with progress_bar(progress, count * steps, "passes" if tiled else "planes") as advance, \
-            num_threads(threads), torch.inference_mode(), autocast(device, precision):
+    with (
+        progress_bar(progress, count * steps, "passes" if tiled else "planes") as advance,
+        num_threads(threads),
+        torch.inference_mode(),
+        autocast(device, precision),
+    ):
         for start in range(0, count, batch_size):
             stop = min(count, start + batch_size)
             x = _prepare(planes[start:stop], percentiles, invert, device)
@@ -289,8 +351,7 @@ def _prepare(planes: np.ndarray, percentiles: tuple[float, float], invert: bool,
     return torch.from_numpy(batch[:, None]).to(device)
 
 
-def _prepare_torch(planes: np.ndarray, percentiles: tuple[float, float], invert: bool,
-                   device: str) -> "torch.Tensor":
+def _prepare_torch(planes: np.ndarray, percentiles: tuple[float, float], invert: bool, device: str) -> "torch.Tensor":
     """:func:`_prepare`'s NumPy steps (normalise, invert, reflect-pad) done by torch on ``device``."""
     import torch
 
@@ -311,8 +372,9 @@ def _tiling(height: int, width: int, tile_size: int | None, device: str) -> tupl
     return tile_size > 0 and max(height, width) > tile_size, tile_size
 
 
-def _tiled(module: "torch.nn.Module", x: "torch.Tensor", tile_size: int,
-           on_pass: "Callable[[], None] | None" = None) -> "torch.Tensor":
+def _tiled(
+    module: "torch.nn.Module", x: "torch.Tensor", tile_size: int, on_pass: "Callable[[], None] | None" = None
+) -> "torch.Tensor":
     from nunet.tiling import tiled_forward
 
     try:

@@ -61,8 +61,9 @@ def check_axes(axes: str, shape: tuple[int, ...], source: str = "image") -> str:
     """
     axes = axes.upper()
     if len(axes) != len(shape):
-        raise AxesError(f"{source}: axes '{axes}' has {len(axes)} letters but the data has "
-                        f"{len(shape)} dimensions {tuple(shape)}")
+        raise AxesError(
+            f"{source}: axes '{axes}' has {len(axes)} letters but the data has {len(shape)} dimensions {tuple(shape)}"
+        )
     unknown = sorted(set(axes) - set(IMAGEJ_ORDER))
     if unknown:
         raise AxesError(f"{source}: unknown axis letter(s) {''.join(unknown)} in '{axes}' (use T, Z, C, Y, X, S)")
@@ -132,16 +133,20 @@ def _tiff_calibration(tif) -> Calibration:
     if tif.is_imagej:
         meta = tif.imagej_metadata or {}
         unit = meta.get("unit", unit)
-        return Calibration(width, height, unit, _float(meta.get("spacing")),
-                           _float(meta.get("finterval")), meta.get("tunit"))
+        return Calibration(
+            width, height, unit, _float(meta.get("spacing")), _float(meta.get("finterval")), meta.get("tunit")
+        )
     if tif.is_ome and tif.ome_metadata:
         pixels = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
         pixels = (pixels[0] if isinstance(pixels, list) else pixels).get("Pixels", {})
         return Calibration(
-            float(pixels.get("PhysicalSizeX", 1.0)), float(pixels.get("PhysicalSizeY", 1.0)),
+            float(pixels.get("PhysicalSizeX", 1.0)),
+            float(pixels.get("PhysicalSizeY", 1.0)),
             pixels.get("PhysicalSizeXUnit", "µm") if "PhysicalSizeX" in pixels else None,
-            _float(pixels.get("PhysicalSizeZ")), _float(pixels.get("TimeIncrement")),
-            pixels.get("TimeIncrementUnit") if "TimeIncrement" in pixels else None)
+            _float(pixels.get("PhysicalSizeZ")),
+            _float(pixels.get("TimeIncrement")),
+            pixels.get("TimeIncrementUnit") if "TimeIncrement" in pixels else None,
+        )
     if unit is None:
         width = height = 1.0  # dots per inch of a plain TIFF is not a microscope calibration
     return Calibration(width, height, unit)
@@ -281,8 +286,14 @@ def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = Fals
         metadata.update(min=0.0, max=1.0)
     try:
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, data, imagej=True, metadata=metadata, software=SOFTWARE,
-                             resolution=(1.0 / cal.pixel_width, 1.0 / cal.pixel_height))
+            tifffile.imwrite(
+                tmp,
+                data,
+                imagej=True,
+                metadata=metadata,
+                software=SOFTWARE,
+                resolution=(1.0 / cal.pixel_width, 1.0 / cal.pixel_height),
+            )
     except OSError as exc:
         raise ImageWriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     return path

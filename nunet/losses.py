@@ -57,7 +57,7 @@ class TargetGrams:
         """Grams of ``masks`` (S, 1, H, W) with values 0/255 through ``backbone``."""
         per_tap: list[list[torch.Tensor]] = []
         for start in range(0, len(masks), chunk):
-            for i, features in enumerate(backbone(masks[start:start + chunk])):
+            for i, features in enumerate(backbone(masks[start : start + chunk])):
                 if len(per_tap) <= i:
                     per_tap.append([])
                 per_tap[i].append(gram(features))
@@ -67,8 +67,9 @@ class TargetGrams:
         return len(self.grams[0])
 
 
-def morphological_loss(output_features: list[torch.Tensor], targets: TargetGrams,
-                       index: torch.Tensor | None = None) -> torch.Tensor:
+def morphological_loss(
+    output_features: list[torch.Tensor], targets: TargetGrams, index: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over the output batch and the selected targets of the Gram MSE, summed over taps.
 
     Parameters
@@ -83,8 +84,8 @@ def morphological_loss(output_features: list[torch.Tensor], targets: TargetGrams
     total = output_features[0].new_zeros(())
     for features, bank in zip(output_features, targets.grams):
         chosen = bank if index is None else bank[index]
-        g = gram(features)                                  # (N, C, C)
-        mean_target = chosen.mean(dim=0)                    # (C, C)
+        g = gram(features)  # (N, C, C)
+        mean_target = chosen.mean(dim=0)  # (C, C)
         target_sq = (chosen * chosen).sum(dim=(1, 2)).mean()
         per_output = (g * g).sum(dim=(1, 2)) - 2 * (g * mean_target).sum(dim=(1, 2)) + target_sq
         total = total + per_output.mean() / (g.shape[1] * g.shape[2])

@@ -5,9 +5,9 @@ CR_after - CR_before and the fold change CR_after / CR_before. Every filtered im
 compared in [0, 1]: NU-Net's output as it is; log LUT, Gaussian and median after the paper's
 percentile stretch (2% -> 0, 99.8% -> 1, clipped); the DoG with its negative part clipped to 0
 (as an 8-bit DoG pipeline does) and scaled by its 99.8 percentile; the raw image after a
-min-max stretch (CR of the raw image does not depend on a gain, only on the offset it keeps). Deviation: a background mean
-below 1/255 is taken as 1/255 (one grey level), so that a filter zeroing the background gives
-a large but finite CR.
+min-max stretch (CR of the raw image does not depend on a gain, only on the offset it keeps).
+Deviation: a background mean below 1/255 is taken as 1/255 (one grey level), so that a filter
+zeroing the background gives a large but finite CR.
 
 Detection (paper Sec. 3.3): scikit-image ``blob_log`` with sigmas from the expected radius;
 detections matched one-to-one to ground-truth centroids within a radius by optimal
@@ -110,8 +110,8 @@ class BlobCandidates:
     prunes them as ``blob_log`` does: the same detections, without recomputing the cube.
     """
 
-    maxima: np.ndarray   # (M, 3) y, x, sigma, sorted by decreasing response
-    values: np.ndarray   # (M,) LoG response of each maximum
+    maxima: np.ndarray  # (M, 3) y, x, sigma, sorted by decreasing response
+    values: np.ndarray  # (M,) LoG response of each maximum
 
     @classmethod
     def of(cls, image: np.ndarray, radius: float, lowest: float) -> "BlobCandidates":
@@ -123,11 +123,15 @@ class BlobCandidates:
         cube = np.empty(image.shape + (len(sigmas),), dtype=np.float32)
         for i, s in enumerate(sigmas):
             cube[..., i] = -ndi.gaussian_laplace(image, s) * s**2
-        peaks = peak_local_max(cube, threshold_abs=lowest, threshold_rel=None, exclude_border=False,
-                               footprint=np.ones((3, 3, 3)))
+        peaks = peak_local_max(
+            cube, threshold_abs=lowest, threshold_rel=None, exclude_border=False, footprint=np.ones((3, 3, 3))
+        )
         values = cube[tuple(peaks.T)] if len(peaks) else np.zeros(0, np.float32)
-        maxima = np.hstack([peaks[:, :2].astype(np.float32), sigmas[peaks[:, 2]][:, None]]) if len(peaks) \
+        maxima = (
+            np.hstack([peaks[:, :2].astype(np.float32), sigmas[peaks[:, 2]][:, None]])
+            if len(peaks)
             else np.zeros((0, 3), np.float32)
+        )
         return cls(maxima, values)
 
     def detect(self, threshold: float) -> np.ndarray:
@@ -179,15 +183,21 @@ def match(detections: np.ndarray, truth: np.ndarray, max_distance: float) -> Mat
     return Matching(tp, len(detections) - tp, len(truth) - tp)
 
 
-def best_threshold(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], radius: float | Sequence[float],
-                   thresholds: Sequence[float]) -> tuple[float, float]:
+def best_threshold(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    radius: float | Sequence[float],
+    thresholds: Sequence[float],
+) -> tuple[float, float]:
     """The blob_log threshold with the highest mean F1 over a condition's images: (threshold, F1).
 
     ``radius`` is the expected nucleus radius, one for all images or one per image.
     """
     radii = [radius] * len(images) if np.isscalar(radius) else list(radius)
     candidates = [BlobCandidates.of(im, r, min(thresholds)) for im, r in zip(images, radii)]
-    scores = [float(np.mean([match(c.detect(t), gt, r).f1 for c, gt, r in zip(candidates, truths, radii)]))
-              for t in thresholds]
+    scores = [
+        float(np.mean([match(c.detect(t), gt, r).f1 for c, gt, r in zip(candidates, truths, radii)]))
+        for t in thresholds
+    ]
     best = int(np.argmax(scores))
     return float(thresholds[best]), scores[best]

@@ -86,15 +86,19 @@ def upsample_conv3x3(padded: torch.Tensor, weight: torch.Tensor, bias: Optional[
         interleaved into the output.
     """
     n, h, w = padded.shape[0], padded.shape[-2] - 2, padded.shape[-1] - 2
-    rows = [torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
-            torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2)]
+    rows = [
+        torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
+        torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2),
+    ]
     phases: list[torch.Tensor] = []
     for a in range(2):
         r = rows[a]
-        columns = [torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3),
-                   torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3)]
+        columns = [
+            torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3),
+            torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3),
+        ]
         for b in range(2):
-            phases.append(nn.functional.conv2d(padded[:, :, a:a + h + 1, b:b + w + 1], columns[b], bias))
+            phases.append(nn.functional.conv2d(padded[:, :, a : a + h + 1, b : b + w + 1], columns[b], bias))
     out = torch.empty((n, phases[0].shape[1], h, 2, w, 2), dtype=phases[0].dtype, device=padded.device)
     for a in range(2):
         for b in range(2):
@@ -117,7 +121,7 @@ def single_output_conv(padded: torch.Tensor, weight: torch.Tensor, bias: Optiona
     if bias is not None:
         out += bias.float()
     for r in range(k):
-        out += rows[:, r, r:r + h]
+        out += rows[:, r, r : r + h]
     return out[:, None]
 
 

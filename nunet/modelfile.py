@@ -80,8 +80,9 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def save_model(module: "torch.nn.Module", path: str | os.PathLike, *, name: str, w: float | None,
-               **metadata: Any) -> Path:
+def save_model(
+    module: "torch.nn.Module", path: str | os.PathLike, *, name: str, w: float | None, **metadata: Any
+) -> Path:
     """Script ``module`` with ``torch.jit.script`` and save it with its metadata.
 
     Parameters

@@ -25,8 +25,10 @@ from nunet.errors import NUNetError
 WHEEL_REQUIREMENT = "stardist==0.9.2"
 NAMES = ("img2d", "mask2d", "img3d", "mask3d")
 MEMBER = "stardist/data/images/{}.tif"
-HOW_TO_GET = (f"install the stardist package's data with 'pip install --no-deps {WHEEL_REQUIREMENT}' or pass its "
-              f"wheel ('pip download --no-deps {WHEEL_REQUIREMENT}') or a folder of {', '.join(NAMES)}.tif")
+HOW_TO_GET = (
+    f"install the stardist package's data with 'pip install --no-deps {WHEEL_REQUIREMENT}' or pass its "
+    f"wheel ('pip download --no-deps {WHEEL_REQUIREMENT}') or a folder of {', '.join(NAMES)}.tif"
+)
 
 
 @dataclass(frozen=True)
@@ -66,5 +68,10 @@ def load_real_images(path: str | Path | None = None) -> RealImages:
             arrays = {n: tifffile.imread(source / f"{n}.tif") for n in NAMES}
     except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
         raise NUNetError(f"{source}: not the stardist wheel or a folder of {', '.join(NAMES)}.tif ({exc})") from None
-    return RealImages(arrays["img2d"].astype(np.float32), arrays["mask2d"].astype(np.int32),
-                      arrays["img3d"].astype(np.float32), arrays["mask3d"].astype(np.int32), str(source))
+    return RealImages(
+        arrays["img2d"].astype(np.float32),
+        arrays["mask2d"].astype(np.int32),
+        arrays["img3d"].astype(np.float32),
+        arrays["mask3d"].astype(np.int32),
+        str(source),
+    )

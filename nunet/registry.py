@@ -113,8 +113,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     raise ModelError(f"unknown model '{text}'; available: {available}")
 
 
-def load_model(name_or_path: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL,
-               device: str = "cpu") -> "LoadedModel":
+def load_model(name_or_path: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, device: str = "cpu") -> "LoadedModel":
     """Load a model by registered name or TorchScript path.
 
     Parameters

@@ -85,8 +85,13 @@ class FilterSettings:
     def from_text(cls, values: dict[str, str]) -> "FilterSettings":
         """Settings from option names and text values (a Java map, a macro): each value is cast to
         its option's type; ``true``/``1`` are true for flags; a bad value is a UsageError."""
-        casts = {"w": float, "tile_size": int, "batch_size": int, "invert": lambda t: t.lower() in ("true", "1"),
-                 "channel": lambda t: tuple(int(v) for v in t.split(",")) if "," in t else int(t)}
+        casts = {
+            "w": float,
+            "tile_size": int,
+            "batch_size": int,
+            "invert": lambda t: t.lower() in ("true", "1"),
+            "channel": lambda t: tuple(int(v) for v in t.split(",")) if "," in t else int(t),
+        }
         try:
             return cls.from_mapping({k: casts.get(k, str)(str(v)) for k, v in values.items()})
         except ValueError as exc:

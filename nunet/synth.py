@@ -33,16 +33,16 @@ MODALITIES = ("sparse", "dense", "thg", "low_snr", "uneven")
 class Modality:
     """Parameters of one kind of synthetic image."""
 
-    radius: tuple[float, float]      # nucleus semi-axis range (px)
-    density: float                   # fraction of the area covered by nuclei
-    aspect: tuple[float, float]      # ratio of the two semi-axes
-    photons: float                   # expected photons at the brightest nucleus
-    read_noise: float                # Gaussian noise, in photons
-    background: float                # background level relative to nuclei (0..1)
-    texture: float                   # amplitude of background texture (relative)
-    gradient: float                  # illumination falloff across the field (0: flat)
-    dark_blobs: bool = False         # nuclei darker than the background
-    fibres: float = 0.0              # bright fibres per 256x256 area forming the background (0: none)
+    radius: tuple[float, float]  # nucleus semi-axis range (px)
+    density: float  # fraction of the area covered by nuclei
+    aspect: tuple[float, float]  # ratio of the two semi-axes
+    photons: float  # expected photons at the brightest nucleus
+    read_noise: float  # Gaussian noise, in photons
+    background: float  # background level relative to nuclei (0..1)
+    texture: float  # amplitude of background texture (relative)
+    gradient: float  # illumination falloff across the field (0: flat)
+    dark_blobs: bool = False  # nuclei darker than the background
+    fibres: float = 0.0  # bright fibres per 256x256 area forming the background (0: none)
 
 
 PRESETS = {
@@ -59,10 +59,10 @@ PRESETS = {
 class SynthImage:
     """A synthetic image and its ground truth."""
 
-    image: np.ndarray        # float32 photon counts, (Y, X) or (Z, Y, X)
-    labels: np.ndarray       # int32 nucleus labels, same shape (0: background)
-    centroids: np.ndarray    # (N, ndim) centroids of the visible nuclei, label order
-    radius: float            # mean nucleus semi-axis (px), for DoG / LoG scales
+    image: np.ndarray  # float32 photon counts, (Y, X) or (Z, Y, X)
+    labels: np.ndarray  # int32 nucleus labels, same shape (0: background)
+    centroids: np.ndarray  # (N, ndim) centroids of the visible nuclei, label order
+    radius: float  # mean nucleus semi-axis (px), for DoG / LoG scales
     modality: str
 
 
@@ -77,11 +77,15 @@ def synth_image(modality: str = "sparse", shape: tuple[int, ...] = (256, 256), s
     nuclei = nuclei * np.clip(texture, 0.3, None)
     if p.fibres:
         strands = fibres(shape, p.fibres, rng)
-        background = (p.background * (0.3 + 0.7 * strands / (strands.mean() + 1e-12))
-                      * np.clip(1.0 + p.texture * _smooth_noise(shape, 12.0, rng), 0.2, None))
+        background = (
+            p.background
+            * (0.3 + 0.7 * strands / (strands.mean() + 1e-12))
+            * np.clip(1.0 + p.texture * _smooth_noise(shape, 12.0, rng), 0.2, None)
+        )
     else:
-        background = p.background * (1.0 + p.texture * _smooth_noise(shape, 3.0, rng)
-                                     + 0.5 * p.texture * _smooth_noise(shape, 12.0, rng))
+        background = p.background * (
+            1.0 + p.texture * _smooth_noise(shape, 3.0, rng) + 0.5 * p.texture * _smooth_noise(shape, 12.0, rng)
+        )
     if p.dark_blobs:
         signal = np.clip(background, 0.05, None) * (1.0 - 0.7 * (labels > 0) * np.clip(texture, 0.5, 1.2))
     else:
@@ -130,8 +134,9 @@ def nuclei_labels(p: Modality, shape: tuple[int, ...], rng: np.random.Generator)
     return labels, brightness
 
 
-def fibres(shape: tuple[int, ...], per_area: float, rng: np.random.Generator,
-           length: tuple[float, float] = (20.0, 120.0)) -> np.ndarray:
+def fibres(
+    shape: tuple[int, ...], per_area: float, rng: np.random.Generator, length: tuple[float, float] = (20.0, 120.0)
+) -> np.ndarray:
     """Bright, gently curving fibres: ``per_area`` per 256x256 pixels of the YX plane (in 3D, for
     the whole stack), each a random path.
 
@@ -175,15 +180,22 @@ def _illumination(shape: tuple[int, ...], gradient: float, rng: np.random.Genera
     return np.broadcast_to(1.0 - gradient * dist, shape)
 
 
-def synth_suite(n_per_modality: int = 4, shape: tuple[int, ...] = (256, 256), seed: int = 0,
-                modalities: tuple[str, ...] = MODALITIES) -> list[SynthImage]:
+def synth_suite(
+    n_per_modality: int = 4,
+    shape: tuple[int, ...] = (256, 256),
+    seed: int = 0,
+    modalities: tuple[str, ...] = MODALITIES,
+) -> list[SynthImage]:
     """A seeded list of images: ``n_per_modality`` of each modality.
 
     Image ``i`` of a modality has the seed ``1000 seed + 10 i + k``, ``k`` the modality's place in
     ``PRESETS``, whichever modalities are chosen.
     """
-    return [synth_image(m, shape, seed=evaluation_seed(seed * 1000 + 10 * i + modality_index(m)))
-            for m in modalities for i in range(n_per_modality)]
+    return [
+        synth_image(m, shape, seed=evaluation_seed(seed * 1000 + 10 * i + modality_index(m)))
+        for m in modalities
+        for i in range(n_per_modality)
+    ]
 
 
 #: Held-out split: every seed evaluation uses is below this; training draws its seeds at or above it.

@@ -71,8 +71,13 @@ class _FileStore:
 
     def view(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         """Rows ``[y0, y1)``, columns ``[x0, x1)`` as a tensor over the mapped file (copy before use)."""
-        rows = np.memmap(self.path, np.float32, "c", offset=y0 * self.width * self.channels * 4,
-                         shape=(y1 - y0, self.width, self.channels))
+        rows = np.memmap(
+            self.path,
+            np.float32,
+            "c",
+            offset=y0 * self.width * self.channels * 4,
+            shape=(y1 - y0, self.width, self.channels),
+        )
         return torch.from_numpy(rows[:, x0:x1])
 
     def write(self, y0: int, x0: int, block: torch.Tensor) -> None:
@@ -192,8 +197,12 @@ def scratch_dir(mounts: str = "/proc/mounts") -> str:
     default = tempfile.gettempdir()
     if os.environ.get("TMPDIR"):
         return default
-    if (_fs_type(default, mounts) == "tmpfs" and os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK)
-            and _fs_type("/var/tmp", mounts) not in (None, "tmpfs")):
+    if (
+        _fs_type(default, mounts) == "tmpfs"
+        and os.path.isdir("/var/tmp")
+        and os.access("/var/tmp", os.W_OK)
+        and _fs_type("/var/tmp", mounts) not in (None, "tmpfs")
+    ):
         return "/var/tmp"
     return default
 
@@ -206,8 +215,11 @@ def _fs_type(path: str, mounts: str) -> str | None:
     except OSError:
         return None
     path = os.path.realpath(path)
-    best = max((point for point, _ in entries if path == point or path.startswith(point.rstrip("/") + "/")),
-               key=len, default=None)
+    best = max(
+        (point for point, _ in entries if path == point or path.startswith(point.rstrip("/") + "/")),
+        key=len,
+        default=None,
+    )
     return next((kind for point, kind in entries if point == best), None)
 
 
@@ -226,8 +238,15 @@ def _module(net: torch.nn.Module, path: str) -> torch.nn.Module:
 class _Runner:
     """Runs NU-Net's layers one at a time over a plane's tiles (see the module docstring)."""
 
-    def __init__(self, net: torch.nn.Module, tile_size: int, full_height: int, device: torch.device,
-                 folder: Path, on_pass: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        tile_size: int,
+        full_height: int,
+        device: torch.device,
+        folder: Path,
+        on_pass: Callable[[], None],
+    ) -> None:
         self.net, self.device, self.folder, self.on_pass = net, device, folder, on_pass
         self.tile_size, self.full_height = tile_size, full_height
         self.stores: list[_FileStore] = []
@@ -245,8 +264,9 @@ class _Runner:
         for store in self.stores:
             store.remove()
 
-    def conv(self, source: _Activation, spec: ConvSpec,
-             sink: Callable[[int, int, torch.Tensor], None] | None = None) -> tuple[_FileStore | None, _Moments]:
+    def conv(
+        self, source: _Activation, spec: ConvSpec, sink: Callable[[int, int, torch.Tensor], None] | None = None
+    ) -> tuple[_FileStore | None, _Moments]:
         """Run one convolution over every tile; return its stored output and its per-channel moments.
 
         The stored output feeds an InstanceNorm, which ignores per-channel offsets: it is
@@ -263,8 +283,11 @@ class _Runner:
         if sink is None:
             store = self.new_store(height, width, weight.shape[0])
         for y0, y1, x0, x1 in _tiles(height, width, self.side(height)):
-            window = source.window(_source_indices(y0, y1, spec, source.store.height),
-                                   _source_indices(x0, x1, spec, source.store.width), self.device)
+            window = source.window(
+                _source_indices(y0, y1, spec, source.store.height),
+                _source_indices(x0, x1, spec, source.store.width),
+                self.device,
+            )
             out = _convolve(window, spec, weight, bias)[0].permute(1, 2, 0).float().contiguous()
             if store is None:
                 sink(y0, x0, out)
@@ -302,8 +325,9 @@ class _Runner:
         return _Activation(out)
 
 
-def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int,
-                  on_pass: Callable[[], None] | None = None) -> torch.Tensor:
+def tiled_forward(
+    net: torch.nn.Module, x: torch.Tensor, tile_size: int, on_pass: Callable[[], None] | None = None
+) -> torch.Tensor:
     """Whole-plane NU-Net output of ``x`` (shape ``(1, 1, H, W)``, H and W multiples of 4), by tiles.
 
     Parameters
@@ -328,10 +352,11 @@ def tiled_forward(net: torch.nn.Module, x: torch.Tensor, tile_size: int,
     out = torch.empty((1, 1, height, width), dtype=torch.float32, device=x.device)
 
     def to_out(y0: int, x0: int, t: torch.Tensor) -> None:
-        out[0, 0, y0:y0 + t.shape[0], x0:x0 + t.shape[1]] = t[:, :, 0]
+        out[0, 0, y0 : y0 + t.shape[0], x0 : x0 + t.shape[1]] = t[:, :, 0]
 
     with tempfile.TemporaryDirectory(prefix="nunet-tiles-", dir=scratch_dir()) as folder:
         runner = _Runner(net, tile_size, height, x.device, Path(folder), on_pass or (lambda: None))
+
         def conv_norm_relu(act: _Activation, spec: ConvSpec, norm: torch.nn.Module) -> _Activation:
             store, moments = runner.conv(act, spec)
             act.store.remove()

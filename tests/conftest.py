@@ -18,8 +18,14 @@ def model_dir(tmp_path_factory) -> Path:
     from nunet.model import untrained
 
     folder = tmp_path_factory.mktemp("models")
-    save_model(untrained(seed=1), folder / f"{TEST_MODEL}.pt", name=TEST_MODEL, w=8.0,
-               description="test fixture, random init", training={"steps": 0})
+    save_model(
+        untrained(seed=1),
+        folder / f"{TEST_MODEL}.pt",
+        name=TEST_MODEL,
+        w=8.0,
+        description="test fixture, random init",
+        training={"steps": 0},
+    )
     (folder / f"{TEST_MODEL}.md").write_text(f"# {TEST_MODEL}\n\nRandom init for tests.\n")
     return folder
 

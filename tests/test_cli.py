@@ -129,8 +129,7 @@ def test_output_inside_input_is_not_reread(folder):
     out = folder / "filtered"
     first = run("batch", folder, out, "-m", "nunet-test", "-r", "--pattern", "*.png")
     assert first.exit_code == 0 and "1 filtered" in first.output
-    again = run("batch", folder, out, "-m", "nunet-test", "-r", "--pattern", "*.png", "--pattern", "*.tif",
-                "--dry-run")
+    again = run("batch", folder, out, "-m", "nunet-test", "-r", "--pattern", "*.png", "--pattern", "*.tif", "--dry-run")
     assert "3 to filter (dry run), 0 filtered, 1 skipped" in again.output
     assert f"would filter {out / 'photo.tif'}" not in again.output
 
@@ -160,17 +159,19 @@ def test_name_template_and_collisions(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["a.png_nunet-test.tif", "a.tif_nunet-test.tif"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["batch", "{empty}", "{out}", "-m", "nunet-test"], "no files matching"),
-    (["batch", "{missing}", "{out}", "-m", "nunet-test"], "input folder not found"),
-    (["batch", "{input}", "{out}", "-m", "no-such-model"], "unknown model 'no-such-model'; available:"),
-    (["batch", "{input}", "{out}", "-m", "nunet-test", "--dtype", "int8"], "int8"),
-    (["filter", "{input}/plane.tif", "{out}/o.tif", "-m", "missing/file.pt"], "model file not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["batch", "{empty}", "{out}", "-m", "nunet-test"], "no files matching"),
+        (["batch", "{missing}", "{out}", "-m", "nunet-test"], "input folder not found"),
+        (["batch", "{input}", "{out}", "-m", "no-such-model"], "unknown model 'no-such-model'; available:"),
+        (["batch", "{input}", "{out}", "-m", "nunet-test", "--dtype", "int8"], "int8"),
+        (["filter", "{input}/plane.tif", "{out}/o.tif", "-m", "missing/file.pt"], "model file not found"),
+    ],
+)
 def test_cannot_start_exits_2(folder, tmp_path, args, message):
     (tmp_path / "empty").mkdir()
-    values = {"empty": tmp_path / "empty", "out": tmp_path / "out", "missing": tmp_path / "missing",
-              "input": folder}
+    values = {"empty": tmp_path / "empty", "out": tmp_path / "out", "missing": tmp_path / "missing", "input": folder}
     result = run(*[a.format(**values) for a in args])
     assert result.exit_code == 2
     assert message in result.output
@@ -191,8 +192,12 @@ def test_console_scripts_and_models_table(folder, tmp_path, model_dir):
     bindir = Path(sys.executable).parent
     listed = subprocess.run([bindir / "nunet", "models"], capture_output=True, text=True, env=env, check=True)
     assert "nunet-test" in listed.stdout and "8" in listed.stdout and "test fixture" in listed.stdout
-    done = subprocess.run([bindir / "nunet-batch", folder, tmp_path / "out", "--model", "nunet-test",
-                           "--pattern", "*.png"], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [bindir / "nunet-batch", folder, tmp_path / "out", "--model", "nunet-test", "--pattern", "*.png"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "photo.tif").is_file()
     usage = subprocess.run([bindir / "nunet-batch"], capture_output=True, text=True, env=env)
@@ -210,8 +215,12 @@ def test_batch_pipeline_keeps_order_and_matches_single_file_results(tmp_path, mo
         tifffile.imwrite(src / name, blobs((24 + 4 * i, 28)).astype(np.float32))
     (src / "img03.tif").write_bytes(b"II*\x00garbage")  # a bad file in the middle
     seen: list[str] = []
-    records = run_batch(src, tmp_path / "out", FilterSettings(model="nunet-test", device="cpu"),
-                        on_file=lambda r: seen.append(Path(r.input).name)).records
+    records = run_batch(
+        src,
+        tmp_path / "out",
+        FilterSettings(model="nunet-test", device="cpu"),
+        on_file=lambda r: seen.append(Path(r.input).name),
+    ).records
     assert [Path(r.input).name for r in records] == names == seen
     assert [r.status for r in records] == ["ok"] * 3 + ["failed"] + ["ok"] * 3
     for name in names[:3] + names[4:]:

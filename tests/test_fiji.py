@@ -38,8 +38,11 @@ pytestmark = pytest.mark.fiji
 def display():
     """A private Xvfb display: ImageJ 1.53's run() and GenericDialog need one."""
     read, write = os.pipe()
-    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
-                              pass_fds=[write], stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-nolisten", "tcp", "-screen", "0", "1280x1024x24"],
+        pass_fds=[write],
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write)
     number = b""
     while not number.endswith(b"\n"):
@@ -54,8 +57,9 @@ def display():
 def imagej_dir(tmp_path_factory, model_dir) -> Path:
     """A plain ImageJ folder with the plugin installed by the real `nunet fiji install` command."""
     root = tmp_path_factory.mktemp("ImageJ")
-    done = subprocess.run([Path(sys.executable).parent / "nunet", "fiji", "install", root],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [Path(sys.executable).parent / "nunet", "fiji", "install", root], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return root
 
@@ -73,12 +77,22 @@ def jvm(display, imagej_dir):
     return JClass
 
 
-def run_imagej(display: str, imagej_dir: Path, macro: Path | str, arg: str, tmp: Path, model_dir: Path,
-               timeout: float = 180) -> subprocess.CompletedProcess:
+def run_imagej(
+    display: str, imagej_dir: Path, macro: Path | str, arg: str, tmp: Path, model_dir: Path, timeout: float = 180
+) -> subprocess.CompletedProcess:
     """A standalone ImageJ running a macro file in batch mode (no Python inside its JVM)."""
     env = {**os.environ, "DISPLAY": display, "NUNET_MODEL_PATH": str(model_dir)}
-    command = ["java", f"-Dplugins.dir={imagej_dir}", "-Dpython.cachedir.skip=true", f"-Djava.io.tmpdir={tmp}",
-               "-jar", str(IJ_JAR), "-batch", str(macro), arg]
+    command = [
+        "java",
+        f"-Dplugins.dir={imagej_dir}",
+        "-Dpython.cachedir.skip=true",
+        f"-Djava.io.tmpdir={tmp}",
+        "-jar",
+        str(IJ_JAR),
+        "-batch",
+        str(macro),
+        arg,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -96,12 +110,16 @@ def write_macro(tmp: Path, code: str) -> Path:
 
 # ---- conversions and the Python API ------------------------------------------------------
 
-@pytest.mark.parametrize("dtype, axes, shape", [
-    (np.uint8, "YX", (20, 24)),
-    (np.uint16, "TZCYX", (2, 3, 2, 20, 24)),
-    (np.float32, "ZYX", (4, 20, 24)),
-    (np.uint8, "TYXS", (2, 20, 24, 3)),
-])
+
+@pytest.mark.parametrize(
+    "dtype, axes, shape",
+    [
+        (np.uint8, "YX", (20, 24)),
+        (np.uint16, "TZCYX", (2, 3, 2, 20, 24)),
+        (np.float32, "ZYX", (4, 20, 24)),
+        (np.uint8, "TYXS", (2, 20, 24, 3)),
+    ],
+)
 def test_imageplus_round_trip(jvm, dtype, axes, shape):
     from nunet import fiji
 
@@ -109,7 +127,8 @@ def test_imageplus_round_trip(jvm, dtype, axes, shape):
     data = (rng.random(shape) * (255 if dtype == np.uint8 else 60000)).astype(dtype)
     imp = fiji.to_imageplus(Image(data, axes, CAL), "round trip")
     assert (imp.getNFrames(), imp.getNSlices(), imp.getNChannels()) == tuple(
-        shape[axes.index(a)] if a in axes else 1 for a in "TZC")
+        shape[axes.index(a)] if a in axes else 1 for a in "TZC"
+    )
     back = fiji.from_imageplus(imp)
     assert back.axes == axes and back.data.dtype == dtype
     np.testing.assert_array_equal(back.data, data)
@@ -200,9 +219,18 @@ def test_recorder_writes_documented_syntax(jvm, display):
         imp = fiji.to_imageplus(Image(blobs((32, 32)).astype(np.float32), "YX"), "recorded")
         imp.show()
         jvm("ij.IJ").doCommand("NU-Net Filter")
-        dialog = _wait_for(lambda: next((w for w in JClass("java.awt.Window").getWindows()
-                                         if w.isVisible() and str(w.getClass().getName()) == "ij.gui.GenericDialog"
-                                         and str(w.getTitle()) == "NU-Net Filter"), None))
+        dialog = _wait_for(
+            lambda: next(
+                (
+                    w
+                    for w in JClass("java.awt.Window").getWindows()
+                    if w.isVisible()
+                    and str(w.getClass().getName()) == "ij.gui.GenericDialog"
+                    and str(w.getTitle()) == "NU-Net Filter"
+                ),
+                None,
+            )
+        )
         ok = dialog.getButtons()[0]
 
         def press_ok() -> None:  # AWT components are only touched on the event thread (else: deadlocks)
@@ -239,6 +267,7 @@ def _wait_for(probe, timeout: float = 30.0):
 
 # ---- standalone ImageJ with the worker -----------------------------------------------------
 
+
 @pytest.mark.slow
 def test_standalone_pipeline_macro_equals_enhance(display, imagej_dir, model_dir, tmp_path):
     source = tmp_path / "cells.tif"
@@ -246,8 +275,9 @@ def test_standalone_pipeline_macro_equals_enhance(display, imagej_dir, model_dir
     write_image(Image(data, "TYX", CAL), source)
     output = tmp_path / "cells_nunet.tif"
     macro = imagej_dir / "macros" / "NU-Net" / "nunet_pipeline.ijm"
-    done = run_imagej(display, imagej_dir, macro, f"input=[{source}] output=[{output}] model=nunet-test",
-                      tmp_path, model_dir)
+    done = run_imagej(
+        display, imagej_dir, macro, f"input=[{source}] output=[{output}] model=nunet-test", tmp_path, model_dir
+    )
     assert "nuclei: " in done.stdout, done.stdout + done.stderr
     result = read_image(output)
     assert result.axes == "TYX"
@@ -262,8 +292,9 @@ def test_batch_macro_of_ten_images_starts_one_worker(display, imagej_dir, model_
     for i in range(10):
         write_image(Image(blobs((40, 40), seed=i).astype(np.uint16), "YX"), inputs / f"img{i:02d}.tif")
     macro = imagej_dir / "macros" / "NU-Net" / "nunet_batch.ijm"
-    done = run_imagej(display, imagej_dir, macro, f"input=[{inputs}] output=[{outputs}] model=nunet-test",
-                      tmp_path, model_dir)
+    done = run_imagej(
+        display, imagej_dir, macro, f"input=[{inputs}] output=[{outputs}] model=nunet-test", tmp_path, model_dir
+    )
     assert "filtered 10 images" in done.stdout, done.stdout + done.stderr
     assert len(list(outputs.glob("*.tif"))) == 10
     log = (tmp_path / "nunet-worker.log").read_text()
@@ -283,10 +314,10 @@ def test_jython_scripts(display, imagej_dir, model_dir, tmp_path):
     write_image(Image(stack, "TZYX", CAL), inputs / "timelapse.tif")
     saved = tmp_path / "filtered.tif"
     code = f"""
-eval("python", "input_dir = '{inputs}'\\noutput_dir = '{outputs}'\\nmodel = 'nunet-test'\\nexecfile('{scripts / 'nunet_batch.py'}')");
+eval("python", "input_dir = '{inputs}'\\noutput_dir = '{outputs}'\\nmodel = 'nunet-test'\\nexecfile('{scripts / "nunet_batch.py"}')");
 setBatchMode(true);
-open("{inputs / 'timelapse.tif'}");
-eval("python", "from ij import IJ\\nimp = IJ.getImage()\\nmodel = 'nunet-test'\\nradius = 2.5\\nthreshold = 0.1\\nexecfile('{scripts / 'trackmate_nunet.py'}')");
+open("{inputs / "timelapse.tif"}");
+eval("python", "from ij import IJ\\nimp = IJ.getImage()\\nmodel = 'nunet-test'\\nradius = 2.5\\nthreshold = 0.1\\nexecfile('{scripts / "trackmate_nunet.py"}')");
 selectImage("NU-Net of timelapse.tif");
 saveAs("Tiff", "{saved}");
 """
@@ -306,22 +337,33 @@ def test_invert_through_the_worker(display, imagej_dir, model_dir, tmp_path):
     source, saved = tmp_path / "dark.tif", tmp_path / "dark_nunet.tif"
     data = blobs((40, 44)).astype(np.uint16)
     write_image(Image(data, "YX", CAL), source)
-    code = (f'setBatchMode(true); open("{source}"); run("NU-Net Filter", "model=nunet-test invert");\n'
-            f'saveAs("Tiff", "{saved}");\n')
+    code = (
+        f'setBatchMode(true); open("{source}"); run("NU-Net Filter", "model=nunet-test invert");\n'
+        f'saveAs("Tiff", "{saved}");\n'
+    )
     done = run_imagej(display, imagej_dir, write_macro(tmp_path, code), "", tmp_path, model_dir)
     assert saved.is_file(), done.stdout + done.stderr
     assert np.abs(read_image(saved).data - enhance(data, "nunet-test", invert=True)).max() <= 1e-4
 
 
-@pytest.mark.parametrize("code, message", [
-    ('run("NU-Net Filter", "model=nunet-test");', "NU-Net Filter: no image open"),
-    ('newImage("a", "32-bit ramp", 32, 32, 1); run("NU-Net Filter", "model=nunet-test modle=x");',
-     "NU-Net Filter: unknown option 'modle'"),
-    ('newImage("a", "32-bit ramp", 32, 32, 1); run("NU-Net Filter", "model=nunet-test channels=3");',
-     "NU-Net Filter: channel 3 out of range"),
-    ('newImage("a", "32-bit ramp", 32, 32, 1); run("NU-Net Filter", "model=no-such-model");',
-     "NU-Net Filter: unknown model 'no-such-model'; available:"),
-])
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        ('run("NU-Net Filter", "model=nunet-test");', "NU-Net Filter: no image open"),
+        (
+            'newImage("a", "32-bit ramp", 32, 32, 1); run("NU-Net Filter", "model=nunet-test modle=x");',
+            "NU-Net Filter: unknown option 'modle'",
+        ),
+        (
+            'newImage("a", "32-bit ramp", 32, 32, 1); run("NU-Net Filter", "model=nunet-test channels=3");',
+            "NU-Net Filter: channel 3 out of range",
+        ),
+        (
+            'newImage("a", "32-bit ramp", 32, 32, 1); run("NU-Net Filter", "model=no-such-model");',
+            "NU-Net Filter: unknown model 'no-such-model'; available:",
+        ),
+    ],
+)
 def test_macro_errors_are_clear_and_stop_the_macro(display, imagej_dir, model_dir, tmp_path, code, message):
     macro = write_macro(tmp_path, "setBatchMode(true);\n" + code + '\nprint("macro went on");\n')
     done = run_imagej(display, imagej_dir, macro, "", tmp_path, model_dir, timeout=120)
@@ -335,8 +377,11 @@ def test_worker_that_cannot_start(display, model_dir, tmp_path):
     from nunet.fiji_install import install
 
     install(root, python=str(tmp_path / "no-python-here"))
-    macro = write_macro(tmp_path, 'setBatchMode(true); newImage("a", "32-bit ramp", 32, 32, 1);\n'
-                                  'run("NU-Net Filter", "model=nunet-test");\nprint("macro went on");\n')
+    macro = write_macro(
+        tmp_path,
+        'setBatchMode(true); newImage("a", "32-bit ramp", 32, 32, 1);\n'
+        'run("NU-Net Filter", "model=nunet-test");\nprint("macro went on");\n',
+    )
     done = run_imagej(display, root, macro, "", tmp_path, model_dir, timeout=120)
     assert "NU-Net Filter: cannot start the NU-Net worker with" in done.stdout
     assert "macro went on" not in done.stdout
@@ -349,21 +394,43 @@ def test_killed_worker_is_a_clear_error(display, model_dir, tmp_path):
     root.mkdir()
     pidfile = tmp_path / "worker.pid"
     wrapper = tmp_path / "python-wrapper"
-    wrapper.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec {sys.executable} \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\necho $$ > {pidfile}\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     from nunet.fiji_install import install
 
     install(root, python=str(wrapper))
-    macro = write_macro(tmp_path, 'setBatchMode(true); newImage("big", "32-bit random", 512, 512, 60);\n'
-                                  'run("NU-Net Filter", "model=nunet-test");\nprint("macro went on");\n')
+    macro = write_macro(
+        tmp_path,
+        'setBatchMode(true); newImage("big", "32-bit random", 512, 512, 60);\n'
+        'run("NU-Net Filter", "model=nunet-test");\nprint("macro went on");\n',
+    )
     env = {**os.environ, "DISPLAY": display, "NUNET_MODEL_PATH": str(model_dir)}
-    java = subprocess.Popen(["java", f"-Dplugins.dir={root}", "-Dpython.cachedir.skip=true",
-                             f"-Djava.io.tmpdir={tmp_path}", "-jar", str(IJ_JAR), "-batch", str(macro)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    java = subprocess.Popen(
+        [
+            "java",
+            f"-Dplugins.dir={root}",
+            "-Dpython.cachedir.skip=true",
+            f"-Djava.io.tmpdir={tmp_path}",
+            "-jar",
+            str(IJ_JAR),
+            "-batch",
+            str(macro),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         _wait_for(lambda: pidfile.is_file() and pidfile.read_text().strip(), timeout=60)
-        _wait_for(lambda: "started" in (tmp_path / "nunet-worker.log").read_text()
-                  if (tmp_path / "nunet-worker.log").is_file() else False, timeout=60)
+        _wait_for(
+            lambda: (
+                "started" in (tmp_path / "nunet-worker.log").read_text()
+                if (tmp_path / "nunet-worker.log").is_file()
+                else False
+            ),
+            timeout=60,
+        )
         time.sleep(2.0)  # the 60-plane request is now being filtered
         os.kill(int(pidfile.read_text()), 9)
         output, _ = java.communicate(timeout=60)
@@ -385,8 +452,12 @@ def test_install_and_uninstall(tmp_path):
     assert (root / "macros" / "NU-Net" / "nunet_pipeline.ijm").is_file()
     assert not (root / "plugins" / "jars" / "nunet-jython-shim.jar").exists()
     subprocess.run([bindir / "nunet", "fiji", "uninstall", root], capture_output=True, text=True, check=True)
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["jars", "jars/jython-slim-2.7.3.jar",
-                                                                             "macros", "plugins"]
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "jars",
+        "jars/jython-slim-2.7.3.jar",
+        "macros",
+        "plugins",
+    ]
 
 
 def test_documented_snippet_starts_without_a_folder_and_macro_errors_raise(display, model_dir, tmp_path):
@@ -402,7 +473,8 @@ def test_documented_snippet_starts_without_a_folder_and_macro_errors_raise(displ
         "imp = fiji.to_imageplus(Image((np.arange(40 * 44).reshape(40, 44) % 97).astype(np.float32), 'YX'), 'cells')\n"
         "fiji.register()\n"
         "imp.show()\n"
-        "fiji.run_macro('run(\"NU-Net Filter\", \"model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit\");')\n"
+        'fiji.run_macro(\'run("NU-Net Filter", '  # one macro line, split for width
+        '"model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit");\')\n'
         "from jpype import JClass\n"
         "print('title:', JClass('ij.WindowManager').getCurrentImage().getTitle())\n"
         "try:\n"

@@ -36,21 +36,30 @@ def test_degradation_is_seeded_and_keeps_the_truth_exact():
 
 def test_debris_is_bright_and_off_the_nuclei_mask():
     s = synth_image("sparse", (128, 128), seed=4)
-    quiet = Ranges(scale=(1, 1), spread=(1, 1), vignetting=(0, 0), illumination=(0, 0), haze=(0, 0),
-                   photons=(1e6, 1e6), read_noise=(0, 0), debris_per_area=(0, 0), streaks_per_area=(0, 0))
+    quiet = Ranges(
+        scale=(1, 1),
+        spread=(1, 1),
+        vignetting=(0, 0),
+        illumination=(0, 0),
+        haze=(0, 0),
+        photons=(1e6, 1e6),
+        read_noise=(0, 0),
+        debris_per_area=(0, 0),
+        streaks_per_area=(0, 0),
+    )
     from dataclasses import replace
 
     clean = degrade(s.image, s.labels, s.radius, seed=1, ranges=quiet)
-    dirty = degrade(s.image, s.labels, s.radius, seed=1, ranges=replace(quiet, debris_per_area=(60, 60),
-                                                                        debris_brightness=(4, 4)))
+    dirty = degrade(
+        s.image, s.labels, s.radius, seed=1, ranges=replace(quiet, debris_per_area=(60, 60), debris_brightness=(4, 4))
+    )
     extra = dirty.image - clean.image
     assert extra.max() > 2 * np.percentile(clean.image[s.labels > 0], 50)  # spots brighter than nuclei
     np.testing.assert_array_equal(dirty.labels, clean.labels)
 
 
 def test_training_and_evaluation_seeds_never_meet():
-    assert all(training_seed(seed, *parts) >= EVAL_SEED_LIMIT
-               for seed in range(5) for parts in [(0, 1, 2), (3, 12345)])
+    assert all(training_seed(seed, *parts) >= EVAL_SEED_LIMIT for seed in range(5) for parts in [(0, 1, 2), (3, 12345)])
     assert evaluation_seed(12) == 12
     with pytest.raises(ValueError, match="held-out range"):
         evaluation_seed(EVAL_SEED_LIMIT)
@@ -64,8 +73,14 @@ def test_blob_candidates_detect_what_blob_log_detects():
         sigma = 6.0 / np.sqrt(2)
         candidates = metrics.BlobCandidates.of(image, 6.0, 0.01)
         for threshold in (0.01, 0.05, 0.2):
-            expected = blob_log(image, min_sigma=0.5 * sigma, max_sigma=1.5 * sigma, num_sigma=5,
-                                threshold=threshold, exclude_border=False)[:, :2]
+            expected = blob_log(
+                image,
+                min_sigma=0.5 * sigma,
+                max_sigma=1.5 * sigma,
+                num_sigma=5,
+                threshold=threshold,
+                exclude_border=False,
+            )[:, :2]
             got = candidates.detect(threshold)
             np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected, axis=0))
 
@@ -120,10 +135,25 @@ def test_supervised_route_lowers_its_loss_and_exports_a_model(tmp_path):
     from nunet.model import NUNet
     from nunet.train import load_config, supervised_bank, supervised_batch, train
 
-    config = load_config(None, {"name": "nunet-sup", "w": 0.0, "content_weight": 0.0, "supervised_weight": 1.0,
-                                "supervised_batch": 4, "supervised_images": 2, "synthetic_content": 1,
-                                "synthetic_masks": 4, "crop": 48, "steps": 30, "lr": 3e-3, "device": "cpu",
-                                "degrade_content": True, "output_dir": str(tmp_path / "run")})
+    config = load_config(
+        None,
+        {
+            "name": "nunet-sup",
+            "w": 0.0,
+            "content_weight": 0.0,
+            "supervised_weight": 1.0,
+            "supervised_batch": 4,
+            "supervised_images": 2,
+            "synthetic_content": 1,
+            "synthetic_masks": 4,
+            "crop": 48,
+            "steps": 30,
+            "lr": 3e-3,
+            "device": "cpu",
+            "degrade_content": True,
+            "output_dir": str(tmp_path / "run"),
+        },
+    )
     path = train(config, command="test")
     model = load_model(path)
     bank = supervised_bank(config)

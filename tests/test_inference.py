@@ -11,8 +11,8 @@ import torch
 from conftest import blobs
 from nunet import enhance
 from nunet.errors import AxesError, ModelError
-from nunet.preprocess import LUMA, normalise_plane, pad_plane
 from nunet.io import Image
+from nunet.preprocess import LUMA, normalise_plane, pad_plane
 from nunet.tiling import tiled_forward
 
 
@@ -152,7 +152,7 @@ def test_naive_tiling_would_show_seams(model):
         naive = torch.zeros_like(whole)
         for y0 in (0, 64):
             for x0 in (0, 64):
-                naive[..., y0:y0 + 64, x0:x0 + 64] = model(x[..., y0:y0 + 64, x0:x0 + 64])
+                naive[..., y0 : y0 + 64, x0 : x0 + 64] = model(x[..., y0 : y0 + 64, x0 : x0 + 64])
     scale = 255.0
     assert (whole - exact).abs().max() / scale <= 1e-3
     assert (whole - naive).abs().max() / scale > 1e-2
@@ -271,8 +271,9 @@ def test_auto_uses_a_cached_batch_size_and_keeps_the_output(model, tuner):
     assert measured in BATCH_CANDIDATES["cpu"]
     np.testing.assert_allclose(out, enhance(img, model, precision=precision, batch_size=measured), atol=1e-6)
     tuner.batch_sizes[key] = 2  # a cached choice is used, not measured again
-    np.testing.assert_allclose(enhance(img, model, precision="auto"),
-                               enhance(img, model, precision=precision, batch_size=2), atol=1e-6)
+    np.testing.assert_allclose(
+        enhance(img, model, precision="auto"), enhance(img, model, precision=precision, batch_size=2), atol=1e-6
+    )
 
 
 def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatch):
@@ -284,8 +285,11 @@ def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatc
     monkeypatch.setattr(autotune, "TILE_PROBE_SIDE", 512)
     img = blobs((320, 320))
     sides, real = [], tiling.tiled_forward
-    monkeypatch.setattr(tiling, "tiled_forward", lambda module, x, side, on_pass=None:
-                        (sides.append(side), real(module, x, side, on_pass))[1])
+    monkeypatch.setattr(
+        tiling,
+        "tiled_forward",
+        lambda module, x, side, on_pass=None: (sides.append(side), real(module, x, side, on_pass))[1],
+    )
     out = enhance(img, model, precision="auto")
     precision = tuner.precisions[(str(model.path), "cpu")]
     (key,) = [k for k in tuner.tile_sides if k[:2] == (str(model.path), precision)]

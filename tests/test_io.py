@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from nunet._atomic import atomic_path
 from nunet.errors import ImageReadError, ImageWriteError
 from nunet.io import Calibration, Image, convert_dtype, read_image, write_image
-from nunet._atomic import atomic_path
 
-CAL = Calibration(pixel_width=0.325, pixel_height=0.325, unit="micron", z_spacing=1.5, frame_interval=12.0,
-                  time_unit="sec")
+CAL = Calibration(
+    pixel_width=0.325, pixel_height=0.325, unit="micron", z_spacing=1.5, frame_interval=12.0, time_unit="sec"
+)
 
 
 def test_imagej_hyperstack_round_trip(tmp_path):
@@ -39,8 +40,12 @@ def test_axes_are_reordered_to_imagej_order(tmp_path):
 def test_ome_tiff_calibration(tmp_path):
     path = tmp_path / "a.ome.tif"
     data = np.zeros((2, 3, 16, 16), np.uint8)
-    tifffile.imwrite(path, data, ome=True, metadata={"axes": "ZCYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.25,
-                                                    "PhysicalSizeZ": 0.9})
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        metadata={"axes": "ZCYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 0.9},
+    )
     image = read_image(path)
     assert image.axes == "ZCYX"
     assert (image.calibration.pixel_width, image.calibration.pixel_height) == pytest.approx((0.2, 0.25))

@@ -112,8 +112,9 @@ def test_synthetic_stack_is_3d():
 
 @pytest.mark.slow
 def test_eval_command_end_to_end(tmp_path):
-    result = CliRunner().invoke(app, ["eval", str(tmp_path), "-m", "nunet-test", "--suite", "synthetic", "--n-images", "1",
-                                      "--size", "96"])
+    result = CliRunner().invoke(
+        app, ["eval", str(tmp_path), "-m", "nunet-test", "--suite", "synthetic", "--n-images", "1", "--size", "96"]
+    )
     assert result.exit_code == 0, result.output
     assert "nunet-test" in result.output and "dog" in result.output
     for name in ("results.csv", "summary.csv", "panels.png", "histograms.png", "f1.png"):
@@ -125,10 +126,13 @@ def test_eval_command_end_to_end(tmp_path):
         rows = list(csv.DictReader(fh))
     assert {r["dataset"] for r in rows} == {*MODALITIES, "sparse-3d"}
     for dataset in {r["dataset"] for r in rows}:  # the tuned scales include 1.0, i.e. plain DoG
-        f1 = {m: np.mean([float(r["f1_best"]) for r in rows if r["dataset"] == dataset and r["method"] == m])
-              for m in ("dog", "dog-tuned")}
+        f1 = {
+            m: np.mean([float(r["f1_best"]) for r in rows if r["dataset"] == dataset and r["method"] == m])
+            for m in ("dog", "dog-tuned")
+        }
         assert f1["dog-tuned"] >= f1["dog"] - 1e-9
     from nunet.evaluate import DOG_SCALES
+
     assert {float(r["radius_scale"]) for r in rows if r["method"] == "dog-tuned"} <= set(DOG_SCALES)
     raw = [r for r in rows if r["method"] == "raw"]
     assert all(0.0 <= float(r["f1_best"]) <= 1.0 for r in raw)
@@ -140,8 +144,27 @@ def test_eval_command_end_to_end(tmp_path):
 
 
 def test_eval_chooses_synthetic_modalities(tmp_path):
-    result = CliRunner().invoke(app, ["eval", str(tmp_path), "-m", "nunet-test", "--suite", "synthetic", "--n-images", "1",
-                                      "--size", "96", "--modality", "thg_fibres", "--modality", "sparse", "--stacks", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tmp_path),
+            "-m",
+            "nunet-test",
+            "--suite",
+            "synthetic",
+            "--n-images",
+            "1",
+            "--size",
+            "96",
+            "--modality",
+            "thg_fibres",
+            "--modality",
+            "sparse",
+            "--stacks",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with (tmp_path / "results.csv").open() as fh:
         assert {r["dataset"] for r in csv.DictReader(fh)} == {"thg_fibres", "sparse"}
@@ -158,8 +181,21 @@ def test_eval_on_a_folder(tmp_path):
     s = synth_image("sparse", (80, 80), seed=5)
     tifffile.imwrite(images / "a.tif", s.image)
     tifffile.imwrite(masks / "a.tif", s.labels)
-    result = CliRunner().invoke(app, ["eval", str(tmp_path / "out"), "-m", "nunet-test", "--images", str(images),
-                                      "--masks", str(masks), "--radius", "7"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tmp_path / "out"),
+            "-m",
+            "nunet-test",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--radius",
+            "7",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1 datasets, 1 images" in result.output
     bad = CliRunner().invoke(app, ["eval", str(tmp_path / "o2"), "--images", str(images)])
@@ -176,8 +212,10 @@ def test_eval_with_centroid_csv(tmp_path):
     tifffile.imwrite(images / "b.tif", s.image)
     (points / "b.csv").write_text("y,x\n" + "".join(f"{y},{x}\n" for y, x in s.centroids))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["eval", str(out), "-m", "nunet-test", "--images", str(images),
-                                      "--centroids", str(points), "--radius", "7"])
+    result = CliRunner().invoke(
+        app,
+        ["eval", str(out), "-m", "nunet-test", "--images", str(images), "--centroids", str(points), "--radius", "7"],
+    )
     assert result.exit_code == 0, result.output
     with (out / "results.csv").open() as fh:
         raw = next(r for r in csv.DictReader(fh) if r["method"] == "raw")

@@ -24,8 +24,11 @@ def test_parameter_count_matches_published_net():
 
 def test_layers_follow_the_published_architecture():
     net = NUNet()
-    convs = [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0])
-             for m in net.modules() if isinstance(m, nn.Conv2d)]
+    convs = [
+        (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0])
+        for m in net.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     assert convs[:3] == [(1, 32, 9, 1), (32, 64, 3, 2), (64, 128, 3, 2)]
     assert convs[3:13] == [(128, 128, 3, 1)] * 10
     assert convs[13:] == [(128, 64, 3, 1), (64, 32, 3, 1), (32, 1, 9, 1)]
@@ -51,8 +54,9 @@ def test_output_keeps_shape():
 
 def test_save_and_load_round_trip(tmp_path):
     net = NUNet().eval()
-    path = save_model(net, tmp_path / "m.pt", name="round-trip", w=6.5, training={"steps": 12, "lr": 1e-4},
-                      description="a test")
+    path = save_model(
+        net, tmp_path / "m.pt", name="round-trip", w=6.5, training={"steps": 12, "lr": 1e-4}, description="a test"
+    )
     loaded = load_model(path)
     assert loaded.name == "round-trip" and loaded.w == 6.5
     meta = loaded.metadata
@@ -67,9 +71,11 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_metadata_is_readable_without_torch(model_path):
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from nunet.modelfile import read_metadata\n"
-            f"print(read_metadata({str(model_path)!r})['name'])")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from nunet.modelfile import read_metadata\n"
+        f"print(read_metadata({str(model_path)!r})['name'])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "nunet-test"
     with zipfile.ZipFile(model_path) as archive:
@@ -118,10 +124,12 @@ def test_single_output_conv_equals_conv2d():
 
     torch.manual_seed(1)
     x, weight, bias = torch.randn(2, 32, 21, 17), torch.randn(1, 32, 9, 9), torch.randn(1)
-    torch.testing.assert_close(single_output_conv(x, weight, bias), nn.functional.conv2d(x, weight, bias),
-                               atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(single_output_conv(x, weight, None), nn.functional.conv2d(x, weight),
-                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        single_output_conv(x, weight, bias), nn.functional.conv2d(x, weight, bias), atol=1e-4, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        single_output_conv(x, weight, None), nn.functional.conv2d(x, weight), atol=1e-4, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -75,8 +75,9 @@ def test_read_filter_write_keeps_shape_and_calibration_or_says_why(tmp_path, cas
     written = read_image(write_image(result, tmp_path / "out.tif", overwrite=True))
     # the ImageJ TIFF format stores no singleton T, Z or C axis: those come back without it
     kept = "".join(a for a, n in zip(result.axes, result.data.shape) if n > 1 or a in "YX")
-    assert written.axes == kept and written.data.shape == tuple(n for a, n in zip(result.axes, result.data.shape)
-                                                                if a in kept)
+    assert written.axes == kept and written.data.shape == tuple(
+        n for a, n in zip(result.axes, result.data.shape) if a in kept
+    )
     np.testing.assert_array_equal(written.data.reshape(result.data.shape), result.data)
     if imagej:
         assert written.calibration.pixel_width == pytest.approx(image.calibration.pixel_width, rel=1e-5)

@@ -62,8 +62,7 @@ def test_every_input_its_own_output_is_said_plainly(tmp_path):
 
 @pytest.mark.parametrize("template", ["../x_{stem}.tif", "/tmp/x_{stem}.tif", "sub/../../{stem}.tif"])
 def test_a_template_leaving_the_output_folder_is_refused(pair, tmp_path, template):
-    result = run("batch", pair, tmp_path / "out", "-m", "nunet-test", "--pattern", "*.png",
-                 "--name-template", template)
+    result = run("batch", pair, tmp_path / "out", "-m", "nunet-test", "--pattern", "*.png", "--name-template", template)
     assert result.exit_code == 2 and "leaves the output folder" in result.output
     assert not (tmp_path / "x_a.tif").exists() and not Path("/tmp/x_a.tif").exists()
 
@@ -84,13 +83,16 @@ def test_a_file_nunet_did_not_write_is_never_replaced(pair, tmp_path):
     assert (out / "a.tif").stat().st_mtime_ns != stamp
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--precision", "fp16", "--device", "cpu"], "'fp16' needs a GPU"),
-    (["--batch-size", "0"], "--batch-size: must be >= 1"),
-    (["--tile-size", "-5"], "--tile-size: must be >= 0"),
-    (["--precision", "fp8"], "'fp8' is not one of"),
-    (["--device", "tpu"], "unknown device 'tpu'"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--precision", "fp16", "--device", "cpu"], "'fp16' needs a GPU"),
+        (["--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["--tile-size", "-5"], "--tile-size: must be >= 0"),
+        (["--precision", "fp8"], "'fp8' is not one of"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
 def test_bad_options_are_usage_errors_before_the_batch(pair, tmp_path, option, message):
     result = run("batch", pair, tmp_path / "out", "-m", "nunet-test", *option)
     assert result.exit_code == 2 and message in result.output
@@ -156,8 +158,7 @@ def test_a_model_of_the_wrong_architecture_is_refused_at_load(tmp_path):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x[..., ::2, ::2]
 
-    for module, message in ((torch.nn.Identity(), "returns its input unchanged"),
-                            (Halve(), "expected the same shape")):
+    for module, message in ((torch.nn.Identity(), "returns its input unchanged"), (Halve(), "expected the same shape")):
         path = save_model(module, tmp_path / "fake.pt", name="fake", w=8.0)
         with pytest.raises(ModelError, match=message):
             load_model(path)
@@ -170,6 +171,7 @@ def test_a_model_of_the_wrong_architecture_is_refused_at_load(tmp_path):
 
 # ---- real processes and signals -------------------------------------------------------------
 
+
 def _folder(tmp_path: Path, count: int, side: int = 160) -> Path:
     src = tmp_path / "in"
     src.mkdir()
@@ -180,9 +182,13 @@ def _folder(tmp_path: Path, count: int, side: int = 160) -> Path:
 
 def _batch(src: Path, out: Path, model_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "NUNET_MODEL_PATH": str(model_dir), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "nunet", "batch", str(src), str(out), "-m", "nunet-test",
-                             "--device", "cpu", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nunet", "batch", str(src), str(out), "-m", "nunet-test", "--device", "cpu", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _wait_for_outputs(out: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:

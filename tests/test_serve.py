@@ -25,21 +25,27 @@ def request(proc, header: dict, planes: np.ndarray | None = None) -> tuple[str, 
 
 
 def test_worker_protocol(model_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "nunet", "serve"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nunet", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         assert proc.stdout.readline().decode().startswith("READY nunet ")
         assert request(proc, {"op": "ping"})[0] == "OK 0 0 0"
         planes = blobs((3, 40, 36)).astype(np.float32)
-        answer, out = request(proc, {"op": "filter", "planes": 3, "height": 40, "width": 36, "model": "nunet-test"},
-                              planes)
+        answer, out = request(
+            proc, {"op": "filter", "planes": 3, "height": 40, "width": 36, "model": "nunet-test"}, planes
+        )
         assert answer == "OK 3 40 36"
         np.testing.assert_allclose(out, enhance(planes, "nunet-test", axes="ZYX"), atol=1e-6)
-        answer, _ = request(proc, {"op": "filter", "planes": 1, "height": 8, "width": 8, "model": "nope"},
-                            np.zeros((1, 8, 8)))
+        answer, _ = request(
+            proc, {"op": "filter", "planes": 1, "height": 8, "width": 8, "model": "nope"}, np.zeros((1, 8, 8))
+        )
         assert answer.startswith("ERR unknown model 'nope'; available:")
-        answer, _ = request(proc, {"op": "filter", "planes": 1, "height": 8, "width": 8, "model": "nunet-test",
-                                   "colour": "red"}, np.zeros((1, 8, 8)))
+        answer, _ = request(
+            proc,
+            {"op": "filter", "planes": 1, "height": 8, "width": 8, "model": "nunet-test", "colour": "red"},
+            np.zeros((1, 8, 8)),
+        )
         assert answer.startswith("ERR unknown option(s): colour; known:")
         assert request(proc, {"op": "ping"})[0] == "OK 0 0 0"  # still in step after errors
         proc.stdin.write(b"this is not json\n")
@@ -47,8 +53,9 @@ def test_worker_protocol(model_dir):
         assert proc.stdout.readline().decode().startswith("ERR JSONDecodeError")
         answer, _ = request(proc, {"op": "filter", "planes": 1, "height": "eight", "width": 8})
         assert answer.startswith("ERR ValueError") and "eight" in answer
-        answer, _ = request(proc, {"op": "filter", "planes": 1, "height": 8, "width": 8, "tile_size": -5},
-                            np.zeros((1, 8, 8)))
+        answer, _ = request(
+            proc, {"op": "filter", "planes": 1, "height": 8, "width": 8, "tile_size": -5}, np.zeros((1, 8, 8))
+        )
         assert answer.startswith("ERR --tile-size: must be >= 0")
         answer, _ = request(proc, {"op": "launch"})
         assert answer == "ERR ValueError: unknown op 'launch'"
@@ -62,8 +69,9 @@ def test_worker_protocol(model_dir):
 
 def test_worker_ends_cleanly_when_the_pipe_closes_mid_payload(model_dir):
     """Fiji killed while sending: the payload is short, the pipe closes; the worker exits 0 without output."""
-    proc = subprocess.Popen([sys.executable, "-m", "nunet", "serve"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nunet", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         assert proc.stdout.readline().decode().startswith("READY")
         header = {"op": "filter", "planes": 2, "height": 16, "width": 16, "model": "nunet-test"}

