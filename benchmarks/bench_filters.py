@@ -21,10 +21,11 @@ def main() -> None:
     parser.add_argument("--model", default="nunet-untrained")
     args = parser.parse_args()
 
-    from nunet.inference import enhance, get_model
+    from nunet.inference import enhance
+    from nunet.registry import load_model
 
     planes = [synth_image("sparse", (args.size, args.size), seed=i) for i in range(args.planes)]
-    model = get_model(args.model, "cpu")
+    model = load_model(args.model, "cpu")
     methods = {name: (lambda s, name=name: metrics.classical(name, s.image, s.radius)) for name in metrics.CLASSICAL}
     methods[f"NU-Net ({args.model})"] = lambda s: enhance(s.image, model, device="cpu")
     times = {}

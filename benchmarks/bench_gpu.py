@@ -120,9 +120,9 @@ def main() -> None:
             )
 
     from nunet.autotune import Tuner
-    from nunet.inference import get_model
+    from nunet.registry import load_model
 
-    loaded = get_model(model_ref, "cuda")
+    loaded = load_model(model_ref, "cuda")
     start = time.perf_counter()
     tuner = Tuner()
     chosen = tuner.precision(loaded, "cuda")

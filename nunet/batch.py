@@ -432,13 +432,12 @@ def run_batch(
     UsageError, NUNetError
         When the batch cannot start (see :func:`plan_batch`), or the model cannot be loaded.
     """
-    from nunet.inference import get_model
-    from nunet.registry import resolve_model
+    from nunet.registry import load_model, resolve_model
 
     settings = settings.resolved()
     if settings.w is None:
         resolve_model(settings.model)
-    model = None if dry_run or settings.w is not None else get_model(settings.model, settings.device)
+    model = None if dry_run or settings.w is not None else load_model(settings.model, settings.device)
     model_tag = (
         f"w{settings.w:g}" if settings.w is not None else model.name if model is not None else str(settings.model)
     )

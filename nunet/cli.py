@@ -163,11 +163,11 @@ def filter_cmd(
 ) -> None:
     """Filter one image into a calibrated ImageJ TIFF."""
     from nunet.batch import filter_file
-    from nunet.inference import get_model
+    from nunet.registry import load_model
 
     settings = _settings(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype)
     try:
-        loaded = None if settings.w is not None else get_model(settings.model, settings.device)
+        loaded = None if settings.w is not None else load_model(settings.model, settings.device)
         record = filter_file(input, output, settings, overwrite=overwrite, model=loaded, progress=True)
     except NUNetError as exc:
         _usage_exit(exc)

@@ -304,10 +304,10 @@ def evaluate(
     outputs : dict
         ``outputs[(dataset, image, method)]`` is the filtered [0, 1] image (for the figures).
     """
-    from nunet.inference import get_model
+    from nunet.registry import load_model
     from nunet.runtime import resolve_device
 
-    loaded = {name: get_model(name, resolve_device("auto")) for name in models}
+    loaded = {name: load_model(name, resolve_device("auto")) for name in models}
     ceiling = [CEILING] if all(_has_mask(i) for i in items) else []
     methods = ["raw", *metrics.CLASSICAL, "dog-tuned", *loaded, *ceiling]
     outputs = {(i.dataset, i.name, m): filtered(i, m, loaded) for i in items for m in methods if m != "dog-tuned"}

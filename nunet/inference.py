@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,7 +41,7 @@ from nunet.preprocess import (
     to_grey,
     to_unit_range,
 )
-from nunet.registry import DEFAULT_MODEL
+from nunet.registry import DEFAULT_MODEL, load_model
 from nunet.runtime import autocast, num_threads, resolve_device, reuse_freed_memory
 from nunet.runtime import progress as progress_bar
 
@@ -60,24 +59,6 @@ AUTO_TILING = {"cpu": (1280 * 1280, 256), "gpu": (2048 * 2048, 1024)}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: torch.quantile's input size limit (elements); larger batches are normalised with NumPy.
 QUANTILE_LIMIT = 2**24
-
-
-@lru_cache(maxsize=4)
-def _cached_model(path: str, mtime: float, device: str) -> "LoadedModel":
-    from nunet.modelfile import load_model_file
-
-    return load_model_file(path, device=device)
-
-
-def get_model(model: "str | os.PathLike | LoadedModel", device: str) -> "LoadedModel":
-    """Return a loaded model on ``device``, reusing recently loaded files (cheap in loops)."""
-    from nunet.modelfile import LoadedModel
-    from nunet.registry import load_model, resolve_model
-
-    if isinstance(model, LoadedModel):
-        return load_model(model, device=device)
-    path = resolve_model(model).resolve()
-    return _cached_model(str(path), path.stat().st_mtime, device)
 
 
 def filter_image(
@@ -289,7 +270,7 @@ def _filter_planes(
     device = resolve_device(device)
     if precision == "fp16" and device == "cpu":
         raise ValueError("precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
-    loaded = get_model(model, device)
+    loaded = load_model(model, device)
     if device == "cpu":
         reuse_freed_memory()
     tuned = precision == "auto"

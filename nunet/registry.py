@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,13 +115,17 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_model(name_or_path: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, device: str = "cpu") -> "LoadedModel":
-    """Load a model by registered name or TorchScript path.
+    """Load a model by registered name or TorchScript path; the one loader of nunet.
+
+    A file is loaded once per device and reused while it is unchanged (cheap in loops and
+    batches; :func:`clear_cache` forgets). Callers must not modify the returned model.
 
     Parameters
     ----------
     name_or_path : str, path-like or LoadedModel
-        A name from :func:`list_models` (e.g. ``"nunet-w8"``) or a ``.pt`` file.
-        An already loaded model is moved to ``device`` and returned.
+        A name from :func:`list_models` (e.g. ``"nunet-w8"``) or a ``.pt`` file. An already
+        loaded model is returned as it is on its device, or loaded anew on another one (the
+        given model is never moved).
     device : str
         Torch device (``"cpu"``, ``"cuda"``, ``"mps"``...).
 
@@ -129,11 +134,25 @@ def load_model(name_or_path: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, 
     LoadedModel
         With ``.module``, ``.metadata`` and ``.name``.
     """
-    from nunet.modelfile import LoadedModel, load_model_file
+    from nunet.modelfile import LoadedModel
 
     if isinstance(name_or_path, LoadedModel):
-        if name_or_path.device != str(device):
-            name_or_path.module.to(device)
-            name_or_path.device = str(device)
-        return name_or_path
-    return load_model_file(resolve_model(name_or_path), device=device)
+        if name_or_path.device == str(device):
+            return name_or_path
+        if name_or_path.path is None:
+            raise ModelError(f"model '{name_or_path.name}' has no file to load on {device}")
+        name_or_path = name_or_path.path
+    path = resolve_model(name_or_path).resolve()
+    return _load_file(str(path), path.stat().st_mtime_ns, str(device))
+
+
+@lru_cache(maxsize=8)
+def _load_file(path: str, mtime_ns: int, device: str) -> "LoadedModel":
+    from nunet.modelfile import load_model_file
+
+    return load_model_file(path, device=device)
+
+
+def clear_cache() -> None:
+    """Forget the models :func:`load_model` keeps (e.g. to free GPU memory)."""
+    _load_file.cache_clear()

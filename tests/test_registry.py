@@ -50,3 +50,20 @@ def test_path_outside_registry(tmp_path, model_path):
     assert load_model(copy).name == "nunet-test"
     with pytest.raises(ModelError, match="model file not found"):
         load_model(tmp_path / "nothing.pt")
+
+
+def test_one_cached_loader_per_file_and_device(tmp_path, model_path):
+    import time
+
+    from nunet.registry import clear_cache
+
+    copy = tmp_path / "cached.pt"
+    shutil.copy(model_path, copy)
+    first = load_model(copy)
+    assert load_model(copy) is first and load_model(first) is first  # loaded once
+    time.sleep(0.01)
+    save_model(NUNet(), copy, name="changed", w=3.0)  # a new file at the same path is loaded anew
+    assert load_model(copy).name == "changed"
+    clear_cache()
+    assert load_model(copy) is not load_model(model_path)
+    assert first.device == "cpu"  # never moved in place
