@@ -406,8 +406,26 @@ def summarise(rows: Sequence[Row]) -> list[dict]:
     return summary
 
 
+def markdown_table(summary: Sequence[dict], methods: Sequence[str] | None = None) -> str:
+    """A Markdown table of best-threshold F1 per family, F1 at the shared threshold and contrast
+    gain (over all datasets), one row per detection method (for model cards and reports)."""
+    families = list(dict.fromkeys(s["family"] for s in summary))
+    by = {(s["family"], s["method"]): s for s in summary}
+    shown = [
+        m for m in (methods or dict.fromkeys(s["method"] for s in summary)) if np.isfinite(by[(ALL, m)]["f1_best"][0])
+    ]
+    head = ["method", *(f"F1 {f}" for f in families), "F1 shared threshold", "contrast gain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in shown:
+        cells = [f"{by[(f, m)]['f1_best'][0]:.2f}" for f in families]
+        gain = by[(ALL, m)]["gain"][0]
+        cells += [f"{by[(ALL, m)]['f1_shared'][0]:.2f}", f"{gain:.1f}" if np.isfinite(gain) else "-"]
+        lines.append("| " + " | ".join([m, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> list[Path]:
-    """results.csv (one line per image and method) and summary.csv."""
+    """results.csv (one line per image and method), summary.csv and summary.md (:func:`markdown_table`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results, table = out_dir / "results.csv", out_dir / "summary.csv"
     with results.open("w", newline="") as fh:
@@ -436,7 +454,9 @@ def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> li
             writer.writerow(
                 [s["family"], s["method"], *s["gain"], *s["fold"], *s["f1_fixed"], *s["f1_best"], *s["f1_shared"]]
             )
-    return [results, table]
+    markdown = out_dir / "summary.md"
+    markdown.write_text(markdown_table(summary), encoding="utf-8")
+    return [results, table, markdown]
 
 
 def write_figures(items: Sequence[EvalImage], rows: Sequence[Row], outputs: dict, out_dir: Path) -> list[Path]:

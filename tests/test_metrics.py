@@ -117,7 +117,7 @@ def test_eval_command_end_to_end(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "nunet-test" in result.output and "dog" in result.output
-    for name in ("results.csv", "summary.csv", "panels.png", "histograms.png", "f1.png"):
+    for name in ("results.csv", "summary.csv", "summary.md", "panels.png", "histograms.png", "f1.png"):
         assert (tmp_path / name).stat().st_size > 0
     with (tmp_path / "summary.csv").open() as fh:
         methods = [row["method"] for row in csv.DictReader(fh) if row["family"] == "all"]
