@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nunet._version import __version__
 from nunet.errors import NUNetError
+from nunet.registry import DEFAULT_MODEL
 
 PLUGIN_DIR = Path("plugins") / "NU-Net"
 MANIFEST = PLUGIN_DIR / "installed.txt"
@@ -63,6 +64,7 @@ def install(root: Path, python: str = sys.executable, jython_jar: Path = DEFAULT
         "# written by 'nunet fiji install'\n"
         f"python={python}\n"
         f"nunet_version={__version__}\n"
+        f"default_model={DEFAULT_MODEL}\n"
         f"installed={datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
         "# seconds: worker start-up, and one filter call\n"
         "startup_timeout=300\ntimeout=3600\n",

@@ -3,7 +3,7 @@
 #
 # Macro syntax (what the Macro Recorder writes):
 #   run("NU-Net Filter", "model=nunet-w8 w=0 channels=all tile=0 device=auto output=32-bit");
-#   model     registered model name or path to a TorchScript .pt file
+#   model     registered model name or path to a TorchScript .pt file (empty: nunet's default)
 #   w         filtering strength; 0 uses `model`, otherwise blends the two registered models around w
 #   channels  "all" or 1-based channel numbers, e.g. "1" or "1,3"
 #   tile      tile planes larger than this many pixels (0: automatic)
@@ -67,7 +67,7 @@ def check_option_keys(options):
 def ask_options(imp):
     check_option_keys(Macro.getOptions())
     gd = GenericDialog(TITLE)
-    gd.addStringField("model", "nunet-w8", 18)
+    gd.addStringField("model", read_config().getProperty("default_model", ""), 18)
     gd.addNumericField("w", 0, 1, 6, "(0: use the model; 5-10: blend registered models)")
     gd.addStringField("channels", "all", 8)
     gd.addNumericField("tile", 0, 0, 6, "px (0: automatic)")
@@ -90,8 +90,6 @@ def ask_options(imp):
         raise Failure("w must be a number >= 0")
     if tile != tile or tile < 0 or tile != int(tile):
         raise Failure("tile must be a whole number >= 0")
-    if not model and w == 0:
-        raise Failure("model is empty")
     return {"model": model, "w": w, "channels": parse_channels(channels_text, imp.getNChannels()),
             "tile": int(tile), "device": device, "output": output, "replace": replace,
             "invert": invert}
@@ -126,7 +124,7 @@ def float_planes(imp, channels):
 
 
 def request_fields(options):
-    return [("model", options["model"]), ("w", options["w"] if options["w"] > 0 else None),
+    return [("model", options["model"] or None), ("w", options["w"] if options["w"] > 0 else None),
             ("tile_size", options["tile"] if options["tile"] > 0 else None), ("device", options["device"]),
             ("invert", True if options["invert"] else None)]
 
