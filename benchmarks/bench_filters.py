@@ -10,7 +10,7 @@ import argparse
 import statistics
 import time
 
-from nunet import metrics
+from nunet import baselines
 from nunet.synth import synth_image
 
 
@@ -26,7 +26,9 @@ def main() -> None:
 
     planes = [synth_image("sparse", (args.size, args.size), seed=i) for i in range(args.planes)]
     model = load_model(args.model, "cpu")
-    methods = {name: (lambda s, name=name: metrics.classical(name, s.image, s.radius)) for name in metrics.CLASSICAL}
+    methods = {
+        name: (lambda s, name=name: baselines.classical(name, s.image, s.radius)) for name in baselines.CLASSICAL
+    }
     methods[f"NU-Net ({args.model})"] = lambda s: enhance(s.image, model, device="cpu")
     times = {}
     for name, run in methods.items():

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nunet import metrics
+from nunet import baselines, metrics
 from nunet.errors import NUNetError
 
 DETECTION_METHODS = ("raw", "dog", "dog-tuned")
@@ -268,7 +268,7 @@ def _read_centroids(path: Path) -> np.ndarray:
 
 
 def _source(item: EvalImage) -> np.ndarray:
-    return 1.0 - metrics.minmax(item.image) if item.invert else item.image
+    return 1.0 - baselines.minmax(item.image) if item.invert else item.image
 
 
 def _has_mask(item: EvalImage) -> bool:
@@ -284,9 +284,9 @@ def filtered(item: EvalImage, method: str, models: dict) -> np.ndarray:
         return item.mask.astype(np.float32)
     source = _source(item)
     if method == "raw":
-        return metrics.minmax(source)
-    if method in metrics.CLASSICAL:
-        return metrics.classical(method, source, item.radius)
+        return baselines.minmax(source)
+    if method in baselines.CLASSICAL:
+        return baselines.classical(method, source, item.radius)
     return enhance(source, models[method], axes="YX")
 
 
@@ -309,7 +309,7 @@ def evaluate(
 
     loaded = {name: load_model(name, resolve_device("auto")) for name in models}
     ceiling = [CEILING] if all(_has_mask(i) for i in items) else []
-    methods = ["raw", *metrics.CLASSICAL, "dog-tuned", *loaded, *ceiling]
+    methods = ["raw", *baselines.CLASSICAL, "dog-tuned", *loaded, *ceiling]
     outputs = {(i.dataset, i.name, m): filtered(i, m, loaded) for i in items for m in methods if m != "dog-tuned"}
     datasets = list(dict.fromkeys(i.dataset for i in items))
     groups = {d: [i for i in items if i.dataset == d] for d in datasets}
@@ -368,7 +368,7 @@ def tune_dog(group: Sequence[EvalImage], thresholds: Sequence[float]) -> tuple[f
     whose best-threshold mean F1 is highest; returns that factor and the filtered images."""
     best: tuple[float, float, list[np.ndarray]] | None = None
     for scale in DOG_SCALES:
-        images = [metrics.dog(_source(i), i.radius * scale) for i in group]
+        images = [baselines.dog(_source(i), i.radius * scale) for i in group]
         _, score = metrics.best_threshold(images, [i.centroids for i in group], [i.radius for i in group], thresholds)
         if best is None or score > best[0]:
             best = (score, scale, images)

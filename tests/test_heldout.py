@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nunet import metrics
+from nunet import baselines, metrics
 from nunet.cli import app
 from nunet.degrade import Ranges, degrade
 from nunet.errors import NUNetError
@@ -69,7 +69,7 @@ def test_blob_candidates_detect_what_blob_log_detects():
     from skimage.feature import blob_log
 
     for seed, modality in enumerate(("sparse", "dense", "uneven")):
-        image = metrics.minmax(synth_image(modality, (128, 128), seed=seed).image)
+        image = baselines.minmax(synth_image(modality, (128, 128), seed=seed).image)
         sigma = 6.0 / np.sqrt(2)
         candidates = metrics.BlobCandidates.of(image, 6.0, 0.01)
         for threshold in (0.01, 0.05, 0.2):

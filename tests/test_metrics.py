@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nunet import metrics
+from nunet import baselines, metrics
 from nunet.cli import app
 from nunet.synth import MODALITIES, PRESETS, fibres, synth_image, synth_suite
 
@@ -50,17 +50,17 @@ def test_blob_log_finds_gaussian_blobs():
     assert metrics.match(found, centres, 3).f1 == 1.0
 
 
-@pytest.mark.parametrize("name", metrics.CLASSICAL)
+@pytest.mark.parametrize("name", baselines.CLASSICAL)
 def test_classical_filters_give_unit_range(name):
     image = synth_image("sparse", (64, 64), seed=0).image
-    out = metrics.classical(name, image, radius=6.0)
+    out = baselines.classical(name, image, radius=6.0)
     assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0 and out.std() > 0
 
 
 def test_dog_peaks_on_a_blob_of_its_radius():
     yy, xx = np.mgrid[0:64, 0:64]
     disc = (((yy - 32) ** 2 + (xx - 32) ** 2) <= 36).astype(np.float32)
-    out = metrics.dog(disc, radius=6.0)
+    out = baselines.dog(disc, radius=6.0)
     assert out[32, 32] == out.max() == 1.0
     assert out[32, 32 + 9] < 0.5 and out[0, 0] < 0.5  # the surround just outside the disc and far away
 
