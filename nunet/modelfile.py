@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -123,8 +124,12 @@ def save_model(
         raise ModelError(f"{path}: metadata is not JSON-serialisable ({exc})") from exc
     with _quiet_jit():
         scripted = torch.jit.script(copy.deepcopy(module).eval().cpu())
-        with atomic_path(path) as tmp:
-            torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: payload})
+        # torch names the archive's inner folder after the file: save under the final name in a
+        # private folder beside the target, then rename into place atomically
+        with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=path.parent, prefix=".nunet-") as folder:
+            named = Path(folder) / path.name
+            torch.jit.save(scripted, str(named), _extra_files={METADATA_FILE: payload})
+            os.replace(named, tmp)
     return path
 
 

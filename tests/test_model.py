@@ -148,3 +148,14 @@ def test_instance_norm_of_low_precision_input_matches_fp32(dtype):
     out = norm(x)
     assert out.dtype == dtype
     torch.testing.assert_close(out, reference.to(dtype), atol=2e-2, rtol=0)
+
+
+def test_saved_archive_is_named_after_the_model_file(tmp_path):
+    import zipfile
+
+    from nunet import save_model
+    from nunet.model import NUNet
+
+    path = save_model(NUNet(), tmp_path / "nunet-wx.pt", name="nunet-wx", w=1.0)
+    assert {name.split("/")[0] for name in zipfile.ZipFile(path).namelist()} == {"nunet-wx"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nunet-wx.pt"]  # no temporary left
