@@ -30,7 +30,6 @@ from nunet.autotune import DEFAULT_TUNER, default_batch_size
 from nunet.errors import ImageValueError, ModelError
 from nunet.io import Image, check_axes, guess_axes, with_data
 from nunet.preprocess import (
-    PERCENTILES,
     crop_plane,
     invert_normalised,
     normalise_plane,
@@ -71,7 +70,7 @@ def filter_image(
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
-    percentiles: tuple[float, float] = PERCENTILES,
+    percentiles: tuple[float, float] | None = None,
     invert: bool = False,
     progress: bool = False,
 ) -> Image:
@@ -132,7 +131,7 @@ def enhance(
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
-    percentiles: tuple[float, float] = PERCENTILES,
+    percentiles: tuple[float, float] | None = None,
     invert: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
@@ -166,8 +165,9 @@ def enhance(
     precision : str
         ``fp32``; ``bf16`` (autocast; CPU or GPU); ``fp16`` (autocast, GPU only); ``auto``
         (see module docstring).
-    percentiles : (float, float)
-        Input percentiles mapped to 0 and 255 (see module docstring).
+    percentiles : (float, float), optional
+        Input percentiles mapped to 0 and 255 (see :mod:`nunet.preprocess`). Default: those the
+        model was trained with, from its metadata (0.1 and 99.9 for every shipped model).
     invert : bool
         The image has dark nuclei on a bright background: flip it after normalisation.
     progress : bool
@@ -259,7 +259,7 @@ def _filter_planes(
     batch_size: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
-    percentiles: tuple[float, float] = PERCENTILES,
+    percentiles: tuple[float, float] | None = None,
     invert: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
@@ -271,6 +271,7 @@ def _filter_planes(
     if precision == "fp16" and device == "cpu":
         raise ValueError("precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
     loaded = load_model(model, device)
+    percentiles = percentiles or loaded.percentiles
     if device == "cpu":
         reuse_freed_memory()
     tuned = precision == "auto"

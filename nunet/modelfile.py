@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from nunet._atomic import atomic_path
 from nunet._version import __version__
 from nunet.errors import ModelError
+from nunet.preprocess import PERCENTILES
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +32,7 @@ METADATA_FILE = "nunet.json"
 #: How inputs are brought to the training range and outputs back to [0, 1]; stored in every model.
 NORMALISATION = {
     "input": "per plane: percentiles (0.1, 99.9) mapped linearly to 0..255, values outside clipped",
+    "percentiles": list(PERCENTILES),
     "input_range": [0.0, 255.0],
     "output": "clip to 0..255, divide by 255",
     "output_range": [0.0, 1.0],
@@ -68,6 +70,12 @@ class LoadedModel:
         """The morphological/content loss ratio the model was trained with, if known."""
         w = self.metadata.get("w")
         return None if w is None else float(w)
+
+    @property
+    def percentiles(self) -> tuple[float, float]:
+        """The input percentiles mapped to 0 and 255 in training (``PERCENTILES`` where the file says none)."""
+        low, high = self.metadata.get("normalisation", {}).get("percentiles", PERCENTILES)
+        return float(low), float(high)
 
     def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
         return self.module(x)

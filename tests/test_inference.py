@@ -401,3 +401,23 @@ def test_repeated_cpu_passes_reuse_memory_instead_of_faulting_it_in():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert int(done.stdout) < 2000
+
+
+def test_a_model_file_carries_its_own_normalisation(tmp_path):
+    """The percentiles a model was trained with are read from its metadata and used."""
+    from nunet import load_model, save_model
+    from nunet.model import untrained
+    from nunet.modelfile import NORMALISATION
+
+    img = blobs((40, 44))
+    path = save_model(
+        untrained(seed=1),
+        tmp_path / "p.pt",
+        name="p",
+        w=None,
+        normalisation={**NORMALISATION, "percentiles": [2.0, 98.0]},
+    )
+    model = load_model(path)
+    assert model.percentiles == (2.0, 98.0)
+    np.testing.assert_array_equal(enhance(img, model), enhance(img, "nunet-test", percentiles=(2.0, 98.0)))
+    assert np.abs(enhance(img, model) - enhance(img, "nunet-test")).max() > 1e-3
