@@ -201,37 +201,6 @@ def enhance(
     ).data
 
 
-def blend_weights(w: float, available: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Models and weights whose blend gives strength ``w``: the two registered w's around it.
-
-    Parameters
-    ----------
-    w : float
-        Requested strength.
-    available : sequence of (name, w)
-        Models with a known w.
-
-    Returns
-    -------
-    list of (name, weight)
-        One model with weight 1 for an exact match, else the two nearest with linear weights.
-    """
-    family = sorted(available, key=lambda item: item[1])
-    if not family:
-        raise ModelError("w= needs registered models with a w in their metadata; none found")
-    for name, model_w in family:
-        if abs(model_w - w) < 1e-9:
-            return [(name, 1.0)]
-    lo = [m for m in family if m[1] < w]
-    hi = [m for m in family if m[1] > w]
-    if not lo or not hi:
-        span = ", ".join(f"{n} (w={mw:g})" for n, mw in family)
-        raise ModelError(f"w={w:g} is outside the range of the registered models: {span}")
-    (lo_name, lo_w), (hi_name, hi_w) = lo[-1], hi[0]
-    t = (w - lo_w) / (hi_w - lo_w)
-    return [(lo_name, 1.0 - t), (hi_name, t)]
-
-
 def filter_planes(
     planes: np.ndarray, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *, w: float | None = None, **options
 ) -> np.ndarray:
@@ -242,7 +211,7 @@ def filter_planes(
     """
     if w is None:
         return _filter_planes(planes, model, **options)
-    from nunet.registry import list_models
+    from nunet.registry import blend_weights, list_models
 
     family = [(e.name, e.w) for e in list_models() if e.w is not None]
     out = np.zeros(planes.shape, dtype=np.float32)

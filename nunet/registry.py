@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -81,13 +82,50 @@ def list_models() -> list[ModelEntry]:
     for folder in model_dirs():
         for path in sorted(folder.glob("*.pt")):
             try:
-                metadata = read_metadata(path)
+                metadata = _metadata(str(path), path.stat().st_mtime_ns)
             except ModelError:
                 continue
             name = str(metadata.get("name") or path.stem)
             card = path.with_suffix(".md")
             entries.setdefault(name, ModelEntry(name, path, card if card.is_file() else None, metadata))
     return sorted(entries.values(), key=lambda e: (e.w is None, e.w or 0.0, e.name))
+
+
+@lru_cache(maxsize=256)
+def _metadata(path: str, mtime_ns: int) -> dict:
+    """A model file's metadata, read once per file version (listing models in a loop stays cheap)."""
+    return read_metadata(path)
+
+
+def blend_weights(w: float, available: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Models and weights whose blend gives strength ``w``: the two registered w's around it.
+
+    Parameters
+    ----------
+    w : float
+        Requested strength.
+    available : sequence of (name, w)
+        Models with a known w.
+
+    Returns
+    -------
+    list of (name, weight)
+        One model with weight 1 for an exact match, else the two nearest with linear weights.
+    """
+    family = sorted(available, key=lambda item: item[1])
+    if not family:
+        raise ModelError("w= needs registered models with a w in their metadata; none found")
+    for name, model_w in family:
+        if abs(model_w - w) < 1e-9:
+            return [(name, 1.0)]
+    lo = [m for m in family if m[1] < w]
+    hi = [m for m in family if m[1] > w]
+    if not lo or not hi:
+        span = ", ".join(f"{n} (w={mw:g})" for n, mw in family)
+        raise ModelError(f"w={w:g} is outside the range of the registered models: {span}")
+    (lo_name, lo_w), (hi_name, hi_w) = lo[-1], hi[0]
+    t = (w - lo_w) / (hi_w - lo_w)
+    return [(lo_name, 1.0 - t), (hi_name, t)]
 
 
 def _looks_like_path(name_or_path: str) -> bool:
@@ -154,5 +192,6 @@ def _load_file(path: str, mtime_ns: int, device: str) -> "LoadedModel":
 
 
 def clear_cache() -> None:
-    """Forget the models :func:`load_model` keeps (e.g. to free GPU memory)."""
+    """Forget the models :func:`load_model` keeps (e.g. to free GPU memory) and the metadata read."""
     _load_file.cache_clear()
+    _metadata.cache_clear()

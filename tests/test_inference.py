@@ -159,7 +159,7 @@ def test_naive_tiling_would_show_seams(model):
 
 
 def test_blend_weights_picks_bracketing_models():
-    from nunet.inference import blend_weights
+    from nunet.registry import blend_weights
 
     family = [("w10", 10.0), ("w5", 5.0), ("w8", 8.0)]
     assert blend_weights(8.0, family) == [("w8", 1.0)]
