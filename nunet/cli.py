@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from nunet.batch import DEFAULT_PATTERNS, FileRecord
 from nunet.errors import NUNetError
@@ -111,7 +112,7 @@ def _settings(
 
 
 def _usage_exit(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc}")
+    err.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(2)
 
 
@@ -138,7 +139,7 @@ def _report_failures(records: list[FileRecord], verbose: bool) -> int:
     parts.append(f"{len(failed)} failed")
     err.print(", ".join(parts))
     for r in failed:
-        err.print(f"[red]FAILED[/red] {r.error}")
+        err.print(f"[red]FAILED[/red] {escape(str(r.error))}")
         if verbose and r.traceback:
             err.print(r.traceback)
     return 1 if failed else 0
@@ -174,7 +175,7 @@ def filter_cmd(
     if record.status == "skipped":
         err.print(f"skipped: {output} exists (use --overwrite to replace)")
     elif record.status == "failed":
-        err.print(f"[red]error:[/red] {record.error}")
+        err.print(f"[red]error:[/red] {escape(str(record.error))}")
         if verbose and record.traceback:
             err.print(record.traceback)
         raise typer.Exit(1)
@@ -243,9 +244,9 @@ def batch(
                 "ok": f"{record.input} -> {record.output} ({record.seconds:.2f} s)",
                 "dry-run": f"would filter {record.input} -> {record.output}",
                 "skipped": f"skip {record.output}: {record.error or 'exists'}",
-                "failed": f"[red]failed[/red] {record.error}",
+                "failed": f"failed {record.error}",
             }[record.status]
-            progress.console.print(line)
+            progress.console.print(escape(line), style="red" if record.status == "failed" else None)
 
     with progress:
         try:
@@ -272,7 +273,7 @@ def batch(
         try:
             write_report(result.records, report)
         except OSError as exc:
-            err.print(f"[red]error:[/red] {report}: cannot write the report ({exc.strerror or exc})")
+            err.print(f"[red]error:[/red] {escape(str(report))}: cannot write the report ({exc.strerror or exc})")
             code = code or 1
     raise typer.Exit(code)
 
@@ -356,7 +357,7 @@ def eval_cmd(
         with err.status(f"evaluating {len(items)} images x {5 + len(models)} methods"):
             rows, outputs = evaluate.evaluate(items, models)
     except NUNetError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     summary = evaluate.summarise(rows)
     table = Table(
@@ -456,7 +457,7 @@ def train_cmd(
     try:
         cfg = load_config(config, overrides)
     except NUNetError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     bar = Progress(
         "training", BarColumn(), MofNCompleteColumn(), "{task.fields[losses]}", TimeRemainingColumn(), console=err
@@ -470,11 +471,35 @@ def train_cmd(
         with bar:
             path = train(cfg, resume=resume, command=shlex.join(["nunet", *sys.argv[1:]]), progress=progress)
     except NUNetError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         if verbose:
             err.print(traceback.format_exc())
         raise typer.Exit(1) from None
     out.print(f"wrote {path} and its model card, losses.csv, losses.png")
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Registered model name or TorchScript .pt file.")],
+    package: Annotated[Path, typer.Argument(metavar="OUT.zip", help="The bioimage.io package to write.")],
+    format: Annotated[
+        str, typer.Option("--format", help="Weights: torchscript, or torchscript,onnx.")
+    ] = "torchscript,onnx",
+    sample: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Image whose first plane (centre 256x256) becomes the test input (default: synthetic nuclei)."
+        ),
+    ] = None,
+) -> None:
+    """Package a model for bioimage.io tools (deepImageJ, JDLL, bioimageio.core); needs nunet[bioimageio]."""
+    from nunet.export import export_bioimageio
+
+    try:
+        path = export_bioimageio(model, package, tuple(f.strip() for f in format.split(",") if f.strip()), sample)
+    except NUNetError as exc:
+        _usage_exit(exc)
+    out.print(f"wrote {path}; check it with: bioimageio test {path}")
 
 
 @app.command("serve")
@@ -505,7 +530,7 @@ def fiji_install_cmd(
     try:
         written = install(fiji_dir, python or sys.executable, jython_jar)
     except NUNetError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     for path in written:
         out.print(f"installed {path}")
@@ -522,7 +547,7 @@ def fiji_uninstall_cmd(fiji_dir: Annotated[Path, typer.Argument(help="The Fiji.a
     try:
         removed = uninstall(fiji_dir)
     except NUNetError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     for path in removed:
         out.print(f"removed {path}")

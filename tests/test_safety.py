@@ -251,3 +251,11 @@ def test_two_batches_into_one_folder_compute_each_image_once(tmp_path, model_dir
     assert computed == sorted(p.name for p in src.iterdir())  # each exactly once
     assert all(r["status"] in ("ok", "skipped") for r in records)
     assert not list(out.glob(".*"))
+
+
+def test_messages_keep_square_brackets(tmp_path):
+    """Paths with [ ] (as ImageJ users write them) are printed as they are, not eaten as console markup."""
+    src = tmp_path / "in [day 1]"
+    src.mkdir()
+    result = run("batch", src, tmp_path / "out", "-m", "nunet-test")
+    assert result.exit_code == 2 and "in [day 1]: no files matching" in result.output
