@@ -36,10 +36,11 @@ def best_ms(fn, repeats: int) -> float:
     return 1e3 * min(times)
 
 
-def matmul_gflops(repeats: int) -> float:
+def matmul_gflops(repeats: int, dtype: str = "float32") -> float:
+    """GFLOP/s of a 2048x2048 matrix product in ``dtype`` (float32 or bfloat16)."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a, b = (torch.randn(2048, 2048).to(getattr(torch, dtype)) for _ in range(2))
     ms = best_ms(lambda: torch.mm(a, b), repeats)
     return 2 * 2048**3 / (ms * 1e-3) / 1e9
 
@@ -188,8 +189,13 @@ def main() -> None:
     threads_max = torch.get_num_threads()
     ceiling = matmul_gflops(args.repeats)
     gflop = nunet_gflop(args.size, args.size)
-    print(f"torch {torch.__version__}, {threads_max} threads")
-    print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s; NU-Net: {gflop:.2f} GFLOP per {args.size}x{args.size} plane")
+    from nunet.runtime import cpu_info
+
+    print(f"torch {torch.__version__}, {threads_max} threads, CPU: {cpu_info().describe()}")
+    print(
+        f"matmul ceiling: fp32 {ceiling:.1f} GFLOP/s, bf16 {matmul_gflops(args.repeats, 'bfloat16'):.1f} GFLOP/s; "
+        f"NU-Net: {gflop:.2f} GFLOP per {args.size}x{args.size} plane"
+    )
 
     eager = untrained(0).eval()
     with torch.no_grad():
