@@ -1,18 +1,45 @@
 """The NU-Net network: Johnson et al.'s TransformerNet with one grey channel in and out.
 
-The layer names below are part of the model format: :mod:`nunet.tiling` walks them
-to run seam-free tiled inference on any TorchScript model saved from this class.
+The layer sequence below (``ENCODER``, ``RESIDUAL_BLOCKS`` with ``RESIDUAL``, ``DECODER``,
+``OUTPUT``: module paths, kernels, strides and the InstanceNorm after each convolution) is part
+of the model format: :mod:`nunet.tiling` walks it to run seam-free tiled inference on any
+TorchScript model saved from :class:`NUNet`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-#: Pixel range the network was trained on (inputs) and clips its output to.
-TRAINING_RANGE = (0.0, 255.0)
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolution of NU-Net: its module path, kernel, stride, whether nearest x2 upsampling
+    comes before it, and the path of the InstanceNorm that follows it (None: none)."""
+
+    path: str
+    kernel: int
+    stride: int = 1
+    upsample: bool = False
+    norm: Optional[str] = None
+
+
+ENCODER = (
+    ConvSpec("conv1.conv", 9, norm="in1"),
+    ConvSpec("conv2.conv", 3, 2, norm="in2"),
+    ConvSpec("conv3.conv", 3, 2, norm="in3"),
+)
+RESIDUAL_BLOCKS = ("res1", "res2", "res3", "res4", "res5")
+#: The two convolutions of each residual block, relative to the block.
+RESIDUAL = (ConvSpec("conv1.conv", 3, norm="in1"), ConvSpec("conv2.conv", 3, norm="in2"))
+DECODER = (
+    ConvSpec("deconv1.conv.conv", 3, upsample=True, norm="in4"),
+    ConvSpec("deconv2.conv.conv", 3, upsample=True, norm="in5"),
+)
+OUTPUT = ConvSpec("deconv3.conv", 9)
 
 
 class InstanceNorm(nn.InstanceNorm2d):

@@ -28,31 +28,26 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nunet.model import single_output_conv, upsample_conv3x3
+from nunet.model import (
+    DECODER,
+    ENCODER,
+    OUTPUT,
+    RESIDUAL,
+    RESIDUAL_BLOCKS,
+    ConvSpec,
+    single_output_conv,
+    upsample_conv3x3,
+)
 
 EPS = 1e-5
 
 
-@dataclass(frozen=True)
-class ConvSpec:
-    """One convolution of NU-Net: module path, kernel, stride, nearest x2 upsampling before it."""
-
-    path: str
-    kernel: int
-    stride: int = 1
-    upsample: bool = False
-
-
-ENCODER = (ConvSpec("conv1.conv", 9), ConvSpec("conv2.conv", 3, 2), ConvSpec("conv3.conv", 3, 2))
-DECODER = (ConvSpec("deconv1.conv.conv", 3, upsample=True), ConvSpec("deconv2.conv.conv", 3, upsample=True))
-OUTPUT = ConvSpec("deconv3.conv", 9)
-RESIDUAL_BLOCKS = ("res1", "res2", "res3", "res4", "res5")
 #: Passes over the tiles of one plane: each convolution, and each residual block's sum.
 TILED_PASSES = len(ENCODER) + 3 * len(RESIDUAL_BLOCKS) + len(DECODER) + 1
 
@@ -310,10 +305,11 @@ class _Runner:
 
     def residual(self, block: torch.nn.Module, name: str, x: _Activation) -> _Activation:
         """``x + IN(conv(ReLU(IN(conv(x)))))``, stored."""
-        a, moments = self.conv(x, ConvSpec(f"{name}.conv1.conv", 3))
-        b, moments_b = self.conv(self.normalised(a, moments, block.in1, relu=True), ConvSpec(f"{name}.conv2.conv", 3))
+        first, second = (replace(spec, path=f"{name}.{spec.path}") for spec in RESIDUAL)
+        a, moments = self.conv(x, first)
+        b, moments_b = self.conv(self.normalised(a, moments, _module(block, RESIDUAL[0].norm), relu=True), second)
         a.remove()
-        b_in = self.normalised(b, moments_b, block.in2, relu=False)
+        b_in = self.normalised(b, moments_b, _module(block, RESIDUAL[1].norm), relu=False)
         out = self.new_store(b.height, b.width, b.channels)
         for y0, y1, x0, x1 in _tiles(b.height, b.width, self.side(b.height)):
             rows, cols = np.arange(y0, y1), np.arange(x0, x1)
@@ -357,19 +353,19 @@ def tiled_forward(
     with tempfile.TemporaryDirectory(prefix="nunet-tiles-", dir=scratch_dir()) as folder:
         runner = _Runner(net, tile_size, height, x.device, Path(folder), on_pass or (lambda: None))
 
-        def conv_norm_relu(act: _Activation, spec: ConvSpec, norm: torch.nn.Module) -> _Activation:
+        def conv_norm_relu(act: _Activation, spec: ConvSpec) -> _Activation:
             store, moments = runner.conv(act, spec)
             act.store.remove()
-            return runner.normalised(store, moments, norm, relu=True)
+            return runner.normalised(store, moments, _module(net, spec.norm), relu=True)
 
         try:
             act = _Activation(_ArrayStore(x[0, 0].float().cpu()))
-            for spec, norm in zip(ENCODER, (net.in1, net.in2, net.in3)):
-                act = conv_norm_relu(act, spec, norm)
+            for spec in ENCODER:
+                act = conv_norm_relu(act, spec)
             for name in RESIDUAL_BLOCKS:
-                act = runner.residual(getattr(net, name), name, act)
-            for spec, norm in zip(DECODER, (net.in4, net.in5)):
-                act = conv_norm_relu(act, spec, norm)
+                act = runner.residual(_module(net, name), name, act)
+            for spec in DECODER:
+                act = conv_norm_relu(act, spec)
             runner.conv(act, OUTPUT, sink=to_out)
         finally:
             runner.close()

@@ -159,3 +159,25 @@ def test_saved_archive_is_named_after_the_model_file(tmp_path):
     path = save_model(NUNet(), tmp_path / "nunet-wx.pt", name="nunet-wx", w=1.0)
     assert {name.split("/")[0] for name in zipfile.ZipFile(path).namelist()} == {"nunet-wx"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nunet-wx.pt"]  # no temporary left
+
+
+def test_the_layer_sequence_matches_the_network():
+    """The specs tiling walks (model.ENCODER ... OUTPUT) name NU-Net's real convolutions and norms."""
+    from functools import reduce
+
+    from nunet.model import DECODER, ENCODER, OUTPUT, RESIDUAL, RESIDUAL_BLOCKS, NUNet
+
+    net = NUNet()
+
+    def module(path: str) -> torch.nn.Module:
+        return reduce(getattr, path.split("."), net)
+
+    in_blocks = [(f"{b}.{s.path}", s, f"{b}.{s.norm}") for b in RESIDUAL_BLOCKS for s in RESIDUAL]
+    specs = [(s.path, s, s.norm) for s in (*ENCODER, *DECODER, OUTPUT)] + in_blocks
+    for path, spec, norm in specs:
+        conv = module(path)
+        assert isinstance(conv, torch.nn.Conv2d)
+        assert conv.kernel_size == (spec.kernel, spec.kernel) and conv.stride == (spec.stride, spec.stride)
+        if spec.norm:
+            assert isinstance(module(norm), torch.nn.InstanceNorm2d)
+    assert len(specs) == sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())  # every convolution
