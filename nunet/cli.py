@@ -535,7 +535,8 @@ def fiji_install_cmd(
     for path in written:
         out.print(f"installed {path}")
     out.print(
-        'Restart Fiji, then: Plugins > NU-Net > NU-Net Filter, or in a macro run("NU-Net Filter", "model=nunet-w8");'
+        f'Restart Fiji, then: Plugins > NU-Net > NU-Net Filter, or in a macro run("NU-Net Filter", '
+        f'"model={DEFAULT_MODEL}");'
     )
 
 

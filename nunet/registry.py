@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from nunet.modelfile import LoadedModel
 
 ENV_VAR = "NUNET_MODEL_PATH"
-DEFAULT_MODEL = "nunet-w8"
+DEFAULT_MODEL = "nunet-v2"
 
 
 @dataclass(frozen=True)
