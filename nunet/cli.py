@@ -306,7 +306,9 @@ def eval_cmd(
     model: Annotated[
         Optional[list[str]],
         typer.Option(
-            "--model", "-m", help="NU-Net model to compare (repeatable; default: every registered model with a w)."
+            "--model",
+            "-m",
+            help="NU-Net model to compare (repeatable; default: the default model and the models with a w).",
         ),
     ] = None,
     suite: Annotated[
@@ -346,7 +348,9 @@ def eval_cmd(
 
     if (images is None) != (masks is None and centroids is None):
         raise typer.BadParameter("--images needs --masks and/or --centroids", param_hint="--images")
-    models = model if model is not None else [e.name for e in list_models() if e.w is not None]
+    models = (
+        model if model is not None else [e.name for e in list_models() if e.w is not None or e.name == DEFAULT_MODEL]
+    )
     try:
         if images is not None:
             items = evaluate.folder_items(images, masks, radius, invert, centroids)
