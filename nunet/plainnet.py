@@ -13,21 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-class _Conv(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
-        super().__init__()
-        self.pad = nn.ReflectionPad2d(kernel_size // 2)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.pad(x))
+from nunet.model import ConvLayer  # reflection padding + convolution: already the plain form
 
 
 class _Upsample(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = _Conv(in_channels, out_channels, 3)
+        self.conv = ConvLayer(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -40,8 +32,8 @@ def _norm(channels: int) -> nn.InstanceNorm2d:
 class _Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv1, self.in1 = _Conv(channels, channels, 3), _norm(channels)
-        self.conv2, self.in2 = _Conv(channels, channels, 3), _norm(channels)
+        self.conv1, self.in1 = ConvLayer(channels, channels, 3), _norm(channels)
+        self.conv2, self.in2 = ConvLayer(channels, channels, 3), _norm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.in2(self.conv2(torch.relu(self.in1(self.conv1(x)))))
@@ -52,13 +44,13 @@ class PlainNUNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1, self.in1 = _Conv(1, 32, 9), _norm(32)
-        self.conv2, self.in2 = _Conv(32, 64, 3, stride=2), _norm(64)
-        self.conv3, self.in3 = _Conv(64, 128, 3, stride=2), _norm(128)
+        self.conv1, self.in1 = ConvLayer(1, 32, 9), _norm(32)
+        self.conv2, self.in2 = ConvLayer(32, 64, 3, stride=2), _norm(64)
+        self.conv3, self.in3 = ConvLayer(64, 128, 3, stride=2), _norm(128)
         self.res1, self.res2, self.res3, self.res4, self.res5 = (_Residual(128) for _ in range(5))
         self.deconv1, self.in4 = _Upsample(128, 64), _norm(64)
         self.deconv2, self.in5 = _Upsample(64, 32), _norm(32)
-        self.deconv3 = _Conv(32, 1, 9)
+        self.deconv3 = ConvLayer(32, 1, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.in1(self.conv1(x)))
