@@ -2,8 +2,8 @@
 
 The package holds the model's TorchScript file and, optionally, ONNX weights exported from a
 plain-form twin of the network (:mod:`nunet.plainnet`; checked against TorchScript on several
-sizes), test tensors computed by nunet itself, a cover image, the model card as documentation
-(with a note that the model must not be run block-wise: InstanceNorm uses whole-plane
+sizes), test tensors computed by nunet itself (the same planes as sample TIFFs), a cover image,
+the model card as documentation (with a note that the model must not be run block-wise: InstanceNorm uses whole-plane
 statistics), and nunet's preprocessing in the spec's own terms: ``scale_range`` (percentiles
 0.1/99.9 over y, x) -> ``clip`` 0..1 -> ``scale_linear`` x255; postprocessing ``clip`` 0..255 ->
 ``scale_linear`` x1/255. Needs the ``[bioimageio]`` extra.
@@ -108,6 +108,7 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
     if out.suffix != ".zip":
         raise UsageError(f"{out}: the package must be a .zip file")
     v0_5, save_package = _requirements()
+    import tifffile
     import torch
 
     from nunet.inference import enhance
@@ -123,6 +124,8 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
         shutil.copyfile(loaded.path, folder / "weights.pt")
         np.save(folder / "test_input.npy", raw[None, None])
         np.save(folder / "test_output.npy", expected[None, None].astype(np.float32))
+        tifffile.imwrite(folder / "sample_input.tif", raw)  # the same plane as an image, for viewers
+        tifffile.imwrite(folder / "sample_output.tif", expected.astype(np.float32))
         _cover(raw, expected, folder / "cover.png")
         text = card.read_text(encoding="utf-8") if card.is_file() else f"# {loaded.name}\n"
         (folder / "README.md").write_text(f"{text.rstrip()}\n\n## Use in bioimage.io tools\n\n{BLOCKWISE_NOTE}\n")
@@ -155,6 +158,7 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
                     id=v0_5.TensorId("input"),
                     axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[v0_5.Identifier("grey")]), *space],
                     test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"),
+                    sample_tensor=v0_5.FileDescr(source=folder / "sample_input.tif"),
                     preprocessing=[
                         v0_5.ScaleRangeDescr(
                             kwargs=v0_5.ScaleRangeKwargs(
@@ -181,6 +185,7 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
                         ),
                     ],
                     test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"),
+                    sample_tensor=v0_5.FileDescr(source=folder / "sample_output.tif"),
                     data=v0_5.IntervalOrRatioDataDescr(range=(0.0, 1.0)),
                     postprocessing=[
                         v0_5.ClipDescr(kwargs=v0_5.ClipKwargs(min=0.0, max=255.0)),

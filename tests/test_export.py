@@ -45,6 +45,8 @@ def test_the_package_passes_bioimageio_test_offline(package):
         "test_output.npy",
         "cover.png",
         "README.md",
+        "sample_input.tif",
+        "sample_output.tif",
     } <= names
     bioimageio = Path(sys.executable).parent / "bioimageio"
     done = subprocess.run(
