@@ -46,7 +46,9 @@ def test_read_filter_write_keeps_shape_and_calibration_or_says_why(tmp_path, cas
     if imagej:  # an ImageJ hyperstack, as Fiji writes it
         write_image(Image(data, axes, Calibration(pixel, pixel, "um")), path, overwrite=True)
     else:  # a plain shaped TIFF, as other software writes it
-        tifffile.imwrite(path, data, metadata={"axes": axes}, resolution=(1 / pixel, 1 / pixel))
+        tifffile.imwrite(
+            path, data, photometric="minisblack", metadata={"axes": axes}, resolution=(1 / pixel, 1 / pixel)
+        )
     image = read_image(path)
     assert image.data.size == data.size  # ImageJ files may drop singleton axes: the read image is the reference
     data, axes = image.data, image.axes
