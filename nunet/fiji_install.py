@@ -25,6 +25,7 @@ from pathlib import Path
 from nunet._version import __version__
 from nunet.errors import NUNetError
 from nunet.registry import DEFAULT_MODEL
+from nunet.settings import MACRO_OPTIONS
 
 PLUGIN_DIR = Path("plugins") / "NU-Net"
 MANIFEST = PLUGIN_DIR / "installed.txt"
@@ -65,6 +66,7 @@ def install(root: Path, python: str = sys.executable, jython_jar: Path = DEFAULT
         f"python={python}\n"
         f"nunet_version={__version__}\n"
         f"default_model={DEFAULT_MODEL}\n"
+        f"macro_keys={','.join(MACRO_OPTIONS)}\n"
         f"installed={datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
         "# seconds: worker start-up, and one filter call\n"
         "startup_timeout=300\ntimeout=3600\n",

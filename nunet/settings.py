@@ -123,5 +123,18 @@ class FilterSettings:
         return values
 
 
-#: The option names, for the worker protocol and the Fiji plugin's key list.
+#: The option names, for the worker protocol and the in-process Fiji bridge.
 SETTING_NAMES = tuple(f.name for f in fields(FilterSettings))
+#: The "NU-Net Filter" macro options, in ImageJ's vocabulary, and the setting each one sets (channels are
+#: 1-based there; output is 32-bit/16-bit/8-bit; replace is the plugin's own: replace the current image).
+#: ``nunet fiji install`` writes the keys into nunet.properties, where the plugin reads its key list.
+MACRO_OPTIONS = {
+    "model": "model",
+    "w": "w",
+    "channels": "channel",
+    "tile": "tile_size",
+    "device": "device",
+    "output": "dtype",
+    "replace": None,
+    "invert": "invert",
+}

@@ -32,7 +32,6 @@ from jarray import zeros
 TITLE = "NU-Net Filter"
 INPROCESS_KEY = "nunet.filter"
 WORKER_KEY = "nunet.worker"
-KNOWN_KEYS = ("model", "w", "channels", "tile", "device", "output", "replace", "invert")
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 OUTPUTS = ["32-bit", "16-bit", "8-bit"]
 
@@ -54,14 +53,18 @@ def read_config():
 
 
 def check_option_keys(options):
-    """Reject misspelt macro options (GenericDialog would silently ignore them)."""
+    """Reject misspelt macro options (GenericDialog would silently ignore them). The known keys are
+    nunet's (nunet.settings.MACRO_OPTIONS), written into nunet.properties by 'nunet fiji install'."""
     if options is None:
         return
+    known = [k for k in read_config().getProperty("macro_keys", "").split(",") if k]
+    if not known:
+        raise Failure("nunet.properties is missing or old: run 'nunet fiji install' for this Fiji again")
     stripped = re.sub(r"\[[^\]]*\]", "", options)
     for token in stripped.split():
         key = token.split("=")[0]
-        if key not in KNOWN_KEYS:
-            raise Failure("unknown option '%s' (known: %s)" % (key, ", ".join(KNOWN_KEYS)))
+        if key not in known:
+            raise Failure("unknown option '%s' (known: %s)" % (key, ", ".join(known)))
 
 
 def ask_options(imp):
