@@ -159,9 +159,7 @@ def check_writable_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".nunet-probe-"):
             pass
-    except FileExistsError:
-        raise UsageError(f"{folder}: a file stands where a folder of the path should be") from None
-    except NotADirectoryError:
+    except (FileExistsError, NotADirectoryError):
         raise UsageError(f"{folder}: a file stands where a folder of the path should be") from None
     except OSError as exc:
         raise UsageError(f"{folder}: output folder is not writable ({exc.strerror or exc})") from None
@@ -204,7 +202,8 @@ def plan_batch(
             )
         raise UsageError(f"{input_dir}: no files matching {' '.join(patterns)}" + (" (recursive)" if recursive else ""))
     # files the run must never replace: its inputs, and matching files that are not earlier outputs
-    protected = {p.resolve() for p in inputs} | {p.resolve() for p in candidates if not written_by_nunet(p)}
+    # (a file's header is read only where an output name meets it)
+    own_inputs, matching = {p.resolve() for p in inputs}, {p.resolve() for p in candidates}
     jobs, claimed = [], {}
     for path in inputs:
         out = output_path(path, input_dir, output_dir, template, model_tag)
@@ -214,7 +213,7 @@ def plan_batch(
                 f"{path.name} and {claimed[key].name} would both be written to {out}; "
                 "use --name-template with {name} to keep them apart"
             )
-        if key in protected:
+        if key in own_inputs or (key in matching and not written_by_nunet(key)):
             raise UsageError(
                 f"{out}: output for {path.name} would replace an input file; "
                 "choose another name template or output folder"

@@ -160,3 +160,15 @@ def degrade(image: np.ndarray, labels: np.ndarray, radius: float, seed: int, ran
         "read_noise": read_noise,
     }
     return Degraded(counts.astype(np.float32), labels, centroids_of(labels), radius * scale, factors)
+
+
+def degrade_dark_aware(
+    image: np.ndarray, labels: np.ndarray, radius: float, seed: int, ranges: Ranges, dark: bool
+) -> Degraded:
+    """:func:`degrade` for bright or dark nuclei: a dark-blob image is flipped for the degradation
+    (which assumes bright nuclei) and its result flipped back, so it stays a dark-blob image."""
+    source = image.max() - image if dark else image
+    done = degrade(source, labels, radius, seed, ranges)
+    if dark:
+        done.image = done.image.max() - done.image
+    return done

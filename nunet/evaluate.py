@@ -132,11 +132,9 @@ def synthetic_items(
 
 
 def degraded_synthetic_items(n_per_modality: int = 3, size: int = 256, seed: int = 0) -> list[EvalImage]:
-    """The synthetic modalities degraded by :func:`nunet.degrade.degrade` (family ``synthetic-degraded``).
-
-    Dark-blob images are flipped for the degradation and flipped back (they stay dark-blob images).
-    """
-    from nunet.degrade import Ranges, degrade
+    """The synthetic modalities degraded by :func:`nunet.degrade.degrade_dark_aware` (family
+    ``synthetic-degraded``; dark-blob images stay dark-blob images)."""
+    from nunet.degrade import Ranges, degrade_dark_aware
     from nunet.synth import MODALITIES, PRESETS, evaluation_seed, synth_image
 
     items = []
@@ -144,16 +142,19 @@ def degraded_synthetic_items(n_per_modality: int = 3, size: int = 256, seed: int
         dark = PRESETS[modality].dark_blobs
         for i in range(n_per_modality):
             s = synth_image(modality, (size, size), seed=evaluation_seed(seed * 1000 + 500 + 10 * i + k))
-            source = s.image.max() - s.image if dark else s.image
-            d = degrade(
-                source, s.labels, s.radius, evaluation_seed(seed * 1000 + 700 + 10 * i + k), Ranges(max_side=size)
+            d = degrade_dark_aware(
+                s.image,
+                s.labels,
+                s.radius,
+                evaluation_seed(seed * 1000 + 700 + 10 * i + k),
+                Ranges(max_side=size),
+                dark,
             )
-            image = d.image.max() - d.image if dark else d.image
             items.append(
                 EvalImage(
                     f"{modality}-degraded",
                     f"{modality}-degraded-{i}",
-                    image,
+                    d.image,
                     d.labels > 0,
                     d.centroids,
                     d.radius,

@@ -30,6 +30,7 @@ from nunet.autotune import DEFAULT_TUNER, default_batch_size
 from nunet.errors import ImageValueError, ModelError
 from nunet.io import Image, check_axes, guess_axes, with_data
 from nunet.preprocess import (
+    FULL_SCALE,
     crop_plane,
     invert_normalised,
     normalise_plane,
@@ -310,7 +311,7 @@ def _prepare_torch(planes: np.ndarray, percentiles: tuple[float, float], invert:
     x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).to(device)
     x = normalise_planes_torch(x, percentiles)
     if invert:
-        torch.sub(255.0, x, out=x)
+        torch.sub(FULL_SCALE, x, out=x)
     ph, pw = padded_shape(height, width)
     return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
 

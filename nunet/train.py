@@ -195,11 +195,10 @@ def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
 def _degraded(image, seed: int, side: int, dark: bool) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic image degraded by :func:`nunet.degrade.degrade` (in the bright-nuclei domain), at
     most ``side`` px, with its labels; dark-blob images are flipped for the degradation and back."""
-    from nunet.degrade import Ranges, degrade
+    from nunet.degrade import Ranges, degrade_dark_aware
 
-    raw = image.image.max() - image.image if dark else image.image
-    done = degrade(raw, image.labels, image.radius, seed, Ranges(max_side=side))
-    return (done.image.max() - done.image if dark else done.image), done.labels
+    done = degrade_dark_aware(image.image, image.labels, image.radius, seed, Ranges(max_side=side), dark)
+    return done.image, done.labels
 
 
 def soft_mask(labels: np.ndarray) -> np.ndarray:
