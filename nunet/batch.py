@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import shutil
 import socket
 import time
 import traceback
@@ -41,10 +42,12 @@ from pathlib import Path
 from nunet.errors import NUNetError, UsageError
 from nunet.settings import FilterSettings
 
-DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.png", "*.jpg")
+DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.png", "*.jpg", "*.zarr")
 DEFAULT_TEMPLATE = "{stem}.tif"
 #: Used instead of the default template when the output folder is the input folder.
 SAME_FOLDER_TEMPLATE = "{stem}_nunet.tif"
+#: The default templates' file type per output format (``nunet-batch --format``).
+FORMAT_SUFFIXES = {"tiff": ".tif", "zarr": ".ome.zarr"}
 CLAIM_SUFFIX = ".nunet-claim"
 
 
@@ -95,8 +98,10 @@ def candidate_files(
     input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
     found = []
     for path in input_dir.rglob("*") if recursive else input_dir.glob("*"):
-        if not path.is_file() or path.name.startswith(".") or path.suffix == ".part":
+        if not (path.is_file() or is_zarr_store(path)) or path.name.startswith(".") or path.suffix == ".part":
             continue
+        if any(is_zarr_store(parent) for parent in path.relative_to(input_dir).parents if parent.name):
+            continue  # inside a zarr store
         if output_dir != input_dir and output_dir in path.resolve().parents:
             continue
         if _matches(path, patterns):
@@ -120,6 +125,20 @@ def collect_inputs(
     return [p for p in found if not fnmatch.fnmatch(p.name, own)]
 
 
+def is_zarr_store(path: Path) -> bool:
+    """A folder named ``*.zarr`` (an OME-Zarr image is one input, not a folder of inputs)."""
+    return path.suffix.lower() == ".zarr" and path.is_dir()
+
+
+def image_stem(path: Path) -> str:
+    """The name without its suffix; ``.ome.zarr`` and ``.zarr`` removed whole."""
+    name = path.name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def _template_glob(template: str) -> str:
     """The glob matching every name a template can produce (``{stem}_nunet.tif`` -> ``*_nunet.tif``)."""
     glob = template
@@ -137,7 +156,7 @@ def output_path(input_path: Path, input_root: Path, output_dir: Path, template: 
     rel = input_path.resolve().relative_to(input_root.resolve())
     model_tag = Path(model).stem if model.endswith(".pt") else model
     try:
-        name = template.format(stem=input_path.stem, name=input_path.name, model=model_tag)
+        name = template.format(stem=image_stem(input_path), name=input_path.name, model=model_tag)
     except (KeyError, IndexError, ValueError) as exc:
         raise UsageError(f"bad name template '{template}': use {{stem}}, {{name}} or {{model}}") from exc
     folder = (output_dir / rel.parent).resolve()
@@ -184,14 +203,21 @@ def plan_batch(
     template: str | None = None,
     model_tag: str = "",
     check_folder: bool = True,
+    output_format: str = "tiff",
 ) -> list[Job]:
-    """The inputs and outputs of a batch, checked (see module docstring); raises UsageError."""
+    """The inputs and outputs of a batch, checked (see module docstring); raises UsageError.
+
+    ``output_format`` (a key of ``FORMAT_SUFFIXES``) sets the file type of the default templates.
+    """
     from nunet.io import written_by_nunet
 
     if not input_dir.is_dir():
         raise UsageError(f"{input_dir}: input folder not found")
     same = input_dir.resolve() == output_dir.resolve()
-    template = template or (SAME_FOLDER_TEMPLATE if same else DEFAULT_TEMPLATE)
+    if output_format not in FORMAT_SUFFIXES:
+        raise UsageError(f"--format: '{output_format}' is not one of {', '.join(FORMAT_SUFFIXES)}")
+    default = SAME_FOLDER_TEMPLATE if same else DEFAULT_TEMPLATE
+    template = template or default.replace(".tif", FORMAT_SUFFIXES[output_format])
     candidates = candidate_files(input_dir, output_dir, patterns, recursive)
     inputs = collect_inputs(input_dir, output_dir, patterns, recursive, template)
     if not inputs:
@@ -274,7 +300,10 @@ def claim(output: Path) -> bool:
                 continue
             stale.unlink()
             for part in output.parent.glob(f".{output.name}.*.part"):
-                part.unlink(missing_ok=True)
+                if part.is_dir():  # an OME-Zarr output being written
+                    shutil.rmtree(part, ignore_errors=True)
+                else:
+                    part.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as fh:
             fh.write(f"{os.getpid()} {socket.gethostname()}\n")
@@ -340,12 +369,12 @@ def _filter(record: FileRecord, image, settings: FilterSettings, model, progress
     return result if record.status == "ok" else None
 
 
-def _write(record: FileRecord, result, output: Path, overwrite: bool) -> FileRecord:
+def _write(record: FileRecord, result, output: Path, overwrite: bool, ngff: str | None) -> FileRecord:
     from nunet.io import write_image
 
     if result is not None:
         with _stage(record):
-            write_image(result, output, overwrite=overwrite)
+            write_image(result, output, overwrite=overwrite, ngff=ngff)
     return record
 
 
@@ -374,9 +403,9 @@ def filter_file(
     """
     from nunet.io import written_by_nunet
 
-    if not input_path.is_file():
+    if not (input_path.is_file() or is_zarr_store(input_path)):
         raise UsageError(f"{input_path}: no such file")
-    if output.is_dir():
+    if output.is_dir() and output.suffix.lower() != ".zarr":
         raise UsageError(f"{output}: is a folder; give an output file name (or use nunet batch for folders)")
     if output.resolve() == input_path.resolve():
         raise UsageError(f"{output}: output would overwrite the input; choose another name or folder")
@@ -385,7 +414,7 @@ def filter_file(
     check_writable_folder(output.parent)
     job = Job(input_path, output)
     record, image = _read(job, settings, overwrite, dry_run=False)
-    return _write(record, _filter(record, image, settings, model, progress), output, overwrite)
+    return _write(record, _filter(record, image, settings, model, progress), output, overwrite, settings.ngff)
 
 
 # ---- folders -----------------------------------------------------------------------------
@@ -403,6 +432,7 @@ def run_batch(
     dry_run: bool = False,
     on_start: Callable[[int], None] | None = None,
     on_file: Callable[[FileRecord], None] | None = None,
+    output_format: str = "tiff",
 ) -> BatchResult:
     """Filter every matching file of ``input_dir`` into ``output_dir``.
 
@@ -418,13 +448,16 @@ def run_batch(
         Descend into sub-folders and mirror them in ``output_dir``.
     template : str, optional
         Output name template (see :func:`output_path`). Default ``{stem}.tif``, or
-        ``{stem}_nunet.tif`` when the output folder is the input folder.
+        ``{stem}_nunet.tif`` when the output folder is the input folder (``.ome.zarr`` instead of
+        ``.tif`` with ``output_format="zarr"``).
     overwrite : bool
         Replace existing outputs (only files nunet wrote; see the module docstring).
     dry_run : bool
         Plan only: records say ``dry-run`` or ``skipped``; nothing is read or written.
     on_start, on_file : callable, optional
         Called with the number of inputs, then with each finished record.
+    output_format : str
+        ``tiff`` or ``zarr`` (OME-Zarr): the file type of the default name templates.
 
     Raises
     ------
@@ -448,6 +481,7 @@ def run_batch(
         template=template,
         model_tag=model_tag,
         check_folder=not dry_run,
+        output_format=output_format,
     )
     if on_start:
         on_start(len(jobs))
@@ -503,7 +537,7 @@ def _pipeline(
             record, image = ahead.result()
             ahead = reader.submit(read, jobs[i + 1]) if i + 1 < len(jobs) else None
             result = _filter(record, image, settings, model, progress=False)
-            writes.append(writer.submit(_write, record, result, job.output, overwrite))
+            writes.append(writer.submit(_write, record, result, job.output, overwrite, settings.ngff))
             while writes and (writes[0].done() or len(writes) > 2):
                 finish(writes.popleft())
     except KeyboardInterrupt:

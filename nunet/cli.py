@@ -79,6 +79,9 @@ OverwriteOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-file lines and tracebacks.")]
+NgffOpt = Annotated[
+    Optional[str], typer.Option(help="NGFF version of OME-Zarr outputs: 0.4 or 0.5 (default: the input's, else 0.5).")
+]
 
 
 def _settings(
@@ -92,6 +95,7 @@ def _settings(
     precision: str,
     invert: bool,
     dtype: str,
+    ngff: str | None = None,
 ) -> FilterSettings:
     """The command's FilterSettings, checked against the hardware; a bad option exits 2."""
     try:
@@ -106,6 +110,7 @@ def _settings(
             precision=precision,
             invert=invert,
             dtype=dtype,
+            ngff=ngff,
         ).resolved()
     except NUNetError as exc:
         _usage_exit(exc)
@@ -147,8 +152,8 @@ def _report_failures(records: list[FileRecord], verbose: bool) -> int:
 
 @app.command("filter")
 def filter_cmd(
-    input: Annotated[Path, typer.Argument(help="Input image (.tif, .tiff, .png, .jpg).")],
-    output: Annotated[Path, typer.Argument(help="Output ImageJ TIFF.")],
+    input: Annotated[Path, typer.Argument(help="Input image (.tif, .tiff, .png, .jpg, .zarr, .ome.zarr).")],
+    output: Annotated[Path, typer.Argument(help="Output ImageJ TIFF, or OME-Zarr (.ome.zarr) with a pyramid.")],
     model: ModelOpt = DEFAULT_MODEL,
     w: StrengthOpt = None,
     axes: AxesOpt = None,
@@ -160,13 +165,29 @@ def filter_cmd(
     invert: InvertOpt = False,
     dtype: DtypeOpt = "float32",
     overwrite: OverwriteOpt = False,
+    ngff: NgffOpt = None,
+    workers: Annotated[
+        int, typer.Option(help="Zarr to Zarr: filter on a local dask cluster of this many worker processes.")
+    ] = 0,
+    scheduler: Annotated[
+        Optional[str], typer.Option(help="Zarr to Zarr: address of an existing dask scheduler (tcp://host:8786).")
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Filter one image into a calibrated ImageJ TIFF."""
+    """Filter one image into a calibrated ImageJ TIFF or an OME-Zarr image.
+
+    Zarr to Zarr runs plane by plane and resumes: rerun an interrupted command to finish it.
+    """
     from nunet.batch import filter_file
     from nunet.registry import load_model
 
-    settings = _settings(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype)
+    settings = _settings(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff)
+    zarr_pair = input.suffix.lower() == output.suffix.lower() == ".zarr"
+    if (workers or scheduler) and not zarr_pair:
+        _usage_exit(NUNetError("--workers and --scheduler need a zarr input and a zarr output"))
+    if zarr_pair:
+        _filter_zarr(input, output, settings, workers, scheduler, overwrite)
+        return
     try:
         loaded = None if settings.w is not None else load_model(settings.model, settings.device)
         record = filter_file(input, output, settings, overwrite=overwrite, model=loaded, progress=True)
@@ -183,13 +204,49 @@ def filter_cmd(
         err.print(f"{input} -> {output} ({record.seconds:.2f} s)")
 
 
+def _filter_zarr(
+    input: Path, output: Path, settings: FilterSettings, workers: int, scheduler: str | None, overwrite: bool
+) -> None:
+    """``nunet filter`` for a zarr input and output: plane tasks, a progress bar, resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from nunet.cluster import filter_zarr
+
+    bar = Progress("planes", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    task = bar.add_task("planes", total=None)
+    try:
+        with bar:
+            run = filter_zarr(
+                input,
+                output,
+                settings,
+                workers=workers,
+                scheduler=scheduler,
+                overwrite=overwrite,
+                on_plane=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except NUNetError as exc:
+        _usage_exit(exc)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: rerun the same command to resume {output} (finished planes are kept)")
+        raise typer.Exit(130) from None
+    if run.skipped:
+        err.print(f"skipped: {output} exists (use --overwrite to replace)")
+    else:
+        err.print(
+            f"{output}: {run.filtered} plane(s) filtered, {run.resumed} done earlier, "
+            f"{run.seconds:.1f} s ({run.filtered / max(run.seconds, 1e-9):.2f} planes/s)"
+        )
+
+
 def batch(
     input_dir: Annotated[Path, typer.Argument(help="Folder of input images.")],
-    output_dir: Annotated[Path, typer.Argument(help="Folder for the filtered TIFFs (created if needed).")],
+    output_dir: Annotated[Path, typer.Argument(help="Folder for the filtered images (created if needed).")],
     model: ModelOpt = DEFAULT_MODEL,
     w: StrengthOpt = None,
     pattern: Annotated[
-        Optional[list[str]], typer.Option(help="File name glob, repeatable (default: *.tif *.tiff *.png *.jpg).")
+        Optional[list[str]],
+        typer.Option(help="File name glob, repeatable (default: *.tif *.tiff *.png *.jpg *.zarr)."),
     ] = None,
     recursive: Annotated[
         bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, mirrored in the output.")
@@ -210,6 +267,10 @@ def batch(
     invert: InvertOpt = False,
     dtype: DtypeOpt = "float32",
     overwrite: OverwriteOpt = False,
+    output_format: Annotated[
+        str, typer.Option("--format", help="Output format of the default names: tiff (.tif) or zarr (.ome.zarr).")
+    ] = "tiff",
+    ngff: NgffOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; write nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Write a JSON report, one record per file.")] = None,
     verbose: VerboseOpt = False,
@@ -219,7 +280,7 @@ def batch(
 
     from nunet.batch import check_report_path, run_batch, write_report
 
-    settings = _settings(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype)
+    settings = _settings(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff)
     if report is not None:
         try:
             check_report_path(report)
@@ -261,6 +322,7 @@ def batch(
                 dry_run=dry_run,
                 on_start=lambda n: progress.update(task, total=n),
                 on_file=on_file,
+                output_format=output_format,
             )
         except NUNetError as exc:
             progress.stop()

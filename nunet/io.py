@@ -25,6 +25,7 @@ from nunet.settings import OUTPUT_DTYPES
 IMAGEJ_ORDER = "TZCYXS"
 TIFF_SUFFIXES = (".tif", ".tiff")
 OTHER_SUFFIXES = (".png", ".jpg", ".jpeg")
+ZARR_SUFFIX = ".zarr"  # OME-Zarr stores (folders), as .zarr or .ome.zarr: nunet.zarr_io
 #: The TIFF Software tag of every file nunet writes: how a rerun tells its own outputs from other files.
 SOFTWARE = f"nunet {__version__}"
 
@@ -157,7 +158,7 @@ def _float(value) -> float | None:
 
 
 def read_image(path: str | os.PathLike) -> Image:
-    """Read a TIFF (ImageJ hyperstack, OME-TIFF, multi-page), PNG or JPEG image.
+    """Read a TIFF (ImageJ hyperstack, OME-TIFF, multi-page), PNG, JPEG or (O)ME-Zarr image.
 
     Raises
     ------
@@ -166,13 +167,17 @@ def read_image(path: str | os.PathLike) -> Image:
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix == ZARR_SUFFIX:
+        from nunet.zarr_io import read_zarr
+
+        return read_zarr(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
     if suffix in OTHER_SUFFIXES:
         return _read_other(path)
-    raise ImageReadError(f"{path}: unsupported file type '{suffix}' (use .tif, .tiff, .png, .jpg)")
+    raise ImageReadError(f"{path}: unsupported file type '{suffix}' (use .tif, .tiff, .png, .jpg, .zarr)")
 
 
 def _read_tiff(path: Path) -> Image:
@@ -253,8 +258,10 @@ def convert_dtype(data: np.ndarray, dtype: str) -> np.ndarray:
     return np.rint(np.clip(data, 0.0, 1.0) * top).astype(dtype)
 
 
-def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write an ImageJ-compatible TIFF atomically (temporary file in the same folder, then rename).
+def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = False, ngff: str | None = None) -> Path:
+    """Write an ImageJ-compatible TIFF atomically (temporary file in the same folder, then rename),
+    or an OME-Zarr image when ``path`` ends in ``.zarr`` (:func:`nunet.zarr_io.write_zarr`, NGFF
+    version ``ngff``).
 
     Axes are reordered to ImageJ's TZCYX order; pixel size, unit, Z spacing and frame
     interval are written so Fiji and TrackMate see a calibrated hyperstack.
@@ -267,6 +274,10 @@ def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = Fals
     import tifffile
 
     path = Path(path)
+    if path.suffix.lower() == ZARR_SUFFIX:
+        from nunet.zarr_io import write_zarr
+
+        return write_zarr(image, path, overwrite=overwrite, ngff=ngff, record={"software": SOFTWARE})
     if path.exists() and not overwrite:
         raise ImageWriteError(f"{path}: output exists (use overwrite)")
     data, axes = to_imagej_order(image.data, image.axes)
@@ -300,8 +311,14 @@ def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = Fals
 
 
 def written_by_nunet(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a TIFF that nunet wrote (its Software tag starts with ``nunet``)."""
+    """Whether ``path`` is a TIFF (its Software tag starts with ``nunet``) or a zarr group (with a run
+    record) that nunet wrote."""
     import tifffile
+
+    if Path(path).suffix.lower() == ZARR_SUFFIX:
+        from nunet.zarr_io import run_record
+
+        return run_record(path) is not None
 
     try:
         with tifffile.TiffFile(path) as tif:

@@ -15,6 +15,7 @@ from nunet.registry import DEFAULT_MODEL
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OUTPUT_DTYPES = ("float32", "uint8", "uint16")
+NGFF_VERSIONS = ("0.4", "0.5")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class FilterSettings:
         Dark nuclei on a bright background: flip each plane first.
     dtype : str
         Output pixel type, one of ``OUTPUT_DTYPES``.
+    ngff : str, optional
+        NGFF version of OME-Zarr outputs, one of ``NGFF_VERSIONS`` (default: a zarr input's, else 0.5).
     """
 
     model: str = DEFAULT_MODEL
@@ -55,6 +58,7 @@ class FilterSettings:
     precision: str = "fp32"
     invert: bool = False
     dtype: str = "float32"
+    ngff: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.channel, list):
@@ -63,6 +67,8 @@ class FilterSettings:
             raise UsageError(f"--precision: '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         if self.dtype not in OUTPUT_DTYPES:
             raise UsageError(f"--dtype: '{self.dtype}' is not one of {', '.join(OUTPUT_DTYPES)}")
+        if self.ngff is not None and self.ngff not in NGFF_VERSIONS:
+            raise UsageError(f"--ngff: '{self.ngff}' is not one of {', '.join(NGFF_VERSIONS)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"--batch-size: must be >= 1, got {self.batch_size}")
         if self.tile_size is not None and self.tile_size < 0:
@@ -115,10 +121,10 @@ class FilterSettings:
         return replace(self, device=device)
 
     def plane_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`nunet.inference.filter_planes`: all but model, axes, channel
-        and dtype (which concern the whole image)."""
+        """The keyword arguments of :func:`nunet.inference.filter_planes`: all but model, axes, channel,
+        dtype and ngff (which concern the whole image)."""
         values = asdict(self)
-        for key in ("model", "axes", "channel", "dtype"):
+        for key in ("model", "axes", "channel", "dtype", "ngff"):
             values.pop(key)
         return values
 

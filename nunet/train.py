@@ -36,6 +36,8 @@ from nunet.errors import NUNetError
 from nunet.synth import MODALITIES, PRESETS, modality_index, nuclei_labels, synth_image, training_seed
 
 CHECKPOINT = "checkpoint.pt"
+SUPERVISED_TARGETS = ("mask", "dome")
+DOME_FLOOR = 0.5  # a dome target's value at a nucleus's edge (1 at its centre)
 
 
 @dataclass
@@ -57,6 +59,8 @@ class TrainConfig:
     supervised_weight: float = 0.0  # weight of the L1 term to soft masks of degraded synthetic nuclei
     supervised_batch: int = 8  # synthetic images with masks per step (when supervised_weight > 0)
     supervised_images: int = 64  # synthetic images per modality in the supervised bank
+    supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
+    init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
     steps: int = 2000
     crops_per_dataset: int = 64  # per epoch
     content_batch: int = 16
@@ -109,6 +113,8 @@ class TrainConfig:
             self.content_weight or self.w or self.supervised_weight
         ):
             raise NUNetError("config: content_weight, w and supervised_weight must be >= 0, one of them > 0")
+        if self.supervised_target not in SUPERVISED_TARGETS:
+            raise NUNetError(f"config: supervised_target must be one of {', '.join(SUPERVISED_TARGETS)}")
         if self.backbone not in BACKBONES:
             raise NUNetError(f"config: backbone must be one of {', '.join(BACKBONES)}")
         for modality in self.synthetic_modalities:
@@ -209,6 +215,27 @@ def soft_mask(labels: np.ndarray) -> np.ndarray:
     return 255.0 * ndi.gaussian_filter(binary_mask(labels, separate_touching=True), 0.75)
 
 
+def dome_mask(labels: np.ndarray) -> np.ndarray:
+    """A soft mask whose nuclei peak at their centres, in 0..255: inside each nucleus (with the 1-px
+    gaps of :func:`binary_mask`), ``DOME_FLOOR`` at the edge rising linearly with the distance to the
+    edge to 1 at the innermost pixel; edges softened as :func:`soft_mask`. A blob detector finds one
+    maximum per nucleus on it, where a flat-topped mask of a large nucleus gives several."""
+    from scipy import ndimage as ndi
+
+    labels = np.asarray(labels).astype(np.int64)
+    foreground = binary_mask(labels, separate_touching=True) > 0
+    out = np.zeros(labels.shape, np.float32)
+    for label, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        inside = (labels[box] == label) & foreground[box]
+        depth = ndi.distance_transform_edt(inside)
+        if depth.max() > 0:
+            out[box][inside] = DOME_FLOOR + (1.0 - DOME_FLOOR) * depth[inside] / depth.max()
+    return 255.0 * ndi.gaussian_filter(out, 0.75)
+
+
 def supervised_bank(config: TrainConfig) -> list:
     """Synthetic images with labels for the supervised term: ``supervised_images`` of each modality of
     ``synthetic_modalities``, at twice the crop side (training seeds only). Dark-blob images are
@@ -233,7 +260,8 @@ def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) 
         image = bank[rng.integers(len(bank))]
         degraded, labels = _degraded(image, training_seed(config.seed, 3, int(rng.integers(2**31))), config.crop, False)
         pad = [(0, config.crop - degraded.shape[0]), (0, config.crop - degraded.shape[1])]
-        x, y = normalise_plane(np.pad(degraded, pad, mode="reflect")), soft_mask(np.pad(labels, pad, mode="reflect"))
+        target = dome_mask if config.supervised_target == "dome" else soft_mask
+        x, y = normalise_plane(np.pad(degraded, pad, mode="reflect")), target(np.pad(labels, pad, mode="reflect"))
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
         for out, array in ((inputs, x), (targets, y)):
             array = np.rot90(array, turns)
@@ -417,7 +445,10 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
 
     def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(config.seed)
-        net = NUNet().to(device).train()
+        net = NUNet()
+        if config.init_model:
+            net.load_state_dict(initial_weights(config.init_model))
+        net = net.to(device).train()
         return net, torch.optim.AdamW(net.parameters(), lr=config.lr)
 
     bank = supervised_bank(config) if config.supervised_weight else None
@@ -508,6 +539,13 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     return path
 
 
+def initial_weights(name_or_path: str) -> dict:
+    """The parameters of a registered or saved model, to start a training from."""
+    from nunet.registry import load_model
+
+    return {k: v.clone() for k, v in load_model(name_or_path, "cpu").module.state_dict().items()}
+
+
 def _out_of_time(started: float, limit_s: float) -> bool:
     return limit_s > 0 and time.perf_counter() - started > limit_s
 
@@ -586,10 +624,13 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         f"| content datasets | {', '.join(f'{k} ({v} planes)' for k, v in summary['datasets'].items())} |",
         f"| blob-mask targets | {summary['target_masks']} (folders: {', '.join(config.mask_dirs) or 'none'}; "
         f"synthetic: {config.synthetic_masks}) |",
+        f"| initial weights | {config.init_model or 'random (seed ' + str(config.seed) + ')'} |",
         f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
         f"| loss | {config.content_weight:g} x content + w x morphological"
         + (
-            f" + {config.supervised_weight:g} x L1 to soft masks of degraded synthetic nuclei (batch "
+            f" + {config.supervised_weight:g} x L1 to "
+            f"{'soft masks' if config.supervised_target == 'mask' else 'dome targets'} of degraded synthetic "
+            f"nuclei (batch "
             f"{config.supervised_batch}, {config.supervised_images} images per modality)"
             if config.supervised_weight
             else ""

@@ -171,3 +171,63 @@ def test_supervised_route_lowers_its_loss_and_exports_a_model(tmp_path):
     out = enhance(synth_image("sparse", (40, 44), seed=1).image, model)
     assert out.shape == (40, 44)
     assert "L1 to soft masks" in (tmp_path / "run" / "nunet-sup.md").read_text()
+
+
+def test_dome_target_peaks_once_per_nucleus_with_gaps_between_touching_ones():
+    from nunet.metrics import detect_blobs
+    from nunet.train import DOME_FLOOR, dome_mask, soft_mask
+
+    yy, xx = np.mgrid[0:64, 0:96]
+    labels = np.zeros((64, 96), np.int32)
+    labels[(yy - 32) ** 2 + (xx - 30) ** 2 <= 14**2] = 1
+    labels[(yy - 32) ** 2 + (xx - 57) ** 2 <= 14**2] = 2  # touches nucleus 1
+    dome = dome_mask(labels) / 255.0
+    assert abs(dome[32, 30] - 1.0) < 0.05 and abs(dome[32, 57] - 1.0) < 0.05
+    assert 0.3 < dome[32, 17] < DOME_FLOOR + 0.1  # near an edge: about the floor, softened
+    assert dome[:, 43:45].max() < 0.5 * DOME_FLOOR + 0.1  # the gap between the two
+    assert dome[labels == 0].max() < 0.45 and dome[0:5].max() == 0.0
+    assert len(detect_blobs(dome, 10.0, 0.1)) == 2
+    assert np.array_equal(soft_mask(labels) > 127, dome > 0.5 * DOME_FLOOR)  # the same nuclei, the same gap
+
+
+@pytest.mark.slow
+def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
+    import torch
+
+    from nunet import load_model
+    from nunet.train import initial_weights, load_config, supervised_bank, supervised_batch, train
+
+    config = load_config(
+        None,
+        {
+            "name": "nunet-dome",
+            "w": 0.0,
+            "content_weight": 0.0,
+            "supervised_weight": 1.0,
+            "supervised_target": "dome",
+            "init_model": str(model_path),
+            "supervised_batch": 4,
+            "supervised_images": 2,
+            "synthetic_content": 1,
+            "synthetic_masks": 4,
+            "crop": 48,
+            "steps": 15,
+            "lr": 3e-3,
+            "device": "cpu",
+            "output_dir": str(tmp_path / "run"),
+        },
+    )
+    tuned = load_model(train(config, command="test")).module
+    start = load_model(model_path).module
+    assert initial_weights(str(model_path)).keys() == tuned.state_dict().keys()
+    inputs, targets = supervised_batch(supervised_bank(config), config, np.random.default_rng(5))
+
+    def loss(net) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.l1_loss(net(inputs).clamp(0, 255), targets))
+
+    assert loss(tuned) < loss(start)
+    card = (tmp_path / "run" / "nunet-dome.md").read_text()
+    assert "L1 to dome targets" in card and f"| initial weights | {model_path} |" in card
+    with pytest.raises(Exception, match="supervised_target"):
+        load_config(None, {"supervised_target": "cone"}).validate()
