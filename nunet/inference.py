@@ -44,6 +44,7 @@ from nunet.preprocess import (
 from nunet.registry import DEFAULT_MODEL, load_model
 from nunet.runtime import autocast, num_threads, resolve_device, reuse_freed_memory
 from nunet.runtime import progress as progress_bar
+from nunet.settings import PRECISIONS
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 #: in host files, so only planes whose whole-plane activations could crowd GPU memory (about
 #: 0.5 kB per pixel) are tiled.
 AUTO_TILING = {"cpu": (1280 * 1280, 256), "gpu": (2048 * 2048, 1024)}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: torch.quantile's input size limit (elements); larger batches are normalised with NumPy.
 QUANTILE_LIMIT = 2**24
 

@@ -37,6 +37,7 @@ from nunet.synth import MODALITIES, PRESETS, modality_index, nuclei_labels, synt
 
 CHECKPOINT = "checkpoint.pt"
 SUPERVISED_TARGETS = ("mask", "dome")
+SUPERVISED_LOSSES = ("l1", "l2")
 DOME_FLOOR = 0.5  # a dome target's value at a nucleus's edge (1 at its centre)
 
 
@@ -56,10 +57,11 @@ class TrainConfig:
     degrade_content: bool = False  # synthetic content degraded as nunet.degrade does (illumination, haze,
     # debris, intensity spread, photons, scale)
     content_weight: float = 1.0  # weight of the paper's content loss
-    supervised_weight: float = 0.0  # weight of the L1 term to soft masks of degraded synthetic nuclei
+    supervised_weight: float = 0.0  # weight of the supervised term (to targets of degraded synthetic nuclei)
     supervised_batch: int = 8  # synthetic images with masks per step (when supervised_weight > 0)
     supervised_images: int = 64  # synthetic images per modality in the supervised bank
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
+    supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
     steps: int = 2000
     crops_per_dataset: int = 64  # per epoch
@@ -113,6 +115,8 @@ class TrainConfig:
             self.content_weight or self.w or self.supervised_weight
         ):
             raise NUNetError("config: content_weight, w and supervised_weight must be >= 0, one of them > 0")
+        if self.supervised_loss not in SUPERVISED_LOSSES:
+            raise NUNetError(f"config: supervised_loss must be one of {', '.join(SUPERVISED_LOSSES)}")
         if self.supervised_target not in SUPERVISED_TARGETS:
             raise NUNetError(f"config: supervised_target must be one of {', '.join(SUPERVISED_TARGETS)}")
         if self.backbone not in BACKBONES:
@@ -396,7 +400,11 @@ def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float,
     fit = zero
     if supervised is not None:
         inputs, masks = supervised
-        fit = torch.nn.functional.l1_loss(net(inputs).clamp(0.0, 255.0), masks) / 255.0
+        output = net(inputs).clamp(0.0, 255.0) / 255.0
+        if config.supervised_loss == "l2":
+            fit = torch.nn.functional.mse_loss(output, masks / 255.0)
+        else:
+            fit = torch.nn.functional.l1_loss(output, masks / 255.0)
     total = config.content_weight * content + weight_morph * morph + config.supervised_weight * fit
     optimiser.zero_grad(set_to_none=True)
     total.backward()
@@ -628,7 +636,7 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
         f"| loss | {config.content_weight:g} x content + w x morphological"
         + (
-            f" + {config.supervised_weight:g} x L1 to "
+            f" + {config.supervised_weight:g} x {config.supervised_loss.upper()} to "
             f"{'soft masks' if config.supervised_target == 'mask' else 'dome targets'} of degraded synthetic "
             f"nuclei (batch "
             f"{config.supervised_batch}, {config.supervised_images} images per modality)"

@@ -205,6 +205,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
             "content_weight": 0.0,
             "supervised_weight": 1.0,
             "supervised_target": "dome",
+            "supervised_loss": "l2",
             "init_model": str(model_path),
             "supervised_batch": 4,
             "supervised_images": 2,
@@ -228,6 +229,8 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
 
     assert loss(tuned) < loss(start)
     card = (tmp_path / "run" / "nunet-dome.md").read_text()
-    assert "L1 to dome targets" in card and f"| initial weights | {model_path} |" in card
+    assert "L2 to dome targets" in card and f"| initial weights | {model_path} |" in card
     with pytest.raises(Exception, match="supervised_target"):
         load_config(None, {"supervised_target": "cone"}).validate()
+    with pytest.raises(Exception, match="supervised_loss"):
+        load_config(None, {"supervised_loss": "l3"}).validate()
