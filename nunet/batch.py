@@ -467,8 +467,7 @@ def run_batch(
     from nunet.registry import load_model, resolve_model
 
     settings = settings.resolved()
-    if settings.w is None:
-        resolve_model(settings.model)
+    resolve_model(settings.model)
     model = None if dry_run or settings.w is not None else load_model(settings.model, settings.device)
     model_tag = (
         f"w{settings.w:g}" if settings.w is not None else model.name if model is not None else str(settings.model)

@@ -35,9 +35,7 @@ app = typer.Typer(
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name or TorchScript .pt file.")]
 StrengthOpt = Annotated[
     Optional[float],
-    typer.Option(
-        "--w", help="Filtering strength: blend the two registered models whose w brackets it (overrides --model)."
-    ),
+    typer.Option("--w", help="Filtering strength: blend the two members of --model's family whose w brackets it."),
 ]
 AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters of TZCYXS (default: from the file).")]
 ChannelOpt = Annotated[

@@ -211,8 +211,7 @@ def filter_zarr(
         raise UsageError(f"--workers: must be >= 0, got {workers}")
     source = zarr_io.open_zarr(input_path, settings.axes)
     output = Path(output)
-    if settings.w is None:
-        resolve_model(settings.model)  # an unknown model is an error before anything is written
+    resolve_model(settings.model)  # an unknown model is an error before anything is written
     planes, done = prepare_output(source, output, settings, overwrite)
     todo = [p for p in planes if p.number not in done]
     if not todo and zarr_io.is_finished(output):

@@ -145,9 +145,9 @@ def enhance(
     model : str, path-like or LoadedModel
         Registered name, TorchScript file, or a model from :func:`nunet.load_model`.
     w : float, optional
-        Filtering strength instead of a model: blends the outputs of the two registered
-        models whose w brackets it (e.g. 7.5 -> half nunet-w7, half nunet-w8); ``model``
-        is then ignored. A w outside the registered range is an error.
+        Filtering strength within ``model``'s family: blends the outputs of the two members
+        whose w brackets it (e.g. ``model="nunet-w8", w=7.5`` -> half nunet-w7, half
+        nunet-w8). A w outside the family's range, or a model in no family, is an error.
     axes : str, optional
         ImageJ axes of ``image`` (letters of ``TZCYXS``), e.g. ``"TZCYX"``. Guessed when
         omitted: ``YX``, ``YXS`` (trailing 3 or 4), ``ZYX``, ``TZYX``, ``TZCYX``.
@@ -207,14 +207,16 @@ def filter_planes(
 ) -> np.ndarray:
     """Filter a stack of planes ``(P, H, W)``; return float32 ``(P, H, W)`` in [0, 1].
 
-    With ``w``, ``model`` is ignored: the output blends the two registered models whose w
-    brackets the requested one (see :func:`blend_weights`). Other options as in :func:`enhance`.
+    With ``w``, the output blends the two members of ``model``'s family whose w brackets the
+    requested one (see :func:`nunet.registry.family_of`, :func:`nunet.registry.blend_weights`).
+    Other options as in :func:`enhance`.
     """
     if w is None:
         return _filter_planes(planes, model, **options)
-    from nunet.registry import blend_weights, list_models
+    from nunet.modelfile import LoadedModel
+    from nunet.registry import blend_weights, family_of
 
-    family = [(e.name, e.w) for e in list_models() if e.w is not None]
+    family = family_of(model.path if isinstance(model, LoadedModel) else model)
     out = np.zeros(planes.shape, dtype=np.float32)
     for name, weight in blend_weights(float(w), family):
         out += np.float32(weight) * _filter_planes(planes, name, **options)

@@ -8,6 +8,11 @@ Search order (the first folder holding a name wins, like ``PATH``):
 
 A model is a ``*.pt`` TorchScript file carrying nunet metadata; its model card is the
 Markdown file with the same stem (``nunet-w8.pt`` + ``nunet-w8.md``).
+
+Families: models trained the same way at several strengths carry the same ``family`` and
+their own ``w`` in their metadata; ``w=`` blends two members of one family (:func:`family_of`,
+:func:`blend_weights`). Models with a w but no family key belong to the first family,
+``FIRST_FAMILY`` (the paper's loss at w = 5..10).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
 
 ENV_VAR = "NUNET_MODEL_PATH"
 DEFAULT_MODEL = "nunet-v2"
+FIRST_FAMILY = "nunet-w"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,11 @@ class ModelEntry:
     def w(self) -> float | None:
         w = self.metadata.get("w")
         return None if w is None else float(w)
+
+    @property
+    def family(self) -> str | None:
+        """The family of strengths the model belongs to (None: none)."""
+        return _family(self.metadata)
 
     @property
     def size_bytes(self) -> int:
@@ -95,6 +106,34 @@ def list_models() -> list[ModelEntry]:
 def _metadata(path: str, mtime_ns: int) -> dict:
     """A model file's metadata, read once per file version (listing models in a loop stays cheap)."""
     return read_metadata(path)
+
+
+def _family(metadata: dict) -> str | None:
+    if metadata.get("family"):
+        return str(metadata["family"])
+    return FIRST_FAMILY if metadata.get("w") is not None else None
+
+
+def family_of(name_or_path: str | os.PathLike) -> list[tuple[str, float]]:
+    """The members ``(name, w)`` of the family of a model, sorted by w.
+
+    Raises
+    ------
+    ModelError
+        When the model belongs to no family (naming the families there are).
+    """
+    path = resolve_model(name_or_path)
+    family = _family(_metadata(str(path), path.stat().st_mtime_ns))
+    members = [(e.name, e.w) for e in list_models() if e.w is not None and e.family == family]
+    if family is None or not members:
+        families = sorted({e.family for e in list_models() if e.family})
+        names = {f: ", ".join(e.name for e in list_models() if e.family == f) for f in families}
+        listed = "; ".join(f"{f}: {names[f]}" for f in families) or "none registered"
+        raise ModelError(
+            f"model '{os.fspath(name_or_path)}' has no family of strengths for w= (families: {listed}); "
+            "choose a member with --model"
+        )
+    return sorted(members, key=lambda m: m[1])
 
 
 def blend_weights(w: float, available: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:

@@ -27,7 +27,7 @@ class FilterSettings:
     model : str
         Registered model name or TorchScript file.
     w : float, optional
-        Filtering strength: blend the two registered models whose w brackets it (overrides ``model``).
+        Filtering strength: blend the two members of ``model``'s family whose w brackets it.
     axes : str, optional
         Axes of the input, letters of ``TZCYXS`` (default: from the file).
     channel : int or tuple of int, optional
@@ -106,16 +106,23 @@ class FilterSettings:
             raise UsageError(f"bad option value ({exc})") from None
 
     def resolved(self) -> "FilterSettings":
-        """These settings with the device resolved and checked against the hardware (before any compute)."""
+        """These settings with the device resolved and checked against the hardware, and a strength
+        checked against the model's family (before any compute)."""
         from dataclasses import replace
 
         from nunet.errors import ModelError
+        from nunet.registry import blend_weights, family_of
         from nunet.runtime import resolve_device
 
         try:
             device = resolve_device(self.device)
         except ModelError as exc:
             raise UsageError(f"--device: {exc}") from None
+        if self.w is not None:
+            try:
+                blend_weights(self.w, family_of(self.model))
+            except ModelError as exc:
+                raise UsageError(f"--w: {exc}") from None
         if self.precision == "fp16" and device == "cpu":
             raise UsageError("--precision: 'fp16' needs a GPU; use 'bf16', 'auto' or 'fp32' on the CPU")
         return replace(self, device=device)

@@ -62,6 +62,8 @@ class TrainConfig:
     supervised_images: int = 64  # synthetic images per modality in the supervised bank
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
     supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
+    supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
+    # filter moves an image towards blobs (a family of strengths for --w)
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
     steps: int = 2000
     crops_per_dataset: int = 64  # per epoch
@@ -115,6 +117,8 @@ class TrainConfig:
             self.content_weight or self.w or self.supervised_weight
         ):
             raise NUNetError("config: content_weight, w and supervised_weight must be >= 0, one of them > 0")
+        if not 0.0 <= self.supervised_strength <= 1.0:
+            raise NUNetError("config: supervised_strength must be in [0, 1]")
         if self.supervised_loss not in SUPERVISED_LOSSES:
             raise NUNetError(f"config: supervised_loss must be one of {', '.join(SUPERVISED_LOSSES)}")
         if self.supervised_target not in SUPERVISED_TARGETS:
@@ -256,7 +260,8 @@ def supervised_bank(config: TrainConfig) -> list:
 
 
 def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Degraded crops as the network's input (N, 1, crop, crop) in 0..255 and their soft masks."""
+    """Degraded crops as the network's input (N, 1, crop, crop) in 0..255 and their targets (soft or dome
+    masks, mixed with the input by ``supervised_strength``)."""
     from nunet.preprocess import normalise_plane
 
     inputs, targets = [], []
@@ -266,6 +271,8 @@ def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) 
         pad = [(0, config.crop - degraded.shape[0]), (0, config.crop - degraded.shape[1])]
         target = dome_mask if config.supervised_target == "dome" else soft_mask
         x, y = normalise_plane(np.pad(degraded, pad, mode="reflect")), target(np.pad(labels, pad, mode="reflect"))
+        strength = config.supervised_strength
+        y = strength * y + (1.0 - strength) * np.clip(x, 0.0, 255.0)
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
         for out, array in ((inputs, x), (targets, y)):
             array = np.rot90(array, turns)
@@ -638,7 +645,7 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         + (
             f" + {config.supervised_weight:g} x {config.supervised_loss.upper()} to "
             f"{'soft masks' if config.supervised_target == 'mask' else 'dome targets'} of degraded synthetic "
-            f"nuclei (batch "
+            f"nuclei (strength {config.supervised_strength:g}, batch "
             f"{config.supervised_batch}, {config.supervised_images} images per modality)"
             if config.supervised_weight
             else ""

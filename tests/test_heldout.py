@@ -234,3 +234,21 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
         load_config(None, {"supervised_target": "cone"}).validate()
     with pytest.raises(Exception, match="supervised_loss"):
         load_config(None, {"supervised_loss": "l3"}).validate()
+
+
+def test_supervised_strength_mixes_the_target_with_the_input():
+    from dataclasses import replace
+
+    from nunet.train import load_config, supervised_bank, supervised_batch
+
+    config = load_config(
+        None,
+        {"supervised_weight": 1.0, "supervised_images": 1, "supervised_batch": 2, "crop": 32, "synthetic_content": 1},
+    )
+    bank = supervised_bank(config)
+    inputs, full = supervised_batch(bank, config, np.random.default_rng(3))
+    _, none = supervised_batch(bank, replace(config, supervised_strength=0.0), np.random.default_rng(3))
+    _, half = supervised_batch(bank, replace(config, supervised_strength=0.5), np.random.default_rng(3))
+    np.testing.assert_allclose(none.numpy(), inputs.clamp(0, 255).numpy(), atol=1e-4)
+    np.testing.assert_allclose(half.numpy(), 0.5 * (full + none).numpy(), atol=1e-3)
+    assert float((full - none).abs().max()) > 50

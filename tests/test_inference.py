@@ -179,10 +179,34 @@ def test_w_blends_registered_models(tmp_path, monkeypatch):
     monkeypatch.setenv("NUNET_MODEL_PATH", str(tmp_path))
     img = blobs((32, 40))
     a, b = enhance(img, "test-w11"), enhance(img, "test-w21")
-    np.testing.assert_allclose(enhance(img, w=13.0), 0.8 * a + 0.2 * b, atol=1e-5)
-    np.testing.assert_allclose(enhance(img, w=21), b, atol=1e-6)
+    np.testing.assert_allclose(enhance(img, "test-w11", w=13.0), 0.8 * a + 0.2 * b, atol=1e-5)
+    np.testing.assert_allclose(enhance(img, "test-w21", w=21), b, atol=1e-6)
     with pytest.raises(ModelError, match="w=22 is outside"):
-        enhance(img, w=22)
+        enhance(img, "test-w11", w=22)
+
+
+def test_w_blends_only_within_the_models_family(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from nunet import save_model
+    from nunet.cli import app
+    from nunet.model import untrained
+    from nunet.registry import family_of
+
+    for seed, w, family in ((2, 0.5, "new"), (3, 1.0, "new"), (4, 11.0, None)):
+        name = f"{family or 'old'}-{w:g}"
+        save_model(untrained(seed), tmp_path / f"{name}.pt", name=name, w=w, **({"family": family} if family else {}))
+    save_model(untrained(5), tmp_path / "single.pt", name="single", w=None)
+    monkeypatch.setenv("NUNET_MODEL_PATH", str(tmp_path))
+    assert family_of("new-1") == [("new-0.5", 0.5), ("new-1", 1.0)]
+    assert ("old-11", 11.0) in family_of("old-11") and ("new-1", 1.0) not in family_of("old-11")
+    img = blobs((32, 40))
+    a, b = enhance(img, "new-0.5"), enhance(img, "new-1")
+    np.testing.assert_allclose(enhance(img, "new-1", w=0.75), 0.5 * a + 0.5 * b, atol=1e-5)
+    with pytest.raises(ModelError, match="'single' has no family of strengths"):
+        enhance(img, "single", w=0.75)
+    result = CliRunner().invoke(app, ["filter", "x.tif", str(tmp_path / "o.tif"), "-m", "new-1", "--w", "3"])
+    assert result.exit_code == 2 and "--w: w=3 is outside the range" in result.output
 
 
 def test_auto_precision_stays_within_tolerance_of_fp32():

@@ -71,7 +71,7 @@ def ask_options(imp):
     check_option_keys(Macro.getOptions())
     gd = GenericDialog(TITLE)
     gd.addStringField("model", read_config().getProperty("default_model", ""), 18)
-    gd.addNumericField("w", 0, 1, 6, "(0: use the model; 5-10: blend registered models)")
+    gd.addNumericField("w", 0, 1, 6, "(0: the model itself; else a strength in its family)")
     gd.addStringField("channels", "all", 8)
     gd.addNumericField("tile", 0, 0, 6, "px (0: automatic)")
     gd.addChoice("device", DEVICES, "auto")
