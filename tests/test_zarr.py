@@ -124,8 +124,14 @@ def test_split_chunks_are_rechunked_to_planes_and_the_naive_way_differs(tmp_path
     expected = enhance(data, model_path, axes="ZYX", device="cpu")
     cluster.filter_zarr(src, tmp_path / "out.ome.zarr", _settings(model_path))
     np.testing.assert_array_equal(read_image(tmp_path / "out.ome.zarr").data, expected)
+    from nunet.registry import _load_file
+
     lazy = da.from_zarr(zarr_io.open_zarr(src).open_array())
-    np.testing.assert_array_equal(cluster.filter_dask(lazy, _settings(model_path)).compute(), expected)
+    _load_file.cache_clear()
+    graph = cluster.filter_dask(lazy, _settings(model_path))
+    assert _load_file.cache_info().misses == 0  # building the graph (meta given) loads nothing
+    assert graph.chunks == ((1, 1), (64,), (72,))
+    np.testing.assert_array_equal(graph.compute(), expected)
     naive = lazy.map_blocks(cluster.filter_block, settings=_settings(model_path), dtype=np.float32).compute()
     assert np.abs(naive - expected).max() > 0.05  # per-chunk InstanceNorm statistics
 
