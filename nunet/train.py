@@ -39,6 +39,7 @@ CHECKPOINT = "checkpoint.pt"
 SUPERVISED_TARGETS = ("mask", "dome")
 SUPERVISED_LOSSES = ("l1", "l2")
 DOME_FLOOR = 0.5  # a dome target's value at a nucleus's edge (1 at its centre)
+STACK_DEPTH = 12  # planes of each synthetic 3D stack in the supervised bank
 
 
 @dataclass
@@ -60,6 +61,8 @@ class TrainConfig:
     supervised_weight: float = 0.0  # weight of the supervised term (to targets of degraded synthetic nuclei)
     supervised_batch: int = 8  # synthetic images with masks per step (when supervised_weight > 0)
     supervised_images: int = 64  # synthetic images per modality in the supervised bank
+    supervised_stacks: int = 0  # synthetic 3D stacks per modality whose planes join the bank (nuclei cut by
+    # the plane: small, dim, blurred cross-sections, as in planes of real stacks)
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
     supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
     supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
@@ -106,6 +109,8 @@ class TrainConfig:
             "supervised_batch",
             "supervised_images",
         )
+        if self.supervised_stacks < 0:
+            raise NUNetError("config: 'supervised_stacks' must be >= 0")
         for key in positive:
             if getattr(self, key) < 1:
                 raise NUNetError(f"config: '{key}' must be >= 1")
@@ -246,17 +251,20 @@ def dome_mask(labels: np.ndarray) -> np.ndarray:
 
 def supervised_bank(config: TrainConfig) -> list:
     """Synthetic images with labels for the supervised term: ``supervised_images`` of each modality of
-    ``synthetic_modalities``, at twice the crop side (training seeds only). Dark-blob images are
-    flipped, as a user flips them with ``invert``: the network always sees bright nuclei."""
+    ``synthetic_modalities`` at twice the crop side, and every plane of ``supervised_stacks`` 3D
+    stacks of each (``STACK_DEPTH`` planes; training seeds only). Dark-blob images are flipped, as
+    a user flips them with ``invert``: the network always sees bright nuclei."""
     from dataclasses import replace
 
     side = (config.crop * 2, config.crop * 2)
-    bank = []
+    images = []
     for m in config.synthetic_modalities:
         for i in range(config.supervised_images):
-            s = synth_image(m, side, seed=training_seed(config.seed, 2, i, modality_index(m)))
-            bank.append(replace(s, image=s.image.max() - s.image) if PRESETS[m].dark_blobs else s)
-    return bank
+            images.append(synth_image(m, side, seed=training_seed(config.seed, 2, i, modality_index(m))))
+        for i in range(config.supervised_stacks):
+            stack = synth_image(m, (STACK_DEPTH,) + side, seed=training_seed(config.seed, 4, i, modality_index(m)))
+            images += [replace(stack, image=stack.image[z], labels=stack.labels[z]) for z in range(STACK_DEPTH)]
+    return [replace(s, image=s.image.max() - s.image) if PRESETS[s.modality].dark_blobs else s for s in images]
 
 
 def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

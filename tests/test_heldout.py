@@ -252,3 +252,16 @@ def test_supervised_strength_mixes_the_target_with_the_input():
     np.testing.assert_allclose(none.numpy(), inputs.clamp(0, 255).numpy(), atol=1e-4)
     np.testing.assert_allclose(half.numpy(), 0.5 * (full + none).numpy(), atol=1e-3)
     assert float((full - none).abs().max()) > 50
+
+
+def test_supervised_stacks_add_every_plane_of_3d_stacks_to_the_bank():
+    from nunet.train import STACK_DEPTH, load_config, supervised_bank
+
+    base = {"supervised_weight": 1.0, "supervised_images": 1, "crop": 32, "synthetic_content": 1}
+    flat = supervised_bank(load_config(None, {**base, "synthetic_modalities": ["sparse"]}))
+    bank = supervised_bank(load_config(None, {**base, "synthetic_modalities": ["sparse"], "supervised_stacks": 1}))
+    assert len(bank) == len(flat) + STACK_DEPTH and all(b.image.shape == (64, 64) for b in bank)
+    planes = bank[len(flat) :]
+    areas = [np.bincount(p.labels.ravel())[1:] for p in planes]
+    # one nucleus seen in several planes: its cross-section changes from plane to plane
+    assert len({tuple(a[: min(len(x) for x in areas)]) for a in areas}) > 1
