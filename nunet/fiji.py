@@ -116,11 +116,14 @@ def start(fiji_dir: str | os.PathLike | None = None, headless: bool | None = Non
 
 
 def _stop_imagej_threads() -> None:
-    """ImageJ keeps a non-daemon thread pool; without this the Python process never exits."""
+    """At exit: withdraw the in-process filter (no Java thread may call into a Python that is
+    shutting down) and stop ImageJ's non-daemon thread pool (without it the process never exits)."""
     import scyjava
 
     if scyjava.jvm_started():
+        scyjava.jimport("java.lang.System").getProperties().remove(INPROCESS_KEY)
         scyjava.jimport("ij.util.ThreadUtil").threadPoolExecutor.shutdownNow()
+    # the proxy's Python object stays referenced (in _registered) until the interpreter is gone
 
 
 # ---- conversions ----------------------------------------------------------------------
