@@ -68,6 +68,7 @@ class TrainConfig:
     supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
     # filter moves an image towards blobs (a family of strengths for --w)
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
+    family: str | None = None  # the family of strengths the model joins (its w: supervised_strength)
     steps: int = 2000
     crops_per_dataset: int = 64  # per epoch
     content_batch: int = 16
@@ -554,9 +555,10 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         net.cpu().eval(),
         out_dir / f"{config.name}.pt",
         name=config.name,
-        w=config.w,
+        w=saved_w(config),
         description=f"NU-Net w={config.w:g}, backbone {backbone.name}",
         training=summary,
+        **({"family": config.family} if config.family else {}),
     )
     write_card(out_dir / f"{config.name}.md", config, summary)
     return path
@@ -567,6 +569,14 @@ def initial_weights(name_or_path: str) -> dict:
     from nunet.registry import load_model
 
     return {k: v.clone() for k, v in load_model(name_or_path, "cpu").module.state_dict().items()}
+
+
+def saved_w(config: TrainConfig) -> float | None:
+    """The strength a trained model carries: its family's (``supervised_strength``) when it joins one,
+    the paper's w when the morphological loss was used, else none."""
+    if config.family:
+        return config.supervised_strength
+    return config.w if config.w > 0 else None
 
 
 def _out_of_time(started: float, limit_s: float) -> bool:

@@ -206,6 +206,8 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
             "supervised_weight": 1.0,
             "supervised_target": "dome",
             "supervised_loss": "l2",
+            "supervised_strength": 0.75,
+            "family": "test-family",
             "init_model": str(model_path),
             "supervised_batch": 4,
             "supervised_images": 2,
@@ -218,7 +220,9 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
             "output_dir": str(tmp_path / "run"),
         },
     )
-    tuned = load_model(train(config, command="test")).module
+    exported = load_model(train(config, command="test"))
+    assert (exported.w, exported.metadata["family"]) == (0.75, "test-family")
+    tuned = exported.module
     start = load_model(model_path).module
     assert initial_weights(str(model_path)).keys() == tuned.state_dict().keys()
     inputs, targets = supervised_batch(supervised_bank(config), config, np.random.default_rng(5))
