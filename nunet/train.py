@@ -63,6 +63,7 @@ class TrainConfig:
     supervised_images: int = 64  # synthetic images per modality in the supervised bank
     supervised_stacks: int = 0  # synthetic 3D stacks per modality whose planes join the bank (nuclei cut by
     # the plane: small, dim, blurred cross-sections, as in planes of real stacks)
+    stack_defocus: float = 0.0  # extra blur along z of those stacks (Gaussian sigma, in planes): out-of-focus light
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
     supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
     supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
@@ -110,8 +111,8 @@ class TrainConfig:
             "supervised_batch",
             "supervised_images",
         )
-        if self.supervised_stacks < 0:
-            raise NUNetError("config: 'supervised_stacks' must be >= 0")
+        if self.supervised_stacks < 0 or self.stack_defocus < 0:
+            raise NUNetError("config: 'supervised_stacks' and 'stack_defocus' must be >= 0")
         for key in positive:
             if getattr(self, key) < 1:
                 raise NUNetError(f"config: '{key}' must be >= 1")
@@ -253,9 +254,12 @@ def dome_mask(labels: np.ndarray) -> np.ndarray:
 def supervised_bank(config: TrainConfig) -> list:
     """Synthetic images with labels for the supervised term: ``supervised_images`` of each modality of
     ``synthetic_modalities`` at twice the crop side, and every plane of ``supervised_stacks`` 3D
-    stacks of each (``STACK_DEPTH`` planes; training seeds only). Dark-blob images are flipped, as
-    a user flips them with ``invert``: the network always sees bright nuclei."""
+    stacks of each (``STACK_DEPTH`` planes, blurred along z by ``stack_defocus``; training seeds
+    only). Dark-blob images are flipped, as a user flips them with ``invert``: the network always
+    sees bright nuclei."""
     from dataclasses import replace
+
+    from scipy import ndimage as ndi
 
     side = (config.crop * 2, config.crop * 2)
     images = []
@@ -264,6 +268,8 @@ def supervised_bank(config: TrainConfig) -> list:
             images.append(synth_image(m, side, seed=training_seed(config.seed, 2, i, modality_index(m))))
         for i in range(config.supervised_stacks):
             stack = synth_image(m, (STACK_DEPTH,) + side, seed=training_seed(config.seed, 4, i, modality_index(m)))
+            if config.stack_defocus:
+                stack = replace(stack, image=ndi.gaussian_filter(stack.image, (config.stack_defocus, 0, 0)))
             images += [replace(stack, image=stack.image[z], labels=stack.labels[z]) for z in range(STACK_DEPTH)]
     return [replace(s, image=s.image.max() - s.image) if PRESETS[s.modality].dark_blobs else s for s in images]
 

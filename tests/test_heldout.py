@@ -269,3 +269,7 @@ def test_supervised_stacks_add_every_plane_of_3d_stacks_to_the_bank():
     areas = [np.bincount(p.labels.ravel())[1:] for p in planes]
     # one nucleus seen in several planes: its cross-section changes from plane to plane
     assert len({tuple(a[: min(len(x) for x in areas)]) for a in areas}) > 1
+    config = {**base, "synthetic_modalities": ["sparse"], "supervised_stacks": 1, "stack_defocus": 2.0}
+    blurred = supervised_bank(load_config(None, config))[len(flat) :]
+    assert all(np.array_equal(b.labels, p.labels) for b, p in zip(blurred, planes))  # the truth stays exact
+    assert np.std([b.image for b in blurred]) < np.std([p.image for p in planes])
