@@ -127,13 +127,17 @@ def collect_inputs(
 
 def is_zarr_store(path: Path) -> bool:
     """A folder named ``*.zarr`` (an OME-Zarr image is one input, not a folder of inputs)."""
-    return path.suffix.lower() == ".zarr" and path.is_dir()
+    from nunet.io import ZARR_SUFFIX
+
+    return path.suffix.lower() == ZARR_SUFFIX and path.is_dir()
 
 
 def image_stem(path: Path) -> str:
     """The name without its suffix; ``.ome.zarr`` and ``.zarr`` removed whole."""
+    from nunet.io import ZARR_SUFFIX
+
     name = path.name
-    for suffix in (".ome.zarr", ".zarr"):
+    for suffix in (".ome" + ZARR_SUFFIX, ZARR_SUFFIX):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -401,11 +405,11 @@ def filter_file(
         Before reading, when the input is missing, the output is a folder or the input itself, an
         existing output was not written by nunet, or the output folder cannot be written.
     """
-    from nunet.io import written_by_nunet
+    from nunet.io import ZARR_SUFFIX, written_by_nunet
 
     if not (input_path.is_file() or is_zarr_store(input_path)):
         raise UsageError(f"{input_path}: no such file")
-    if output.is_dir() and output.suffix.lower() != ".zarr":
+    if output.is_dir() and output.suffix.lower() != ZARR_SUFFIX:
         raise UsageError(f"{output}: is a folder; give an output file name (or use nunet batch for folders)")
     if output.resolve() == input_path.resolve():
         raise UsageError(f"{output}: output would overwrite the input; choose another name or folder")

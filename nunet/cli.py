@@ -180,7 +180,9 @@ def filter_cmd(
     from nunet.registry import load_model
 
     settings = _settings(model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff)
-    zarr_pair = input.suffix.lower() == output.suffix.lower() == ".zarr"
+    from nunet.io import ZARR_SUFFIX
+
+    zarr_pair = input.suffix.lower() == output.suffix.lower() == ZARR_SUFFIX
     if (workers or scheduler) and not zarr_pair:
         _usage_exit(NUNetError("--workers and --scheduler need a zarr input and a zarr output"))
     if zarr_pair:
