@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ ENV_IJ_JAR = "NUNET_IJ_JAR"
 ENV_IMAGEJ_DIR = "NUNET_IMAGEJ_DIR"
 DEBIAN_IJ_JAR = Path("/usr/share/java/ij.jar")
 INPROCESS_KEY = "nunet.filter"
+CLOSED = "closed"  # INPROCESS_KEY's value once the serving Python session ends: the plugin then fails clearly
+ERROR_KEY = "nunet.error"  # where the plugin leaves its last failure's message
+DRAIN_S = 30.0  # at exit, how long in-process calls already running may take to finish
 
 _registered: list[Any] = []  # keeps the JPype proxy alive while it is registered
 
@@ -116,12 +120,17 @@ def start(fiji_dir: str | os.PathLike | None = None, headless: bool | None = Non
 
 
 def _stop_imagej_threads() -> None:
-    """At exit: withdraw the in-process filter (no Java thread may call into a Python that is
-    shutting down) and stop ImageJ's non-daemon thread pool (without it the process never exits)."""
+    """At exit, before Python finalises: close the in-process filter (macros still running get the
+    plugin's clear error instead of a call into a finalising Python, or a worker started at exit),
+    let the calls already inside it finish, then stop ImageJ's non-daemon thread pool (without it
+    the process never exits)."""
     import scyjava
 
     if scyjava.jvm_started():
-        scyjava.jimport("java.lang.System").getProperties().remove(INPROCESS_KEY)
+        if _registered:
+            scyjava.jimport("java.lang.System").getProperties().put(INPROCESS_KEY, CLOSED)
+            for proxy in _registered:
+                proxy.wait_idle(DRAIN_S)
         scyjava.jimport("ij.util.ThreadUtil").threadPoolExecutor.shutdownNow()
     # the proxy's Python object stays referenced (in _registered) until the interpreter is gone
 
@@ -267,15 +276,36 @@ def register() -> None:
     The plugin finds the function under the system property ``nunet.filter`` and sends the
     selected planes (float arrays) with the dialog's options; no worker process is started.
     """
-    from jpype import JArray, JClass, JFloat, JImplements, JOverride
+    import torch  # noqa: F401  imported now: an import inside a call that races the interpreter's exit fails
+    from jpype import JArray, JClass, JFloat, JImplements, JOverride, JString
 
     from nunet.inference import filter_planes
     from nunet.settings import SETTING_NAMES, FilterSettings
 
     @JImplements("java.util.function.Function")
     class _Filter:
+        def __init__(self) -> None:
+            self.running = 0  # calls inside apply, on ImageJ's threads
+            self.idle = threading.Condition()
+
+        def wait_idle(self, timeout: float) -> bool:
+            with self.idle:
+                return self.idle.wait_for(lambda: self.running == 0, timeout)
+
         @JOverride
         def apply(self, request):
+            with self.idle:
+                self.running += 1
+            try:
+                return self._filter(request)
+            except Exception as exc:  # answered as a message: a raised one reaches ImageJ as "PyExceptionProxy: None"
+                return JString(" ".join(str(exc).split()) or type(exc).__name__)
+            finally:
+                with self.idle:
+                    self.running -= 1
+                    self.idle.notify_all()
+
+        def _filter(self, request):
             planes = [np.asarray(p) for p in request.get("planes")]
             width, height = int(request.get("width")), int(request.get("height"))
             settings = FilterSettings.from_text(
@@ -310,9 +340,10 @@ def run_macro(code: str, arg: str = "") -> str | None:
     ------
     NUNetError
         Before running, when the code calls ``run("NU-Net Filter")`` and this ImageJ has no such
-        command; after, with ImageJ's message, when the macro stopped on an error.
+        command; after, with ImageJ's message, when the macro stopped on an error, or with the
+        command's own message when "NU-Net Filter" failed (an unknown model, a bad option).
     """
-    from jpype import JClass
+    from jpype import JClass, JException
 
     commands = JClass("ij.Menus").getCommands()
     if "NU-Net Filter" in code and (commands is None or commands.get("NU-Net Filter") is None):
@@ -322,7 +353,16 @@ def run_macro(code: str, arg: str = "") -> str | None:
         )
     interpreter = JClass("ij.macro.Interpreter")()
     interpreter.setIgnoreErrors(True)
-    result = interpreter.run(code, arg)
+    properties = JClass("java.lang.System").getProperties()
+    properties.remove(ERROR_KEY)
+    try:
+        result = interpreter.run(code, arg)
+    except JException as exc:  # a command stopped the macro (Interpreter.abort)
+        if "Macro canceled" not in str(exc):
+            raise
+        result = None
+    if properties.get(ERROR_KEY) is not None:  # "NU-Net Filter" failed: it logged why and stopped the macro
+        raise NUNetError(f"ImageJ macro stopped: {properties.get(ERROR_KEY)}")
     message = interpreter.getErrorMessage()  # set, and the macro stopped, on an error
     if message is not None:
         raise NUNetError(f"ImageJ macro error: {' '.join(str(message).split())}")

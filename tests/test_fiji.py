@@ -20,6 +20,7 @@ import pytest
 
 from conftest import blobs
 from nunet import enhance
+from nunet.errors import NUNetError
 from nunet.io import Calibration, Image, read_image, write_image
 
 IJ_JAR = Path(os.environ.get("NUNET_IJ_JAR", "/usr/share/java/ij.jar"))
@@ -166,6 +167,27 @@ def test_inprocess_macro_equals_enhance(jvm):
     assert out.axes == "TYX" and out.calibration == CAL
     expected = enhance(data, "nunet-test", axes="TCYX", channel=1)
     assert np.abs(out.data - expected).max() <= 1e-4
+
+
+def test_inprocess_errors_reach_imagej_as_one_clear_line(jvm):
+    """A Python error inside the in-process filter (here an unknown model) reaches ImageJ's Log as the
+    plugin's one line with nunet's message, and stops the macro, instead of "PyExceptionProxy: None"."""
+    from nunet import fiji
+
+    imp = fiji.to_imageplus(Image(blobs((40, 44)).astype(np.float32), "YX"), "cells")
+    fiji.register()
+    try:
+        imp.show()
+        with pytest.raises(NUNetError, match="ImageJ macro stopped: NU-Net Filter: .*no-such-model") as raised:
+            fiji.run_macro(
+                'run("NU-Net Filter", "model=no-such-model w=0 channels=all tile=0 device=auto output=32-bit"); '
+                'call("java.lang.System.setProperty", "test.after", "ran");'
+            )
+    finally:
+        fiji.unregister()
+        close_all(jvm)
+    assert "PyExceptionProxy" not in str(raised.value)
+    assert jvm("java.lang.System").getProperty("test.after") is None  # the macro stopped
 
 
 def test_replace_and_integer_output(jvm):
@@ -489,3 +511,43 @@ def test_documented_snippet_starts_without_a_folder_and_macro_errors_raise(displ
     assert "title: NU-Net of cells" in done.stdout
     assert "error: ImageJ macro error: not-open not found" in done.stdout
     assert (tmp_path / "nunet" / "imagej" / "plugins" / "NU-Net" / "NU-Net_Filter.py").is_file()
+
+
+def test_session_ending_while_a_macro_filters_in_process(display, model_dir, tmp_path):
+    """A Python session that serves "NU-Net Filter" in-process ends while an ImageJ macro thread is still
+    calling it: the process exits promptly with code 0, the call under way finishes, later calls fail with
+    the plugin's clear message (no Python exception text, no worker started at exit, no JVM crash)."""
+    script = (
+        "import time\n"
+        "import numpy as np\n"
+        "from jpype import JClass\n"
+        "from nunet import fiji\n"
+        "from nunet.io import Image\n"
+        "fiji.start()\n"
+        "fiji.register()\n"
+        "fiji.to_imageplus(Image(np.ones((48, 40), np.float32), 'YX'), 'cells').show()\n"
+        "JClass('ij.macro.MacroRunner')('for (i = 0; i < 400; i++) { selectImage(\"cells\"); "
+        'run("NU-Net Filter", "model=nunet-test w=0 channels=all tile=0 device=cpu output=32-bit"); '
+        'close(); print("filtered " + i); call("java.lang.System.setProperty", "test.filtered", "" + i); }\')\n'
+        "start = time.time()\n"
+        "while JClass('java.lang.System').getProperty('test.filtered') != '2' and time.time() - start < 60:\n"
+        "    time.sleep(0.01)\n"
+        "print('exiting', flush=True)\n"
+    )
+    env = {
+        **os.environ,
+        "DISPLAY": display,
+        "NUNET_MODEL_PATH": str(model_dir),
+        "XDG_CACHE_HOME": str(tmp_path),
+        "JAVA_TOOL_OPTIONS": f"-Djava.io.tmpdir={tmp_path}",  # where a worker would write its log
+    }
+    env.pop("NUNET_IMAGEJ_DIR", None)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=240)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "exiting" in done.stdout
+    assert "PyExceptionProxy" not in output and "Traceback" not in output and "hs_err" not in output
+    assert not (tmp_path / "nunet-worker.log").exists()  # no worker started while the session ended
+    assert "has ended" in output or "filtered 399" in output
+    assert time.monotonic() - started < 200

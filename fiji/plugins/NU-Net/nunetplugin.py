@@ -32,6 +32,7 @@ from jarray import zeros
 TITLE = "NU-Net Filter"
 INPROCESS_KEY = "nunet.filter"
 WORKER_KEY = "nunet.worker"
+ERROR_KEY = "nunet.error"  # the last failure's message, for nunet.fiji.run_macro (headless ImageJ has no Log window)
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 OUTPUTS = ["32-bit", "16-bit", "8-bit"]
 
@@ -140,7 +141,10 @@ def filter_inprocess(function, planes, width, height, options):
     for key, value in request_fields(options):
         if value is not None:
             request.put(key, value)
-    return list(function.apply(request))
+    result = function.apply(request)
+    if isinstance(result, basestring):  # nunet.fiji answers an error with its message
+        raise Failure(result)
+    return list(result)
 
 
 # ---- the worker ("nunet serve") ---------------------------------------------------------
@@ -294,6 +298,8 @@ def run():
         return
     planes = float_planes(imp, options["channels"])
     function = System.getProperties().get(INPROCESS_KEY)
+    if isinstance(function, basestring):  # nunet.fiji's session is ending (its exit handler)
+        raise Failure("the Python session that served this command in-process has ended")
     if function is not None:
         results = filter_inprocess(function, planes, imp.getWidth(), imp.getHeight(), options)
     else:
@@ -308,6 +314,7 @@ def run():
 def fail(message):
     """Log the message; stop the running macro, or show the error when run from the menu."""
     IJ.log(TITLE + ": " + message)
+    System.setProperty(ERROR_KEY, TITLE + ": " + message)
     if Interpreter.getInstance() is not None:
         Interpreter.abort()  # stops the macro after this command; no modal dialog
     else:
