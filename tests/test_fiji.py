@@ -530,7 +530,7 @@ def test_session_ending_while_a_macro_filters_in_process(display, model_dir, tmp
         'run("NU-Net Filter", "model=nunet-test w=0 channels=all tile=0 device=cpu output=32-bit"); '
         'close(); print("filtered " + i); call("java.lang.System.setProperty", "test.filtered", "" + i); }\')\n'
         "start = time.time()\n"
-        "while JClass('java.lang.System').getProperty('test.filtered') != '2' and time.time() - start < 60:\n"
+        "while int(str(JClass('java.lang.System').getProperty('test.filtered') or -1)) < 2 and time.time() - start < 60:\n"
         "    time.sleep(0.01)\n"
         "print('exiting', flush=True)\n"
     )
