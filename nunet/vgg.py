@@ -84,10 +84,11 @@ class Backbone(nn.Module):
         return super().train(False)  # always frozen, always eval
 
     def forward(self, grey: torch.Tensor) -> list[torch.Tensor]:
-        """Grey images (N, 1, H, W) in 0..255 as 3 identical channels, /255, normalised (``mean``, ``std``).
+        """Grey images (N, 1, H, W) in 0..255, /255, as identical channels (3 for the ImageNet-style
+        backbones, 1 for ``nuclei-vgg``) normalised by ``mean`` and ``std``.
 
-        The first convolutions see that 3-channel image; :func:`grey_conv` computes them from
-        the grey channel alone.
+        The first convolutions see that image; :func:`grey_conv` computes them from the grey
+        channel alone.
         """
         return self._taps(grey / 255.0)
 
