@@ -64,3 +64,24 @@ def blobs(shape: tuple[int, ...], seed: int = 0, n: int = 12) -> np.ndarray:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def held_out_training_loss(config, backbone, scale: float, seed: int):
+    """The training loss (content + ``scale`` x morphological over every target) of a fixed batch drawn
+    with ``seed``, as a function of the network: a tiny run's before/after check."""
+    import torch
+
+    from nunet.losses import TargetGrams, content_loss, morphological_loss
+    from nunet.train import content_batch, content_datasets, mask_bank
+
+    rng = np.random.default_rng(seed)
+    grams = TargetGrams.from_masks(backbone, torch.from_numpy(mask_bank(config, rng)[:, None]))
+    datasets = content_datasets(config)
+    batch = content_batch(datasets, sorted(datasets) * 2, config.crop, rng)
+
+    def loss(net) -> float:
+        with torch.no_grad():
+            out, content = backbone(net(batch)), backbone.content_features(batch)
+            return float(content_loss(out[backbone.content_tap], content) + scale * morphological_loss(out, grams))
+
+    return loss

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import held_out_training_loss
 from nunet import load_model
 from nunet.errors import NUNetError
-from nunet.losses import TargetGrams, content_loss, morphological_loss
 from nunet.model import NUNet
 from nunet.nucleinet import BackboneTraining, NucleiNet, find_weights, load_backbone, targets, train_backbone
-from nunet.train import TrainConfig, content_batch, content_datasets, degraded_crop, load_config, mask_bank, train
+from nunet.train import TrainConfig, degraded_crop, load_config, train
 
 
 def test_targets_mark_foreground_with_gaps_boundaries_and_centres():
@@ -84,18 +84,8 @@ def test_nunet_trains_through_nuclei_vgg_and_exports(tiny_weights, tmp_path):
     config = load_config(None, values)
     model = load_model(train(config))
     assert model.metadata["training"]["backbone"] == "nuclei-vgg"
-    backbone = load_backbone(weights)
-    rng = np.random.default_rng(5)
-    grams = TargetGrams.from_masks(backbone, torch.from_numpy(mask_bank(config, rng)[:, None]))
-    datasets = content_datasets(config)
-    batch = content_batch(datasets, sorted(datasets) * 2, config.crop, rng)
     scale = config.w * model.metadata["training"]["morph_scale"]
-
-    def total_loss(net) -> float:
-        with torch.no_grad():
-            out, content = backbone(net(batch)), backbone.content_features(batch)
-            return float(content_loss(out[1], content) + scale * morphological_loss(out, grams))
-
+    total_loss = held_out_training_loss(config, load_backbone(weights), scale, seed=5)
     torch.manual_seed(config.seed)
     assert total_loss(model.module) < total_loss(NUNet().eval())
     assert "nuclei-vgg (nunet.synth sha256:" in (tmp_path / "run" / "nunet-nv.md").read_text()

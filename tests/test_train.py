@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import held_out_training_loss
 from nunet import load_model
 from nunet.errors import NUNetError
 from nunet.losses import TargetGrams, content_loss, gram, morphological_loss
 from nunet.model import NUNet
 from nunet.synth import synth_image
-from nunet.train import content_batch, content_datasets, load_config, mask_bank, train
+from nunet.train import content_datasets, load_config, train
 from nunet.vgg import HED_BLOCKS, HED_MEMBER, VGG16_CFG, BackboneSpec, build_backbone, vgg_features
 
 
@@ -244,18 +245,8 @@ def test_tiny_run_lowers_the_loss_and_exports_a_model(tmp_path):
         assert len(list(csv.DictReader(fh))) == 20
     model = load_model(path)
     # the loss on a fixed held-out batch, before (the same seeded init) and after the 20 steps
-    backbone = build_backbone(BackboneSpec("random-vgg19"))
-    rng = np.random.default_rng(123)
-    targets = TargetGrams.from_masks(backbone, torch.from_numpy(mask_bank(config, rng)[:, None]))
-    datasets = content_datasets(config)
-    batch = content_batch(datasets, sorted(datasets) * 2, config.crop, rng)
     scale = config.w * model.metadata["training"]["morph_scale"]
-
-    def total_loss(net) -> float:
-        with torch.no_grad():
-            out, inp = backbone(net(batch)), backbone(batch)
-            return float(content_loss(out[1], inp[1]) + scale * morphological_loss(out, targets))
-
+    total_loss = held_out_training_loss(config, build_backbone(BackboneSpec("random-vgg19")), scale, seed=123)
     torch.manual_seed(config.seed)
     assert total_loss(model.module) < total_loss(NUNet().eval())
     assert model.w == 5.0 and model.metadata["training"]["steps"] == 20
