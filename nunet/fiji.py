@@ -361,8 +361,9 @@ def run_macro(code: str, arg: str = "") -> str | None:
         if "Macro canceled" not in str(exc):
             raise
         result = None
-    if properties.get(ERROR_KEY) is not None:  # "NU-Net Filter" failed: it logged why and stopped the macro
-        raise NUNetError(f"ImageJ macro stopped: {properties.get(ERROR_KEY)}")
+    failure = properties.get(ERROR_KEY)
+    if failure is not None:  # "NU-Net Filter" failed: it logged why and stopped the macro
+        raise NUNetError(f"ImageJ macro stopped: {failure}")
     message = interpreter.getErrorMessage()  # set, and the macro stopped, on an error
     if message is not None:
         raise NUNetError(f"ImageJ macro error: {' '.join(str(message).split())}")
