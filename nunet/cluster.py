@@ -31,7 +31,7 @@ from nunet.zarr_io import ZarrSource
 
 DONE_DIR = ".nunet-done"
 #: The settings that change the output: a rerun resumes only when they and the input match.
-RECORDED = ("model", "w", "axes", "channel", "precision", "invert", "dtype")
+RECORDED = ("model", "w", "axes", "channel", "precision", "invert", "augment", "dtype")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ DETECTION_METHODS = ("raw", "dog", "dog-tuned")
 SUITES = ("heldout", "synthetic")
 ALL = "all"
 CEILING = "truth-mask"
+#: The suffix of a model's method name when it runs with test-time augmentation.
+AUGMENTED = "+augment"
 #: Factors on the expected radius among which ``dog-tuned`` picks its DoG scale per dataset.
 DOG_SCALES = (0.5, 0.7, 1.0, 1.4, 2.0)
 THRESHOLDS = tuple(float(t) for t in np.geomspace(0.01, 0.5, 12))
@@ -288,7 +290,7 @@ def filtered(item: EvalImage, method: str, models: dict) -> np.ndarray:
         return baselines.minmax(source)
     if method in baselines.CLASSICAL:
         return baselines.classical(method, source, item.radius)
-    return enhance(source, models[method], axes="YX")
+    return enhance(source, models[method], axes="YX", augment=method.endswith(AUGMENTED))
 
 
 def evaluate(
@@ -296,8 +298,12 @@ def evaluate(
     models: Sequence[str] = (),
     thresholds: Sequence[float] = THRESHOLDS,
     fixed_threshold: float = FIXED_THRESHOLD,
+    augment: bool = False,
 ) -> tuple[list[Row], dict]:
     """Run every method on every item; return the per-image rows and the filtered images.
+
+    With ``augment``, every model is also run with test-time augmentation, as method
+    ``NAME+augment``.
 
     Returns
     -------
@@ -309,6 +315,8 @@ def evaluate(
     from nunet.runtime import resolve_device
 
     loaded = {name: load_model(name, resolve_device("auto")) for name in models}
+    if augment:
+        loaded.update({name + AUGMENTED: model for name, model in list(loaded.items())})
     ceiling = [CEILING] if all(_has_mask(i) for i in items) else []
     methods = ["raw", *baselines.CLASSICAL, "dog-tuned", *loaded, *ceiling]
     outputs = {(i.dataset, i.name, m): filtered(i, m, loaded) for i in items for m in methods if m != "dog-tuned"}

@@ -12,6 +12,12 @@ convolutions under autocast; NU-Net's InstanceNorm layers take their statistics 
 the autocast (:class:`nunet.model.InstanceNorm`). ``auto`` keeps the fastest precision within
 1e-2 of fp32 among those the hardware runs natively (see :mod:`nunet.autotune`).
 
+Test-time augmentation
+----------------------
+``augment=True`` filters each plane in its eight orientations (four rotations by 90 degrees, each
+also mirrored), turns the outputs back and averages them (like Cellpose's ``augment``): a
+steadier output that follows a rotated or mirrored input exactly, for eight times the compute.
+
 Tiling
 ------
 Planes larger than ``AUTO_TILING``'s threshold are filtered in tiles with a seam-free result
@@ -73,6 +79,7 @@ def filter_image(
     precision: str = "fp32",
     percentiles: tuple[float, float] | None = None,
     invert: bool = False,
+    augment: bool = False,
     progress: bool = False,
 ) -> Image:
     """Filter every YX plane of an :class:`~nunet.io.Image`; keep its calibration.
@@ -104,6 +111,7 @@ def filter_image(
         precision=precision,
         percentiles=percentiles,
         invert=invert,
+        augment=augment,
         progress=progress,
     )
     out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
@@ -134,6 +142,7 @@ def enhance(
     precision: str = "fp32",
     percentiles: tuple[float, float] | None = None,
     invert: bool = False,
+    augment: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     """Filter an image with NU-Net.
@@ -171,6 +180,9 @@ def enhance(
         model was trained with, from its metadata (0.1 and 99.9 for every shipped model).
     invert : bool
         The image has dark nuclei on a bright background: flip it after normalisation.
+    augment : bool
+        Test-time augmentation: average the outputs of the plane's eight rotations and
+        mirror images (8x the compute; see the module docstring).
     progress : bool
         Show a progress bar over planes.
 
@@ -198,6 +210,7 @@ def enhance(
         precision=precision,
         percentiles=percentiles,
         invert=invert,
+        augment=augment,
         progress=progress,
     ).data
 
@@ -233,6 +246,7 @@ def _filter_planes(
     precision: str = "fp32",
     percentiles: tuple[float, float] | None = None,
     invert: bool = False,
+    augment: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
     import torch
@@ -266,9 +280,10 @@ def _filter_planes(
     out = np.empty((count, height, width), dtype=np.float32)
     if tiled:
         from nunet.tiling import TILED_PASSES
-    steps = TILED_PASSES if tiled else 1  # a tiled plane reports each of its passes
+    views = ORIENTATIONS if augment else ORIENTATIONS[:1]
+    steps = (TILED_PASSES if tiled else 1) * len(views)  # a tiled plane reports each of its passes
     with (
-        progress_bar(progress, count * steps, "passes" if tiled else "planes") as advance,
+        progress_bar(progress, count * steps, "passes" if tiled or augment else "planes") as advance,
         num_threads(threads),
         torch.inference_mode(),
         autocast(device, precision),
@@ -276,14 +291,51 @@ def _filter_planes(
         for start in range(0, count, batch_size):
             stop = min(count, start + batch_size)
             x = _prepare(planes[start:stop], percentiles, invert, device)
-            if tiled:
-                y = _tiled(loaded.module, x, tile_size, on_pass=lambda: advance(1))
-            else:
-                y = loaded.module(x)
-            out[start:stop] = crop_plane(to_unit_range(y)[:, 0], height, width).cpu().numpy()
-            if not tiled:
-                advance(stop - start)
+            y = _forward(loaded.module, x, views, tile_size if tiled else None, advance)
+            out[start:stop] = crop_plane(y[:, 0], height, width).cpu().numpy()
     return out
+
+
+def _forward(
+    module: "torch.nn.Module",
+    x: "torch.Tensor",
+    views: Sequence[tuple[int, bool]],
+    tile_size: int | None,
+    advance: Callable[[int], None],
+) -> "torch.Tensor":
+    """The network's output for ``x`` in [0, 1]: the mean over ``views`` (see :data:`ORIENTATIONS`)
+    of whole-plane passes, or tiled ones when ``tile_size`` is given."""
+    total = None
+    for turns, mirror in views:
+        oriented = _orient(x, turns, mirror)
+        if tile_size is None:
+            y = module(oriented)
+            advance(len(x))
+        else:
+            y = _tiled(module, oriented, tile_size, on_pass=lambda: advance(1))
+        y = _unorient(to_unit_range(y), turns, mirror)
+        total = y if total is None else total.add_(y)
+    return total.div_(len(views)) if len(views) > 1 else total
+
+
+#: The eight orientations of a plane that ``augment`` averages over: (quarter turns, mirrored).
+ORIENTATIONS = tuple((turns, mirror) for mirror in (False, True) for turns in range(4))
+
+
+def _orient(x: "torch.Tensor", turns: int, mirror: bool) -> "torch.Tensor":
+    """``x`` (N, 1, H, W) mirrored left-right (when ``mirror``), then turned ``turns`` quarter turns."""
+    import torch
+
+    x = x.flip(-1) if mirror else x
+    return torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+
+
+def _unorient(y: "torch.Tensor", turns: int, mirror: bool) -> "torch.Tensor":
+    """The inverse of :func:`_orient`: an output of the oriented plane, back in the plane's orientation."""
+    import torch
+
+    y = torch.rot90(y, -turns, dims=(-2, -1)) if turns else y
+    return y.flip(-1) if mirror else y
 
 
 def _prepare(planes: np.ndarray, percentiles: tuple[float, float], invert: bool, device: str) -> "torch.Tensor":

@@ -42,6 +42,8 @@ class FilterSettings:
         One of ``PRECISIONS``; ``fp16`` needs a GPU.
     invert : bool
         Dark nuclei on a bright background: flip each plane first.
+    augment : bool
+        Test-time augmentation: average each plane's eight orientations (8x the compute).
     dtype : str
         Output pixel type, one of ``OUTPUT_DTYPES``.
     ngff : str, optional
@@ -57,6 +59,7 @@ class FilterSettings:
     device: str = "auto"
     precision: str = "fp32"
     invert: bool = False
+    augment: bool = False
     dtype: str = "float32"
     ngff: str | None = None
 
@@ -91,11 +94,16 @@ class FilterSettings:
     def from_text(cls, values: dict[str, str]) -> "FilterSettings":
         """Settings from option names and text values (a Java map, a macro): each value is cast to
         its option's type; ``true``/``1`` are true for flags; a bad value is a UsageError."""
+
+        def flag(text: str) -> bool:
+            return text.lower() in ("true", "1")
+
         casts = {
             "w": float,
             "tile_size": int,
             "batch_size": int,
-            "invert": lambda t: t.lower() in ("true", "1"),
+            "invert": flag,
+            "augment": flag,
             "channel": lambda t: tuple(int(v) for v in t.split(",")) if "," in t else int(t),
         }
         try:
@@ -150,4 +158,5 @@ MACRO_OPTIONS = {
     "output": "dtype",
     "replace": None,
     "invert": "invert",
+    "augment": "augment",
 }

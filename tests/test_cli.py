@@ -57,6 +57,19 @@ def test_filter_writes_calibrated_result_equal_to_enhance(folder, tmp_path, mode
     np.testing.assert_allclose(written.data, enhance(source, model), atol=1e-6)
 
 
+def test_augment_option_of_filter_and_batch(tmp_path, model):
+    src = tmp_path / "in"
+    src.mkdir()
+    data = blobs((36, 40)).astype(np.float32)
+    write_image(Image(data, "YX"), src / "a.tif")
+    expected = enhance(data, model, augment=True)
+    assert run("filter", src / "a.tif", tmp_path / "one.tif", "-m", "nunet-test", "--augment").exit_code == 0
+    assert run("batch", src, tmp_path / "out", "-m", "nunet-test", "--augment").exit_code == 0
+    for written in (tmp_path / "one.tif", tmp_path / "out" / "a.tif"):
+        np.testing.assert_allclose(read_image(written).data, expected, atol=1e-6)
+    assert np.abs(expected - enhance(data, model)).max() > 1e-3
+
+
 def test_filter_uint8_output_and_channel(tmp_path):
     src = tmp_path / "c.tif"
     write_image(Image(blobs((3, 20, 20)).astype(np.float32), "CYX"), src)

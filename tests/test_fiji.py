@@ -211,7 +211,7 @@ def test_replace_and_integer_output(jvm):
     assert np.abs(out.data.astype(int) - expected).max() <= 1
 
 
-def test_invert_inprocess(jvm):
+def test_invert_and_augment_flags_inprocess(jvm):
     from nunet import fiji
 
     data = blobs((40, 44)).astype(np.float32)
@@ -219,12 +219,14 @@ def test_invert_inprocess(jvm):
     fiji.register()
     try:
         imp.show()
-        fiji.run_macro('run("NU-Net Filter", "model=nunet-test invert");')
+        fiji.run_macro('run("NU-Net Filter", "model=nunet-test invert augment");')
         out = fiji.from_imageplus(jvm("ij.WindowManager").getCurrentImage())
     finally:
         fiji.unregister()
         close_all(jvm)
-    assert np.abs(out.data - enhance(data, "nunet-test", invert=True)).max() <= 1e-4
+    expected = enhance(data, "nunet-test", invert=True, augment=True)
+    assert np.abs(out.data - expected).max() <= 1e-4
+    assert np.abs(out.data - enhance(data, "nunet-test", invert=True)).max() > 1e-3
 
 
 def test_recorder_writes_documented_syntax(jvm, display):
@@ -355,17 +357,18 @@ saveAs("Tiff", "{saved}");
     assert np.abs(read_image(outputs / "timelapse.tif").data - expected).max() <= 1e-4
 
 
-def test_invert_through_the_worker(display, imagej_dir, model_dir, tmp_path):
+def test_invert_and_augment_flags_through_the_worker(display, imagej_dir, model_dir, tmp_path):
     source, saved = tmp_path / "dark.tif", tmp_path / "dark_nunet.tif"
     data = blobs((40, 44)).astype(np.uint16)
     write_image(Image(data, "YX", CAL), source)
     code = (
-        f'setBatchMode(true); open("{source}"); run("NU-Net Filter", "model=nunet-test invert");\n'
+        f'setBatchMode(true); open("{source}"); run("NU-Net Filter", "model=nunet-test invert augment");\n'
         f'saveAs("Tiff", "{saved}");\n'
     )
     done = run_imagej(display, imagej_dir, write_macro(tmp_path, code), "", tmp_path, model_dir)
     assert saved.is_file(), done.stdout + done.stderr
-    assert np.abs(read_image(saved).data - enhance(data, "nunet-test", invert=True)).max() <= 1e-4
+    expected = enhance(data, "nunet-test", invert=True, augment=True)
+    assert np.abs(read_image(saved).data - expected).max() <= 1e-4
 
 
 @pytest.mark.parametrize(

@@ -445,3 +445,25 @@ def test_a_model_file_carries_its_own_normalisation(tmp_path):
     assert model.percentiles == (2.0, 98.0)
     np.testing.assert_array_equal(enhance(img, model), enhance(img, "nunet-test", percentiles=(2.0, 98.0)))
     assert np.abs(enhance(img, model) - enhance(img, "nunet-test")).max() > 1e-3
+
+
+def test_augment_follows_rotations_and_mirrors_of_the_input(model):
+    """Test-time augmentation averages the eight orientations, so its output turns with the input;
+    the network alone does not."""
+    img = blobs((48, 64), seed=5, n=20)  # sides multiple of 4: no padding, so the symmetry is exact
+    out = enhance(img, model, augment=True)
+    for turn, undo in ((lambda a: np.rot90(a), lambda a: np.rot90(a, -1)), (np.fliplr, np.fliplr)):
+        turned = np.ascontiguousarray(turn(img))
+        np.testing.assert_allclose(undo(enhance(turned, model, augment=True)), out, atol=1e-5)
+        assert np.abs(undo(enhance(turned, model)) - enhance(img, model)).max() > 1e-2
+    oriented = [np.rot90(a, k) for a in (img, np.fliplr(img)) for k in range(4)]
+    outputs = [np.rot90(enhance(np.ascontiguousarray(a), model), -(k % 4)) for k, a in enumerate(oriented)]
+    mean = np.mean([o if k < 4 else np.fliplr(o) for k, o in enumerate(outputs)], axis=0)
+    np.testing.assert_allclose(out, mean, atol=1e-5)
+
+
+def test_augment_with_tiles_equals_augment_on_the_whole_plane(model):
+    img = blobs((70, 33), seed=6, n=10)
+    whole = enhance(img, model, augment=True, tile_size=0)
+    np.testing.assert_allclose(enhance(img, model, augment=True, tile_size=20), whole, atol=1e-5)
+    assert whole.shape == (70, 33)

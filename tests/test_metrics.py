@@ -214,11 +214,25 @@ def test_eval_with_centroid_csv(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(
         app,
-        ["eval", str(out), "-m", "nunet-test", "--images", str(images), "--centroids", str(points), "--radius", "7"],
+        [
+            "eval",
+            str(out),
+            "-m",
+            "nunet-test",
+            "--images",
+            str(images),
+            "--centroids",
+            str(points),
+            "--radius",
+            "7",
+            "--augment",
+        ],
     )
     assert result.exit_code == 0, result.output
     with (out / "results.csv").open() as fh:
-        raw = next(r for r in csv.DictReader(fh) if r["method"] == "raw")
+        rows = list(csv.DictReader(fh))
+    raw = next(r for r in rows if r["method"] == "raw")
+    assert {"nunet-test", "nunet-test+augment"} <= {r["method"] for r in rows}  # --augment adds a method
     assert raw["cr_before"] == "nan" and float(raw["f1_best"]) > 0.5
     with (out / "summary.csv").open() as fh:
         assert "truth-mask" not in {r["method"] for r in csv.DictReader(fh)}  # no mask, no ceiling

@@ -11,6 +11,7 @@
 #   output    32-bit ([0, 1]), 16-bit or 8-bit (scaled to the full range)
 #   replace   (flag) replace the current image instead of creating "NU-Net of <title>"
 #   invert    (flag) dark nuclei on a bright background (THG, bright-field): flip before filtering
+#   augment   (flag) test-time augmentation: average the 8 rotations and mirror images (8x the time)
 #
 # Inside a Python session that called nunet.fiji.register() the filter runs in-process.
 # Otherwise the plugin starts one `python -m nunet serve` worker (the Python recorded by
@@ -79,6 +80,7 @@ def ask_options(imp):
     gd.addChoice("output", OUTPUTS, "32-bit")
     gd.addCheckbox("replace", False)
     gd.addCheckbox("invert", False)
+    gd.addCheckbox("augment", False)
     gd.showDialog()
     if gd.wasCanceled():
         return None
@@ -90,13 +92,14 @@ def ask_options(imp):
     output = gd.getNextChoice()
     replace = gd.getNextBoolean()
     invert = gd.getNextBoolean()
+    augment = gd.getNextBoolean()
     if gd.invalidNumber() or w != w or w < 0:
         raise Failure("w must be a number >= 0")
     if tile != tile or tile < 0 or tile != int(tile):
         raise Failure("tile must be a whole number >= 0")
     return {"model": model, "w": w, "channels": parse_channels(channels_text, imp.getNChannels()),
             "tile": int(tile), "device": device, "output": output, "replace": replace,
-            "invert": invert}
+            "invert": invert, "augment": augment}
 
 
 def parse_channels(text, count):
@@ -130,7 +133,8 @@ def float_planes(imp, channels):
 def request_fields(options):
     return [("model", options["model"] or None), ("w", options["w"] if options["w"] > 0 else None),
             ("tile_size", options["tile"] if options["tile"] > 0 else None), ("device", options["device"]),
-            ("invert", True if options["invert"] else None)]
+            ("invert", True if options["invert"] else None),
+            ("augment", True if options["augment"] else None)]
 
 
 def filter_inprocess(function, planes, width, height, options):
