@@ -64,6 +64,9 @@ class TrainConfig:
     supervised_stacks: int = 0  # synthetic 3D stacks per modality whose planes join the bank (nuclei cut by
     # the plane: small, dim, blurred cross-sections, as in planes of real stacks)
     stack_defocus: float = 0.0  # extra blur along z of those stacks (Gaussian sigma, in planes): out-of-focus light
+    defocus_spread: float = 0.0  # lateral blur (sigma, px) of that light per plane of distance: a defocused
+    # nucleus widens with its distance from the plane (0: blur along z only); see defocus()
+    stack_z_step: int = 1  # keep every n-th plane of those stacks: nuclei n x flatter in planes (anisotropic z)
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
     supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
     supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
@@ -111,8 +114,10 @@ class TrainConfig:
             "supervised_batch",
             "supervised_images",
         )
-        if self.supervised_stacks < 0 or self.stack_defocus < 0:
-            raise NUNetError("config: 'supervised_stacks' and 'stack_defocus' must be >= 0")
+        if min(self.supervised_stacks, self.stack_defocus, self.defocus_spread) < 0 or self.stack_z_step < 1:
+            raise NUNetError(
+                "config: 'supervised_stacks', 'stack_defocus' and 'defocus_spread' must be >= 0, 'stack_z_step' >= 1"
+            )
         for key in positive:
             if getattr(self, key) < 1:
                 raise NUNetError(f"config: '{key}' must be >= 1")
@@ -251,26 +256,51 @@ def dome_mask(labels: np.ndarray) -> np.ndarray:
     return 255.0 * ndi.gaussian_filter(out, 0.75)
 
 
+def defocus(stack: np.ndarray, sigma: float, spread: float) -> np.ndarray:
+    """Out-of-focus light in a (Z, Y, X) stack: each plane becomes a Gaussian-weighted sum (``sigma``
+    planes) of its neighbours, each blurred laterally by ``spread`` px per plane of distance, so a
+    nucleus seen from further away is dimmer and wider (a cone-shaped point spread function).
+    ``spread`` 0 is a plain Gaussian blur along z."""
+    from scipy import ndimage as ndi
+
+    if not spread:
+        return ndi.gaussian_filter(stack, (sigma, 0, 0))
+    reach = int(np.ceil(3 * sigma))
+    offsets = np.arange(-reach, reach + 1)
+    weights = np.exp(-(offsets**2) / (2 * sigma**2))
+    padded = np.pad(stack, ((reach, reach), (0, 0), (0, 0)), mode="symmetric")
+    out = np.zeros(stack.shape, np.float32)
+    for k, weight in zip(offsets, weights / weights.sum()):
+        planes = padded[reach + k : reach + k + len(stack)]
+        out += weight * ndi.gaussian_filter(planes, (0, spread * abs(k), spread * abs(k)))
+    return out
+
+
 def supervised_bank(config: TrainConfig) -> list:
     """Synthetic images with labels for the supervised term: ``supervised_images`` of each modality of
     ``synthetic_modalities`` at twice the crop side, and every plane of ``supervised_stacks`` 3D
-    stacks of each (``STACK_DEPTH`` planes, blurred along z by ``stack_defocus``; training seeds
-    only). Dark-blob images are flipped, as a user flips them with ``invert``: the network always
-    sees bright nuclei."""
+    stacks of each (``STACK_DEPTH`` planes, every ``stack_z_step``-th of a deeper stack, with the
+    out-of-focus light of :func:`defocus`; training seeds only). Dark-blob images are flipped, as a
+    user flips them with ``invert``: the network always sees bright nuclei."""
     from dataclasses import replace
 
-    from scipy import ndimage as ndi
-
     side = (config.crop * 2, config.crop * 2)
+    step = config.stack_z_step
+    depth = STACK_DEPTH * step
     images = []
     for m in config.synthetic_modalities:
         for i in range(config.supervised_images):
             images.append(synth_image(m, side, seed=training_seed(config.seed, 2, i, modality_index(m))))
         for i in range(config.supervised_stacks):
-            stack = synth_image(m, (STACK_DEPTH,) + side, seed=training_seed(config.seed, 4, i, modality_index(m)))
+            stack = synth_image(m, (depth,) + side, seed=training_seed(config.seed, 4, i, modality_index(m)))
+            image = stack.image
             if config.stack_defocus:
-                stack = replace(stack, image=ndi.gaussian_filter(stack.image, (config.stack_defocus, 0, 0)))
-            images += [replace(stack, image=stack.image[z], labels=stack.labels[z]) for z in range(STACK_DEPTH)]
+                image = defocus(
+                    image, config.stack_defocus * config.stack_z_step, config.defocus_spread / config.stack_z_step
+                )
+            images += [
+                replace(stack, image=image[z], labels=stack.labels[z]) for z in range(0, depth, config.stack_z_step)
+            ]
     return [replace(s, image=s.image.max() - s.image) if PRESETS[s.modality].dark_blobs else s for s in images]
 
 

@@ -273,3 +273,38 @@ def test_supervised_stacks_add_every_plane_of_3d_stacks_to_the_bank():
     blurred = supervised_bank(load_config(None, config))[len(flat) :]
     assert all(np.array_equal(b.labels, p.labels) for b, p in zip(blurred, planes))  # the truth stays exact
     assert np.std([b.image for b in blurred]) < np.std([p.image for p in planes])
+
+
+def test_defocus_spreads_the_light_of_a_point_wider_with_its_distance_from_the_plane():
+    from scipy import ndimage as ndi
+
+    from nunet.train import defocus
+
+    stack = np.random.default_rng(0).random((12, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(defocus(stack, 2.0, 0.0), ndi.gaussian_filter(stack, (2.0, 0, 0)))
+    point = np.zeros((31, 65, 65), np.float32)
+    point[15, 32, 32] = 1.0
+    blurred = defocus(point, 2.0, 1.5)
+    weights = np.exp(-(np.arange(5) ** 2) / 8.0)
+    weights /= weights[0] + 2 * weights[1:].sum() + 2 * np.exp(-(np.arange(5, 7) ** 2) / 8.0).sum()
+    sums = [float(blurred[15 + k].sum()) for k in range(5)]
+    np.testing.assert_allclose(sums, weights, rtol=1e-3)  # each plane gets its Gaussian share of the light
+    widths = [int((blurred[15 + k] > blurred[15 + k].max() / 2).sum()) for k in range(5)]
+    assert widths == sorted(widths) and widths[0] == 1 and widths[4] > 40  # and sees it wider further away
+    np.testing.assert_allclose(blurred[15 - 3], blurred[15 + 3], atol=1e-7)
+
+
+def test_stack_z_step_makes_the_nuclei_of_the_bank_stacks_flatter():
+    from nunet.train import STACK_DEPTH, load_config, supervised_bank
+
+    base = {"supervised_weight": 1.0, "supervised_images": 1, "crop": 32, "synthetic_content": 1}
+    base["synthetic_modalities"] = ["dense"]
+
+    def planes_per_nucleus(step: int) -> float:
+        config = load_config(None, {**base, "supervised_stacks": 2, "stack_z_step": step, "stack_defocus": 1.0})
+        bank = supervised_bank(config)[1:]
+        assert len(bank) == 2 * STACK_DEPTH
+        labels = [np.stack([b.labels for b in bank[i : i + STACK_DEPTH]]) for i in (0, STACK_DEPTH)]
+        return float(np.mean([len(set(np.nonzero(stack == n)[0])) for stack in labels for n in np.unique(stack)[1:]]))
+
+    assert planes_per_nucleus(2) < 0.7 * planes_per_nucleus(1)
