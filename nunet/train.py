@@ -27,6 +27,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,7 @@ class TrainConfig:
     # nucleus widens with its distance from the plane (0: blur along z only); see defocus()
     stack_z_step: int = 1  # keep every n-th plane of those stacks: nuclei n x flatter in planes (anisotropic z)
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
+    dome_inside_frame: bool = False  # dome targets: a nucleus cut by the crop's frame peaks inside its visible part
     supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
     supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
     # filter moves an image towards blobs (a family of strengths for --w)
@@ -235,11 +237,15 @@ def soft_mask(labels: np.ndarray) -> np.ndarray:
     return 255.0 * ndi.gaussian_filter(binary_mask(labels, separate_touching=True), 0.75)
 
 
-def dome_mask(labels: np.ndarray) -> np.ndarray:
+def dome_mask(labels: np.ndarray, inside_frame: bool = False) -> np.ndarray:
     """A soft mask whose nuclei peak at their centres, in 0..255: inside each nucleus (with the 1-px
     gaps of :func:`binary_mask`), ``DOME_FLOOR`` at the edge rising linearly with the distance to the
     edge to 1 at the innermost pixel; edges softened as :func:`soft_mask`. A blob detector finds one
-    maximum per nucleus on it, where a flat-topped mask of a large nucleus gives several."""
+    maximum per nucleus on it, where a flat-topped mask of a large nucleus gives several.
+
+    A nucleus cut by the image's frame peaks at the frame, as if it went on beyond it; with
+    ``inside_frame`` the frame counts as the nucleus's edge, so it peaks inside its visible part,
+    near the visible part's centroid (where the truth of an annotated image puts it)."""
     from scipy import ndimage as ndi
 
     labels = np.asarray(labels).astype(np.int64)
@@ -250,7 +256,11 @@ def dome_mask(labels: np.ndarray) -> np.ndarray:
             continue
         box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
         inside = (labels[box] == label) & foreground[box]
+        if inside_frame:
+            inside = np.pad(inside, 1)  # the frame: background
         depth = ndi.distance_transform_edt(inside)
+        if inside_frame:
+            inside, depth = inside[1:-1, 1:-1], depth[1:-1, 1:-1]
         if depth.max() > 0:
             out[box][inside] = DOME_FLOOR + (1.0 - DOME_FLOOR) * depth[inside] / depth.max()
     return 255.0 * ndi.gaussian_filter(out, 0.75)
@@ -308,7 +318,9 @@ def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) 
     """Degraded crops as the network's input (N, 1, crop, crop) in 0..255 and their targets (soft or dome
     masks, mixed with the input by ``supervised_strength``)."""
     inputs, targets = [], []
-    target = dome_mask if config.supervised_target == "dome" else soft_mask
+    target = (
+        soft_mask if config.supervised_target == "mask" else partial(dome_mask, inside_frame=config.dome_inside_frame)
+    )
     strength = config.supervised_strength
     for _ in range(config.supervised_batch):
         x, labels = degraded_crop(bank, config.crop, config.seed, rng)

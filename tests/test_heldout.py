@@ -190,6 +190,19 @@ def test_dome_target_peaks_once_per_nucleus_with_gaps_between_touching_ones():
     assert np.array_equal(soft_mask(labels) > 127, dome > 0.5 * DOME_FLOOR)  # the same nuclei, the same gap
 
 
+def test_dome_target_of_a_nucleus_cut_by_the_frame_peaks_inside_with_inside_frame():
+    from nunet.train import dome_mask
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    labels = np.zeros((64, 64), np.int32)
+    labels[(yy - 32) ** 2 + (xx - 2) ** 2 <= 10**2] = 1  # cut by the left frame: visible centroid at x ~ 5
+    labels[(yy - 32) ** 2 + (xx - 40) ** 2 <= 10**2] = 2
+    at_frame, inside = dome_mask(labels), dome_mask(labels, inside_frame=True)
+    assert np.unravel_index(at_frame[:, :16].argmax(), (64, 16))[1] <= 2
+    assert 4 <= np.unravel_index(inside[:, :16].argmax(), (64, 16))[1] <= 8
+    np.testing.assert_array_equal(at_frame[:, 20:], inside[:, 20:])  # nuclei inside the frame: the same
+
+
 @pytest.mark.slow
 def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
     import torch
