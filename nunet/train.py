@@ -305,12 +305,8 @@ def supervised_bank(config: TrainConfig) -> list:
             stack = synth_image(m, (depth,) + side, seed=training_seed(config.seed, 4, i, modality_index(m)))
             image = stack.image
             if config.stack_defocus:
-                image = defocus(
-                    image, config.stack_defocus * config.stack_z_step, config.defocus_spread / config.stack_z_step
-                )
-            images += [
-                replace(stack, image=image[z], labels=stack.labels[z]) for z in range(0, depth, config.stack_z_step)
-            ]
+                image = defocus(image, config.stack_defocus * step, config.defocus_spread / step)
+            images += [replace(stack, image=image[z], labels=stack.labels[z]) for z in range(0, depth, step)]
     return [replace(s, image=s.image.max() - s.image) if PRESETS[s.modality].dark_blobs else s for s in images]
 
 
