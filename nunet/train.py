@@ -256,11 +256,9 @@ def dome_mask(labels: np.ndarray, inside_frame: bool = False) -> np.ndarray:
             continue
         box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
         inside = (labels[box] == label) & foreground[box]
-        if inside_frame:
-            inside = np.pad(inside, 1)  # the frame: background
-        depth = ndi.distance_transform_edt(inside)
-        if inside_frame:
-            inside, depth = inside[1:-1, 1:-1], depth[1:-1, 1:-1]
+        pad = int(inside_frame)  # a ring of background around the box: the frame counts as an edge
+        height, width = inside.shape
+        depth = ndi.distance_transform_edt(np.pad(inside, pad))[pad : pad + height, pad : pad + width]
         if depth.max() > 0:
             out[box][inside] = DOME_FLOOR + (1.0 - DOME_FLOOR) * depth[inside] / depth.max()
     return 255.0 * ndi.gaussian_filter(out, 0.75)
