@@ -1,9 +1,9 @@
 """Filtering images with a NU-Net model: axes, batching, direct or tiled passes.
 
-Each plane goes one way: normalise (and invert) -> pad -> whole-plane or tiled forward pass
--> crop -> clip to [0, 1] (:mod:`nunet.preprocess`). Where it runs and at which precision is
-:mod:`nunet.runtime`'s concern; what ``precision="auto"`` picks is measured by
-:mod:`nunet.autotune`.
+Each plane goes one way: normalise (and invert) -> pad (or frame, for a model trained with a
+frame) -> whole-plane or tiled forward pass -> crop -> clip to [0, 1] (:mod:`nunet.preprocess`).
+Where it runs and at which precision is :mod:`nunet.runtime`'s concern; what
+``precision="auto"`` picks is measured by :mod:`nunet.autotune`.
 
 Precision
 ---------
@@ -38,6 +38,7 @@ from nunet.io import Image, check_axes, guess_axes, with_data
 from nunet.preprocess import (
     FULL_SCALE,
     crop_plane,
+    frame_plane,
     invert_normalised,
     normalise_plane,
     normalise_planes_torch,
@@ -269,7 +270,8 @@ def _filter_planes(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     threads = DEFAULT_TUNER.thread_count(loaded, precision, batch_size) if tuned and device == "cpu" else None
-    ph, pw = padded_shape(height, width)
+    frame = loaded.frame_pad
+    ph, pw = padded_shape(height + 2 * frame, width + 2 * frame)
     measure_tiles = tuned and tile_size is None and device == "cpu"
     tiled, tile_size = _tiling(ph, pw, tile_size, device)
     if tiled and measure_tiles:
@@ -290,9 +292,9 @@ def _filter_planes(
     ):
         for start in range(0, count, batch_size):
             stop = min(count, start + batch_size)
-            x = _prepare(planes[start:stop], percentiles, invert, device)
+            x = _prepare(planes[start:stop], percentiles, invert, frame, device)
             y = _forward(loaded.module, x, views, tile_size if tiled else None, advance)
-            out[start:stop] = crop_plane(y[:, 0], height, width).cpu().numpy()
+            out[start:stop] = crop_plane(y[:, 0], height, width, frame).cpu().numpy()
     return out
 
 
@@ -338,8 +340,11 @@ def _unorient(y: "torch.Tensor", turns: int, mirror: bool) -> "torch.Tensor":
     return y.flip(-1) if mirror else y
 
 
-def _prepare(planes: np.ndarray, percentiles: tuple[float, float], invert: bool, device: str) -> "torch.Tensor":
-    """Raw ``(N, H, W)`` planes as the network's input ``(N, 1, H', W')`` on ``device``.
+def _prepare(
+    planes: np.ndarray, percentiles: tuple[float, float], invert: bool, frame: int, device: str
+) -> "torch.Tensor":
+    """Raw ``(N, H, W)`` planes as the network's input ``(N, 1, H', W')`` on ``device``: normalised,
+    inverted if asked, then reflect-padded, or framed by ``frame`` px of 0 (:mod:`nunet.preprocess`).
 
     On a CUDA device the raw planes are uploaded and prepared there (:func:`_prepare_torch`),
     so the CPU only copies; elsewhere, and for planes under 8 px or batches too large for
@@ -349,16 +354,20 @@ def _prepare(planes: np.ndarray, percentiles: tuple[float, float], invert: bool,
 
     height, width = planes.shape[1:]
     if device.startswith("cuda") and min(height, width) >= 8 and planes.size <= QUANTILE_LIMIT:
-        return _prepare_torch(planes, percentiles, invert, device)
-    prepared = [pad_plane(normalise_plane(p, percentiles)) for p in planes]
+        return _prepare_torch(planes, percentiles, invert, frame, device)
+    normalised = (normalise_plane(p, percentiles) for p in planes)
+    prepared = [
+        frame_plane(p, frame) if frame else pad_plane(p)
+        for p in (invert_normalised(p) if invert else p for p in normalised)
+    ]
     batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)  # no copy of one plane
-    if invert:
-        invert_normalised(batch)
     return torch.from_numpy(batch[:, None]).to(device)
 
 
-def _prepare_torch(planes: np.ndarray, percentiles: tuple[float, float], invert: bool, device: str) -> "torch.Tensor":
-    """:func:`_prepare`'s NumPy steps (normalise, invert, reflect-pad) done by torch on ``device``."""
+def _prepare_torch(
+    planes: np.ndarray, percentiles: tuple[float, float], invert: bool, frame: int, device: str
+) -> "torch.Tensor":
+    """:func:`_prepare`'s NumPy steps (normalise, invert, reflect-pad or frame) done by torch on ``device``."""
     import torch
 
     height, width = planes.shape[1:]
@@ -366,7 +375,9 @@ def _prepare_torch(planes: np.ndarray, percentiles: tuple[float, float], invert:
     x = normalise_planes_torch(x, percentiles)
     if invert:
         torch.sub(FULL_SCALE, x, out=x)
-    ph, pw = padded_shape(height, width)
+    ph, pw = padded_shape(height + 2 * frame, width + 2 * frame)
+    if frame:
+        return torch.nn.functional.pad(x[:, None], (frame, pw - width - frame, frame, ph - height - frame))
     return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
 
 

@@ -77,6 +77,12 @@ class LoadedModel:
         low, high = self.metadata.get("normalisation", {}).get("percentiles", PERCENTILES)
         return float(low), float(high)
 
+    @property
+    def frame_pad(self) -> int:
+        """Px of 0 framing each normalised plane, for a model trained so (0: reflect-padded; see
+        :func:`nunet.preprocess.frame_plane`)."""
+        return int(self.metadata.get("frame_pad", 0))
+
     def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
         return self.module(x)
 

@@ -15,8 +15,12 @@ Geometry
 --------
 Each plane is reflect-padded at its bottom and right to a multiple of 4 (at least 8 px)
 (:func:`pad_plane`) and the output cropped back (:func:`crop_plane`), so the output has exactly
-the input's spatial shape. RGB input (an ``S`` axis) becomes grey with ITU-R 601 luma weights
-(0.299, 0.587, 0.114); an alpha sample is dropped.
+the input's spatial shape. A model trained with a frame (metadata ``frame_pad``, see
+:mod:`nunet.train`) gets the normalised plane framed by that many px of 0 instead
+(:func:`frame_plane`), so that it sees where the image ends.
+
+RGB input (an ``S`` axis) becomes grey with ITU-R 601 luma weights (0.299, 0.587, 0.114); an
+alpha sample is dropped.
 """
 
 from __future__ import annotations
@@ -112,9 +116,27 @@ def pad_plane(plane: np.ndarray) -> np.ndarray:
     return np.pad(plane, pads, mode=mode)
 
 
-def crop_plane(x, height: int, width: int):
-    """Undo :func:`pad_plane`: the top-left ``height`` x ``width`` of a (..., H', W') array or tensor."""
-    return x[..., :height, :width]
+def frame_plane(plane: np.ndarray, pad: int, side: int | None = None) -> np.ndarray:
+    """Surround a (..., H, W) array with ``pad`` px of 0 on every side, and extend it with 0 at the
+    bottom and right to ``side + 2 pad`` (default: to :func:`padded_shape` of the framed plane).
+
+    For models trained with a frame (``frame_pad``): in a normalised plane 0 is the dark end, so
+    the network sees where the image ends, where reflection at the border would show it a cut
+    nucleus as a whole one. :func:`crop_plane` with ``frame=pad`` crops the output back.
+    """
+    height, width = plane.shape[-2:]
+    if side is None:
+        full_height, full_width = padded_shape(height + 2 * pad, width + 2 * pad)
+    else:
+        full_height = full_width = side + 2 * pad
+    pads = [(0, 0)] * (plane.ndim - 2) + [(pad, full_height - height - pad), (pad, full_width - width - pad)]
+    return np.pad(plane, pads)
+
+
+def crop_plane(x, height: int, width: int, frame: int = 0):
+    """Undo :func:`pad_plane` (or :func:`frame_plane` with ``pad=frame``): the ``height`` x ``width``
+    plane at (``frame``, ``frame``) of a (..., H', W') array or tensor."""
+    return x[..., frame : frame + height, frame : frame + width]
 
 
 def to_unit_range(y: "torch.Tensor") -> "torch.Tensor":

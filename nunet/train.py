@@ -22,6 +22,7 @@ new network (same seed) trains from scratch with content + w * scale * morpholog
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import sys
@@ -70,6 +71,8 @@ class TrainConfig:
     stack_z_step: int = 1  # keep every n-th plane of those stacks: nuclei n x flatter in planes (anisotropic z)
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
     dome_inside_frame: bool = False  # dome targets: a nucleus cut by the crop's frame peaks inside its visible part
+    frame_pad: int = 0  # px of background (0 after normalisation) around each supervised crop: the network sees
+    # the image's frame, and cut nuclei peak inside it; the model then needs the same padding (see inference)
     supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
     supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
     # filter moves an image towards blobs (a family of strengths for --w)
@@ -116,6 +119,8 @@ class TrainConfig:
             "supervised_batch",
             "supervised_images",
         )
+        if self.frame_pad < 0 or self.frame_pad % 2:
+            raise NUNetError("config: 'frame_pad' must be an even number of px >= 0")
         if min(self.supervised_stacks, self.stack_defocus, self.defocus_spread) < 0 or self.stack_z_step < 1:
             raise NUNetError(
                 "config: 'supervised_stacks', 'stack_defocus' and 'defocus_spread' must be >= 0, 'stack_z_step' >= 1"
@@ -317,22 +322,29 @@ def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) 
     )
     strength = config.supervised_strength
     for _ in range(config.supervised_batch):
-        x, labels = degraded_crop(bank, config.crop, config.seed, rng)
+        x, labels = degraded_crop(bank, config.crop, config.seed, rng, config.frame_pad)
         inputs.append(x)
         targets.append(strength * target(labels) + (1.0 - strength) * np.clip(x, 0.0, 255.0))
     return torch.from_numpy(np.stack(inputs)[:, None]), torch.from_numpy(np.stack(targets)[:, None].astype(np.float32))
 
 
-def degraded_crop(bank: list, crop: int, seed: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def degraded_crop(
+    bank: list, crop: int, seed: int, rng: np.random.Generator, frame_pad: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """One image of ``bank`` degraded (:func:`nunet.degrade.degrade`, a fresh training seed), at most
     ``crop`` px, reflect-padded to ``crop`` x ``crop``, normalised to 0..255, randomly rotated and
-    flipped; with its labels, moved alike."""
-    from nunet.preprocess import normalise_plane
+    flipped; with its labels, moved alike. With ``frame_pad`` the normalised image is instead padded
+    with 0 (no nucleus) by ``frame_pad`` px on every side and to ``crop`` at the bottom and right, as
+    :mod:`nunet.preprocess` frames a plane for a model trained so."""
+    from nunet.preprocess import frame_plane, normalise_plane
 
     image = bank[rng.integers(len(bank))]
     degraded, labels = _degraded(image, training_seed(seed, 3, int(rng.integers(2**31))), crop, False)
     pad = [(0, crop - degraded.shape[0]), (0, crop - degraded.shape[1])]
-    x, labels = normalise_plane(np.pad(degraded, pad, mode="reflect")), np.pad(labels, pad, mode="reflect")
+    if frame_pad:
+        x, labels = frame_plane(normalise_plane(degraded), frame_pad, crop), frame_plane(labels, frame_pad, crop)
+    else:
+        x, labels = normalise_plane(np.pad(degraded, pad, mode="reflect")), np.pad(labels, pad, mode="reflect")
     turns, flip = int(rng.integers(4)), bool(rng.integers(2))
     x, labels = np.rot90(x, turns), np.rot90(labels, turns)
     if flip:
@@ -454,10 +466,10 @@ def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float,
     """
     from nunet.losses import content_loss, morphological_loss
 
-    zero = torch.zeros((), device=batch.device)
-    output = net(batch)
+    zero = torch.zeros((), device=next(net.parameters()).device)
     content, morph = zero, zero
     if config.content_weight or weight_morph:
+        output = net(batch)
         features_out = backbone(output)
         with torch.no_grad():
             features_in = backbone.content_features(batch)
@@ -556,7 +568,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             morphs.append(m)
         state.morph_scale = float(np.mean(contents) / max(np.mean(morphs), 1e-12))
         net, optimiser = fresh()
-    feed = batches(rng)
+    feed = batches(rng) if config.content_weight or config.w else itertools.repeat(None)  # no content term: no batch
     started = time.perf_counter()
     while state.step < config.steps:
         c, m, f, t = _step(
@@ -610,6 +622,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         description=f"NU-Net w={config.w:g}, backbone {backbone.name}",
         training=summary,
         **({"family": config.family} if config.family else {}),
+        **({"frame_pad": config.frame_pad} if config.frame_pad else {}),
     )
     write_card(out_dir / f"{config.name}.md", config, summary)
     return path
@@ -721,6 +734,11 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         )
         + (" ; content degraded (nunet.degrade)" if config.degrade_content else "")
         + " |",
+        *(
+            [f"| frame | each plane is framed by {config.frame_pad} px of 0 after normalisation, in training and use |"]
+            if config.frame_pad
+            else []
+        ),
         f"| final losses | content {final['content']:.4g}, w x morphological {final['morphological']:.4g}, "
         f"supervised {final.get('supervised', 0.0):.4g}, total {final['total']:.4g} |",
         "| held-out split | synthetic training images use seeds >= 10^6 (nunet.synth.training_seed); "

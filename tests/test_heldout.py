@@ -203,6 +203,42 @@ def test_dome_target_of_a_nucleus_cut_by_the_frame_peaks_inside_with_inside_fram
     np.testing.assert_array_equal(at_frame[:, 20:], inside[:, 20:])  # nuclei inside the frame: the same
 
 
+def test_frame_pad_frames_each_crop_and_its_target_with_zeros():
+    from dataclasses import replace
+
+    from nunet.train import load_config, supervised_bank, supervised_batch
+
+    config = load_config(
+        None,
+        {
+            "supervised_weight": 1.0,
+            "supervised_target": "dome",
+            "supervised_images": 2,
+            "supervised_batch": 4,
+            "crop": 32,
+            "synthetic_content": 1,
+        },
+    )
+    bank = supervised_bank(config)
+    inputs, targets = supervised_batch(bank, replace(config, frame_pad=6), np.random.default_rng(3))
+    plain, _ = supervised_batch(bank, config, np.random.default_rng(3))
+    assert inputs.shape == targets.shape == (4, 1, 44, 44) and plain.shape == (4, 1, 32, 32)
+    assert not inputs[..., torch_ring(44, 6)].any()
+    assert not targets[..., torch_ring(44, 3)].any()  # a nucleus cut by the frame: only its softened edge reaches out
+    assert float(targets[..., 6:38, 6:38].max()) > 200  # nuclei inside
+    with pytest.raises(NUNetError, match="frame_pad"):
+        load_config(None, {"frame_pad": 3, "synthetic_content": 1})
+
+
+def torch_ring(side: int, width: int):
+    """A boolean (side, side) tensor, True on the outer ``width`` px."""
+    import torch
+
+    ring = torch.ones((side, side), dtype=torch.bool)
+    ring[width:-width, width:-width] = False
+    return ring
+
+
 @pytest.mark.slow
 def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
     import torch
@@ -221,6 +257,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
             "supervised_loss": "l2",
             "supervised_strength": 0.75,
             "family": "test-family",
+            "frame_pad": 4,
             "init_model": str(model_path),
             "supervised_batch": 4,
             "supervised_images": 2,
@@ -234,7 +271,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
         },
     )
     exported = load_model(train(config, command="test"))
-    assert (exported.w, exported.metadata["family"]) == (0.75, "test-family")
+    assert (exported.w, exported.metadata["family"], exported.frame_pad) == (0.75, "test-family", 4)
     tuned = exported.module
     start = load_model(model_path).module
     assert initial_weights(str(model_path)).keys() == tuned.state_dict().keys()
@@ -247,6 +284,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
     assert loss(tuned) < loss(start)
     card = (tmp_path / "run" / "nunet-dome.md").read_text()
     assert "L2 to dome targets" in card and f"| initial weights | {model_path} |" in card
+    assert "| frame | each plane is framed by 4 px of 0" in card
     with pytest.raises(Exception, match="supervised_target"):
         load_config(None, {"supervised_target": "cone"}).validate()
     with pytest.raises(Exception, match="supervised_loss"):

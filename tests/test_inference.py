@@ -279,7 +279,7 @@ def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, tune
     np.testing.assert_allclose(out, enhance(img, model, precision=precision), atol=1e-5)
     seen = []
     tuner.threads[key] = 1  # a cached choice is used, not measured again
-    monkeypatch.setattr(inference, "crop_plane", lambda y, h, w: (seen.append(torch.get_num_threads()), y)[1])
+    monkeypatch.setattr(inference, "crop_plane", lambda y, *_: (seen.append(torch.get_num_threads()), y)[1])
     enhance(img, model, precision="auto")
     assert seen == [1] and torch.get_num_threads() == before
 
@@ -361,14 +361,15 @@ def tuner():
 
 
 @pytest.mark.parametrize("invert", [False, True])
-def test_device_side_preparation_equals_the_numpy_path(invert):
-    """What CUDA runs (normalise, invert, reflect-pad in torch), here on the CPU, equals the NumPy path."""
+@pytest.mark.parametrize("frame", [0, 6])
+def test_device_side_preparation_equals_the_numpy_path(invert, frame):
+    """What CUDA runs (normalise, invert, reflect-pad or frame in torch), here on the CPU, equals the NumPy path."""
     from nunet.inference import _prepare, _prepare_torch
 
     planes = np.stack([blobs((37, 42), seed=s) for s in range(3)])
-    expected = _prepare(planes, (0.1, 99.9), invert, "cpu")
-    got = _prepare_torch(planes, (0.1, 99.9), invert, "cpu")
-    assert got.shape == expected.shape == (3, 1, 40, 44)
+    expected = _prepare(planes, (0.1, 99.9), invert, frame, "cpu")
+    got = _prepare_torch(planes, (0.1, 99.9), invert, frame, "cpu")
+    assert got.shape == expected.shape == ((3, 1, 40, 44) if not frame else (3, 1, 52, 56))
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
 
 
@@ -467,3 +468,31 @@ def test_augment_with_tiles_equals_augment_on_the_whole_plane(model):
     whole = enhance(img, model, augment=True, tile_size=0)
     np.testing.assert_allclose(enhance(img, model, augment=True, tile_size=20), whole, atol=1e-5)
     assert whole.shape == (70, 33)
+
+
+@pytest.fixture(scope="module")
+def framed_model(tmp_path_factory):
+    """The fixture network saved as a model trained with an 8-px frame (metadata ``frame_pad``)."""
+    from nunet import load_model, save_model
+    from nunet.model import untrained
+
+    path = tmp_path_factory.mktemp("framed") / "framed.pt"
+    save_model(untrained(seed=1), path, name="framed", w=None, frame_pad=8)
+    return load_model(path)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_a_framed_model_sees_the_plane_inside_a_frame_of_zeros(model, framed_model, invert):
+    from nunet.preprocess import crop_plane, frame_plane, invert_normalised
+
+    img = blobs((37, 45), seed=2)
+    normalised = normalise_plane(img)
+    x = frame_plane(invert_normalised(normalised) if invert else normalised, 8)
+    assert x.shape == (56, 64) and not x[:8].any() and not x[:, :8].any() and not x[45:].any()
+    with torch.inference_mode():
+        expected = crop_plane(framed_model(torch.from_numpy(x)[None, None]), 37, 45, frame=8)
+    expected = expected.clamp(0, 255).div(255)[0, 0].numpy()
+    out = enhance(img, framed_model, invert=invert)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    np.testing.assert_allclose(enhance(img, framed_model, invert=invert, tile_size=16), out, atol=1e-5)
+    assert np.abs(out - enhance(img, model, invert=invert)).max() > 0.05  # the same weights, reflect-padded
