@@ -43,17 +43,21 @@ def _requirements():
     return v0_5, save_bioimageio_package
 
 
-def export_onnx(module, path: Path, sizes=((64, 64), (100, 132), (256, 200))) -> float:
+def export_onnx(module, path: Path, sizes=((64, 64), (100, 132), (256, 200)), frame: int = 0) -> float:
     """Write ONNX weights (opset 17, dynamic batch/y/x) of a NU-Net and return the largest difference
-    from ``module`` on [0, 1] over ``sizes``; a difference above ``ONNX_TOLERANCE`` is an error."""
+    from ``module`` on [0, 1] over ``sizes``; a difference above ``ONNX_TOLERANCE`` is an error.
+    ``frame``: the model's ``frame_pad``; both are then run inside the frame (:class:`nunet.model.Framed`)."""
     import warnings
 
     import onnxruntime
     import torch
 
+    from nunet.model import Framed
     from nunet.plainnet import plain_twin
 
     twin = plain_twin(module)
+    if frame:
+        module, twin = Framed(module, frame), Framed(twin, frame)
     axes = {0: "batch", 2: "y", 3: "x"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
@@ -121,7 +125,12 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
     expected = enhance(raw, loaded, device="cpu", axes="YX")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        shutil.copyfile(loaded.path, folder / "weights.pt")
+        if loaded.frame_pad:  # the frame goes into the weights: the spec has no such preprocessing step
+            from nunet.model import Framed
+
+            torch.jit.save(torch.jit.script(Framed(loaded.module, loaded.frame_pad)), folder / "weights.pt")
+        else:
+            shutil.copyfile(loaded.path, folder / "weights.pt")
         np.save(folder / "test_input.npy", raw[None, None])
         np.save(folder / "test_output.npy", expected[None, None].astype(np.float32))
         tifffile.imwrite(folder / "sample_input.tif", raw)  # the same plane as an image, for viewers
@@ -135,7 +144,7 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
             )
         }
         if "onnx" in formats:
-            export_onnx(loaded.module, folder / "weights.onnx")
+            export_onnx(loaded.module, folder / "weights.onnx", frame=loaded.frame_pad)
             weights["onnx"] = v0_5.OnnxWeightsDescr(
                 source=folder / "weights.onnx", opset_version=ONNX_OPSET, parent="torchscript"
             )

@@ -204,6 +204,22 @@ class NUNet(nn.Module):
         return self.deconv3(y)
 
 
+class Framed(nn.Module):
+    """``net`` run as nunet runs a model trained with a frame: the input framed by ``pad`` px of 0,
+    the output cropped back (:func:`nunet.preprocess.frame_plane`), as one module for tools that
+    only run weights (bioimage.io packages). Input sides are multiples of 4 and ``pad`` is even."""
+
+    def __init__(self, net: nn.Module, pad: int) -> None:
+        super().__init__()
+        self.net = net
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width, pad = x.shape[-2], x.shape[-1], self.pad
+        y = self.net(nn.functional.pad(x, [pad, pad, pad, pad]))
+        return y[:, :, pad : pad + height, pad : pad + width]
+
+
 def count_parameters(module: nn.Module) -> int:
     """Return the number of trainable parameters of ``module``."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -84,6 +84,31 @@ def test_exported_preprocessing_reproduces_enhance(package, model):
         np.testing.assert_allclose(got, enhance(raw[0, 0], model, axes="YX"), atol=1e-3)
 
 
+@pytest.mark.slow
+def test_a_framed_model_is_exported_with_its_frame(tmp_path):
+    """A model trained with a frame (metadata frame_pad): both weight formats run it inside the frame,
+    as nunet.enhance does."""
+    from bioimageio.core import create_prediction_pipeline, load_description, predict
+
+    from nunet import enhance, load_model, save_model
+    from nunet.export import export_bioimageio
+    from nunet.model import untrained
+
+    path = tmp_path / "framed.pt"
+    save_model(untrained(seed=1), path, name="framed", w=None, frame_pad=8)
+    package = export_bioimageio(str(path), tmp_path / "framed.zip")
+    raw = _member(package, "test_input.npy")
+    expected = enhance(raw[0, 0], load_model(path), axes="YX")
+    np.testing.assert_allclose(_member(package, "test_output.npy")[0, 0], expected, atol=1e-6)
+    descr = load_description(package)
+    for weights in ("torchscript", "onnx"):
+        sample = predict(model=create_prediction_pipeline(descr, weight_format=weights), inputs={"input": raw})
+        got = np.asarray(sample.members["output"].data).reshape(raw.shape[-2:])
+        np.testing.assert_allclose(got, expected, atol=1e-3)
+    save_model(untrained(seed=1), tmp_path / "plain.pt", name="plain", w=None)
+    assert np.abs(enhance(raw[0, 0], str(tmp_path / "plain.pt"), axes="YX") - expected).max() > 0.05
+
+
 def _member(package: Path, name: str) -> np.ndarray:
     import io
     import zipfile
