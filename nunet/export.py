@@ -14,10 +14,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nunet.errors import NUNetError, UsageError
+
+if TYPE_CHECKING:
+    from nunet.preprocess import Frame
 
 FORMATS = ("torchscript", "onnx")
 ONNX_OPSET = 17
@@ -43,10 +47,10 @@ def _requirements():
     return v0_5, save_bioimageio_package
 
 
-def export_onnx(module, path: Path, sizes=((64, 64), (100, 132), (256, 200)), frame: int = 0) -> float:
+def export_onnx(module, path: Path, sizes=((64, 64), (100, 132), (256, 200)), frame: "Frame | None" = None) -> float:
     """Write ONNX weights (opset 17, dynamic batch/y/x) of a NU-Net and return the largest difference
     from ``module`` on [0, 1] over ``sizes``; a difference above ``ONNX_TOLERANCE`` is an error.
-    ``frame``: the model's ``frame_pad``; both are then run inside the frame (:class:`nunet.model.Framed`)."""
+    ``frame``: the model's (:class:`nunet.preprocess.Frame`); both then run inside it (:class:`nunet.model.Framed`)."""
     import warnings
 
     import onnxruntime
@@ -56,8 +60,8 @@ def export_onnx(module, path: Path, sizes=((64, 64), (100, 132), (256, 200)), fr
     from nunet.plainnet import plain_twin
 
     twin = plain_twin(module)
-    if frame:
-        module, twin = Framed(module, frame), Framed(twin, frame)
+    if frame is not None and frame.pad:
+        module, twin = Framed(module, frame.pad, frame.fill), Framed(twin, frame.pad, frame.fill)
     axes = {0: "batch", 2: "y", 3: "x"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
@@ -125,10 +129,11 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
     expected = enhance(raw, loaded, device="cpu", axes="YX")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        if loaded.frame_pad:  # the frame goes into the weights: the spec has no such preprocessing step
+        if loaded.frame.pad:  # the frame goes into the weights: the spec has no such preprocessing step
             from nunet.model import Framed
 
-            torch.jit.save(torch.jit.script(Framed(loaded.module, loaded.frame_pad)), folder / "weights.pt")
+            framed = Framed(loaded.module, loaded.frame.pad, loaded.frame.fill)
+            torch.jit.save(torch.jit.script(framed), folder / "weights.pt")
         else:
             shutil.copyfile(loaded.path, folder / "weights.pt")
         np.save(folder / "test_input.npy", raw[None, None])
@@ -144,7 +149,7 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
             )
         }
         if "onnx" in formats:
-            export_onnx(loaded.module, folder / "weights.onnx", frame=loaded.frame_pad)
+            export_onnx(loaded.module, folder / "weights.onnx", frame=loaded.frame)
             weights["onnx"] = v0_5.OnnxWeightsDescr(
                 source=folder / "weights.onnx", opset_version=ONNX_OPSET, parent="torchscript"
             )

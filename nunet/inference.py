@@ -37,6 +37,7 @@ from nunet.errors import ImageValueError, ModelError
 from nunet.io import Image, check_axes, guess_axes, with_data
 from nunet.preprocess import (
     FULL_SCALE,
+    Frame,
     crop_plane,
     frame_plane,
     invert_normalised,
@@ -270,8 +271,8 @@ def _filter_planes(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     threads = DEFAULT_TUNER.thread_count(loaded, precision, batch_size) if tuned and device == "cpu" else None
-    frame = loaded.frame_pad
-    ph, pw = padded_shape(height + 2 * frame, width + 2 * frame)
+    frame = loaded.frame
+    ph, pw = padded_shape(height + 2 * frame.pad, width + 2 * frame.pad)
     measure_tiles = tuned and tile_size is None and device == "cpu"
     tiled, tile_size = _tiling(ph, pw, tile_size, device)
     if tiled and measure_tiles:
@@ -294,7 +295,7 @@ def _filter_planes(
             stop = min(count, start + batch_size)
             x = _prepare(planes[start:stop], percentiles, invert, frame, device)
             y = _forward(loaded.module, x, views, tile_size if tiled else None, advance)
-            out[start:stop] = crop_plane(y[:, 0], height, width, frame).cpu().numpy()
+            out[start:stop] = crop_plane(y[:, 0], height, width, frame.pad).cpu().numpy()
     return out
 
 
@@ -341,10 +342,10 @@ def _unorient(y: "torch.Tensor", turns: int, mirror: bool) -> "torch.Tensor":
 
 
 def _prepare(
-    planes: np.ndarray, percentiles: tuple[float, float], invert: bool, frame: int, device: str
+    planes: np.ndarray, percentiles: tuple[float, float], invert: bool, frame: Frame, device: str
 ) -> "torch.Tensor":
     """Raw ``(N, H, W)`` planes as the network's input ``(N, 1, H', W')`` on ``device``: normalised,
-    inverted if asked, then reflect-padded, or framed by ``frame`` px of 0 (:mod:`nunet.preprocess`).
+    inverted if asked, then reflect-padded, or framed (:mod:`nunet.preprocess`).
 
     On a CUDA device the raw planes are uploaded and prepared there (:func:`_prepare_torch`),
     so the CPU only copies; elsewhere, and for planes under 8 px or batches too large for
@@ -357,7 +358,7 @@ def _prepare(
         return _prepare_torch(planes, percentiles, invert, frame, device)
     normalised = (normalise_plane(p, percentiles) for p in planes)
     prepared = [
-        frame_plane(p, frame) if frame else pad_plane(p)
+        frame_plane(p, frame) if frame.pad else pad_plane(p)
         for p in (invert_normalised(p) if invert else p for p in normalised)
     ]
     batch = prepared[0][None] if len(prepared) == 1 else np.stack(prepared)  # no copy of one plane
@@ -365,7 +366,7 @@ def _prepare(
 
 
 def _prepare_torch(
-    planes: np.ndarray, percentiles: tuple[float, float], invert: bool, frame: int, device: str
+    planes: np.ndarray, percentiles: tuple[float, float], invert: bool, frame: Frame, device: str
 ) -> "torch.Tensor":
     """:func:`_prepare`'s NumPy steps (normalise, invert, reflect-pad or frame) done by torch on ``device``."""
     import torch
@@ -375,9 +376,14 @@ def _prepare_torch(
     x = normalise_planes_torch(x, percentiles)
     if invert:
         torch.sub(FULL_SCALE, x, out=x)
-    ph, pw = padded_shape(height + 2 * frame, width + 2 * frame)
-    if frame:
-        return torch.nn.functional.pad(x[:, None], (frame, pw - width - frame, frame, ph - height - frame))
+    pad = frame.pad
+    ph, pw = padded_shape(height + 2 * pad, width + 2 * pad)
+    if pad:
+        pads = (pad, pw - width - pad, pad, ph - height - pad)
+        if frame.fill == "edge":
+            return torch.nn.functional.pad(x[:, None], pads, mode="replicate")
+        mean = x.mean(dim=(-2, -1), keepdim=True)[:, None] if frame.fill == "mean" else torch.zeros(())
+        return torch.nn.functional.pad(x[:, None] - mean, pads) + mean
     return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
 
 

@@ -205,19 +205,26 @@ class NUNet(nn.Module):
 
 
 class Framed(nn.Module):
-    """``net`` run as nunet runs a model trained with a frame: the input framed by ``pad`` px of 0,
-    the output cropped back (:func:`nunet.preprocess.frame_plane`), as one module for tools that
-    only run weights (bioimage.io packages). Input sides are multiples of 4 and ``pad`` is even."""
+    """``net`` run as nunet runs a model trained with a frame: the input framed by ``pad`` px of
+    ``fill``, the output cropped back (:func:`nunet.preprocess.frame_plane`), as one module for tools
+    that only run weights (bioimage.io packages). Input sides are multiples of 4 and ``pad`` is even."""
 
-    def __init__(self, net: nn.Module, pad: int) -> None:
+    def __init__(self, net: nn.Module, pad: int, fill: str = "zero") -> None:
         super().__init__()
         self.net = net
         self.pad = pad
+        self.fill = fill
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width, pad = x.shape[-2], x.shape[-1], self.pad
-        y = self.net(nn.functional.pad(x, [pad, pad, pad, pad]))
-        return y[:, :, pad : pad + height, pad : pad + width]
+        if self.fill == "edge":
+            framed = nn.functional.pad(x, [pad, pad, pad, pad], mode="replicate")
+        elif self.fill == "mean":
+            mean = x.mean(dim=(-2, -1), keepdim=True)
+            framed = nn.functional.pad(x - mean, [pad, pad, pad, pad]) + mean
+        else:
+            framed = nn.functional.pad(x, [pad, pad, pad, pad])
+        return self.net(framed)[:, :, pad : pad + height, pad : pad + width]
 
 
 def count_parameters(module: nn.Module) -> int:

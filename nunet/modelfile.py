@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from nunet._atomic import atomic_path
 from nunet._version import __version__
 from nunet.errors import ModelError
-from nunet.preprocess import PERCENTILES
+from nunet.preprocess import PERCENTILES, Frame
 
 if TYPE_CHECKING:
     import torch
@@ -78,10 +78,10 @@ class LoadedModel:
         return float(low), float(high)
 
     @property
-    def frame_pad(self) -> int:
-        """Px of 0 framing each normalised plane, for a model trained so (0: reflect-padded; see
+    def frame(self) -> Frame:
+        """The frame around each normalised plane the model was trained with (pad 0: none; see
         :func:`nunet.preprocess.frame_plane`)."""
-        return int(self.metadata.get("frame_pad", 0))
+        return Frame(int(self.metadata.get("frame_pad", 0)), str(self.metadata.get("frame_fill", "mean")))
 
     def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
         return self.module(x)

@@ -15,8 +15,8 @@ Geometry
 --------
 Each plane is reflect-padded at its bottom and right to a multiple of 4 (at least 8 px)
 (:func:`pad_plane`) and the output cropped back (:func:`crop_plane`), so the output has exactly
-the input's spatial shape. A model trained with a frame (metadata ``frame_pad``, see
-:mod:`nunet.train`) gets the normalised plane framed by that many px of 0 instead
+the input's spatial shape. A model trained with a frame (:class:`Frame`; metadata ``frame_pad``
+and ``frame_fill``, see :mod:`nunet.train`) gets the normalised plane framed instead
 (:func:`frame_plane`), so that it sees where the image ends.
 
 RGB input (an ``S`` axis) becomes grey with ITU-R 601 luma weights (0.299, 0.587, 0.114); an
@@ -26,6 +26,7 @@ alpha sample is dropped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -116,21 +117,40 @@ def pad_plane(plane: np.ndarray) -> np.ndarray:
     return np.pad(plane, pads, mode=mode)
 
 
-def frame_plane(plane: np.ndarray, pad: int, side: int | None = None) -> np.ndarray:
-    """Surround a (..., H, W) array with ``pad`` px of 0 on every side, and extend it with 0 at the
-    bottom and right to ``side + 2 pad`` (default: to :func:`padded_shape` of the framed plane).
+FRAME_FILLS = ("mean", "edge", "zero")
 
-    For models trained with a frame (``frame_pad``): in a normalised plane 0 is the dark end, so
-    the network sees where the image ends, where reflection at the border would show it a cut
-    nucleus as a whole one. :func:`crop_plane` with ``frame=pad`` crops the output back.
+
+@dataclass(frozen=True)
+class Frame:
+    """The frame a model was trained with: ``pad`` px of ``fill`` around each normalised plane (``pad``
+    0: no frame, the plane is reflect-padded). ``fill``: ``mean`` (the plane's mean: the
+    InstanceNorm statistics barely move), ``edge`` (the border pixels repeated) or ``zero``."""
+
+    pad: int = 0
+    fill: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.pad < 0 or self.pad % 2 or self.fill not in FRAME_FILLS:
+            raise ValueError(f"a frame is an even pad >= 0 and a fill in {FRAME_FILLS}, got {self.pad}, {self.fill!r}")
+
+
+def frame_plane(plane: np.ndarray, frame: Frame, side: int | None = None) -> np.ndarray:
+    """Surround a (..., H, W) array with ``frame.pad`` px of ``frame.fill`` on every side, and extend it
+    alike at the bottom and right to ``side + 2 pad`` (default: to :func:`padded_shape` of the framed plane).
+
+    For models trained with a frame: the network sees where the image ends, where reflection at the
+    border would show it a nucleus cut by the frame as a whole one centred on it. :func:`crop_plane`
+    with ``frame=frame.pad`` crops the output back.
     """
-    height, width = plane.shape[-2:]
+    height, width, pad = *plane.shape[-2:], frame.pad
     if side is None:
         full_height, full_width = padded_shape(height + 2 * pad, width + 2 * pad)
     else:
         full_height = full_width = side + 2 * pad
     pads = [(0, 0)] * (plane.ndim - 2) + [(pad, full_height - height - pad), (pad, full_width - width - pad)]
-    return np.pad(plane, pads)
+    if frame.fill == "edge":
+        return np.pad(plane, pads, mode="edge")
+    return np.pad(plane, pads, constant_values=float(plane.mean()) if frame.fill == "mean" else 0.0)
 
 
 def crop_plane(x, height: int, width: int, frame: int = 0):

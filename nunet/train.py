@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from nunet.errors import NUNetError
+from nunet.preprocess import FRAME_FILLS, Frame
 from nunet.synth import MODALITIES, PRESETS, modality_index, nuclei_labels, synth_image, training_seed
 
 CHECKPOINT = "checkpoint.pt"
@@ -71,8 +72,9 @@ class TrainConfig:
     stack_z_step: int = 1  # keep every n-th plane of those stacks: nuclei n x flatter in planes (anisotropic z)
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
     dome_inside_frame: bool = False  # dome targets: a nucleus cut by the crop's frame peaks inside its visible part
-    frame_pad: int = 0  # px of background (0 after normalisation) around each supervised crop: the network sees
-    # the image's frame, and cut nuclei peak inside it; the model then needs the same padding (see inference)
+    frame_pad: int = 0  # px of frame around each supervised crop: the network sees where the image ends, and
+    # nuclei cut by it peak inside; the model is then run inside the same frame (nunet.preprocess.Frame)
+    frame_fill: str = "mean"  # what fills that frame: mean (the plane's), edge (border repeated) or zero
     supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
     supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
     # filter moves an image towards blobs (a family of strengths for --w)
@@ -119,8 +121,8 @@ class TrainConfig:
             "supervised_batch",
             "supervised_images",
         )
-        if self.frame_pad < 0 or self.frame_pad % 2:
-            raise NUNetError("config: 'frame_pad' must be an even number of px >= 0")
+        if self.frame_pad < 0 or self.frame_pad % 2 or self.frame_fill not in FRAME_FILLS:
+            raise NUNetError(f"config: 'frame_pad' must be even and >= 0, 'frame_fill' one of {', '.join(FRAME_FILLS)}")
         if min(self.supervised_stacks, self.stack_defocus, self.defocus_spread) < 0 or self.stack_z_step < 1:
             raise NUNetError(
                 "config: 'supervised_stacks', 'stack_defocus' and 'defocus_spread' must be >= 0, 'stack_z_step' >= 1"
@@ -322,27 +324,28 @@ def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) 
     )
     strength = config.supervised_strength
     for _ in range(config.supervised_batch):
-        x, labels = degraded_crop(bank, config.crop, config.seed, rng, config.frame_pad)
+        x, labels = degraded_crop(bank, config.crop, config.seed, rng, Frame(config.frame_pad, config.frame_fill))
         inputs.append(x)
         targets.append(strength * target(labels) + (1.0 - strength) * np.clip(x, 0.0, 255.0))
     return torch.from_numpy(np.stack(inputs)[:, None]), torch.from_numpy(np.stack(targets)[:, None].astype(np.float32))
 
 
 def degraded_crop(
-    bank: list, crop: int, seed: int, rng: np.random.Generator, frame_pad: int = 0
+    bank: list, crop: int, seed: int, rng: np.random.Generator, frame: Frame = Frame()
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image of ``bank`` degraded (:func:`nunet.degrade.degrade`, a fresh training seed), at most
     ``crop`` px, reflect-padded to ``crop`` x ``crop``, normalised to 0..255, randomly rotated and
-    flipped; with its labels, moved alike. With ``frame_pad`` the normalised image is instead padded
-    with 0 (no nucleus) by ``frame_pad`` px on every side and to ``crop`` at the bottom and right, as
-    :mod:`nunet.preprocess` frames a plane for a model trained so."""
+    flipped; with its labels, moved alike. With a ``frame`` (pad > 0) the normalised image is instead
+    framed (:func:`nunet.preprocess.frame_plane`: ``frame.pad`` px on every side, and to ``crop`` at
+    the bottom and right) as a model trained so is run, its labels framed by 0 (no nucleus)."""
     from nunet.preprocess import frame_plane, normalise_plane
 
     image = bank[rng.integers(len(bank))]
     degraded, labels = _degraded(image, training_seed(seed, 3, int(rng.integers(2**31))), crop, False)
     pad = [(0, crop - degraded.shape[0]), (0, crop - degraded.shape[1])]
-    if frame_pad:
-        x, labels = frame_plane(normalise_plane(degraded), frame_pad, crop), frame_plane(labels, frame_pad, crop)
+    if frame.pad:
+        x = frame_plane(normalise_plane(degraded), frame, crop)
+        labels = frame_plane(labels, Frame(frame.pad, "zero"), crop)
     else:
         x, labels = normalise_plane(np.pad(degraded, pad, mode="reflect")), np.pad(labels, pad, mode="reflect")
     turns, flip = int(rng.integers(4)), bool(rng.integers(2))
@@ -622,7 +625,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         description=f"NU-Net w={config.w:g}, backbone {backbone.name}",
         training=summary,
         **({"family": config.family} if config.family else {}),
-        **({"frame_pad": config.frame_pad} if config.frame_pad else {}),
+        **({"frame_pad": config.frame_pad, "frame_fill": config.frame_fill} if config.frame_pad else {}),
     )
     write_card(out_dir / f"{config.name}.md", config, summary)
     return path
@@ -735,7 +738,7 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         + (" ; content degraded (nunet.degrade)" if config.degrade_content else "")
         + " |",
         *(
-            [f"| frame | each plane is framed by {config.frame_pad} px of 0 after normalisation, in training and use |"]
+            [f"| frame | {config.frame_pad} px ({config.frame_fill}) around each normalised plane (training and use) |"]
             if config.frame_pad
             else []
         ),

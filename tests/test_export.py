@@ -85,7 +85,8 @@ def test_exported_preprocessing_reproduces_enhance(package, model):
 
 
 @pytest.mark.slow
-def test_a_framed_model_is_exported_with_its_frame(tmp_path):
+@pytest.mark.parametrize("fill", ["zero", "edge", "mean"])
+def test_a_framed_model_is_exported_with_its_frame(tmp_path, fill):
     """A model trained with a frame (metadata frame_pad): both weight formats run it inside the frame,
     as nunet.enhance does."""
     from bioimageio.core import create_prediction_pipeline, load_description, predict
@@ -95,7 +96,7 @@ def test_a_framed_model_is_exported_with_its_frame(tmp_path):
     from nunet.model import untrained
 
     path = tmp_path / "framed.pt"
-    save_model(untrained(seed=1), path, name="framed", w=None, frame_pad=8)
+    save_model(untrained(seed=1), path, name="framed", w=None, frame_pad=8, frame_fill=fill)
     package = export_bioimageio(str(path), tmp_path / "framed.zip")
     raw = _member(package, "test_input.npy")
     expected = enhance(raw[0, 0], load_model(path), axes="YX")

@@ -220,7 +220,8 @@ def test_frame_pad_frames_each_crop_and_its_target_with_zeros():
         },
     )
     bank = supervised_bank(config)
-    inputs, targets = supervised_batch(bank, replace(config, frame_pad=6), np.random.default_rng(3))
+    framed = replace(config, frame_pad=6, frame_fill="zero")
+    inputs, targets = supervised_batch(bank, framed, np.random.default_rng(3))
     plain, _ = supervised_batch(bank, config, np.random.default_rng(3))
     assert inputs.shape == targets.shape == (4, 1, 44, 44) and plain.shape == (4, 1, 32, 32)
     assert not inputs[..., torch_ring(44, 6)].any()
@@ -228,6 +229,8 @@ def test_frame_pad_frames_each_crop_and_its_target_with_zeros():
     assert float(targets[..., 6:38, 6:38].max()) > 200  # nuclei inside
     with pytest.raises(NUNetError, match="frame_pad"):
         load_config(None, {"frame_pad": 3, "synthetic_content": 1})
+    with pytest.raises(NUNetError, match="'frame_fill' one of mean, edge, zero"):
+        load_config(None, {"frame_pad": 4, "frame_fill": "blue", "synthetic_content": 1})
 
 
 def torch_ring(side: int, width: int):
@@ -271,7 +274,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
         },
     )
     exported = load_model(train(config, command="test"))
-    assert (exported.w, exported.metadata["family"], exported.frame_pad) == (0.75, "test-family", 4)
+    assert (exported.w, exported.metadata["family"], exported.frame.pad) == (0.75, "test-family", 4)
     tuned = exported.module
     start = load_model(model_path).module
     assert initial_weights(str(model_path)).keys() == tuned.state_dict().keys()
@@ -284,7 +287,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
     assert loss(tuned) < loss(start)
     card = (tmp_path / "run" / "nunet-dome.md").read_text()
     assert "L2 to dome targets" in card and f"| initial weights | {model_path} |" in card
-    assert "| frame | each plane is framed by 4 px of 0" in card
+    assert "| frame | 4 px (mean) around each normalised plane (training and use) |" in card
     with pytest.raises(Exception, match="supervised_target"):
         load_config(None, {"supervised_target": "cone"}).validate()
     with pytest.raises(Exception, match="supervised_loss"):

@@ -361,14 +361,15 @@ def tuner():
 
 
 @pytest.mark.parametrize("invert", [False, True])
-@pytest.mark.parametrize("frame", [0, 6])
-def test_device_side_preparation_equals_the_numpy_path(invert, frame):
+@pytest.mark.parametrize(("frame", "fill"), [(0, "zero"), (6, "zero"), (6, "edge"), (6, "mean")])
+def test_device_side_preparation_equals_the_numpy_path(invert, frame, fill):
     """What CUDA runs (normalise, invert, reflect-pad or frame in torch), here on the CPU, equals the NumPy path."""
     from nunet.inference import _prepare, _prepare_torch
+    from nunet.preprocess import Frame
 
     planes = np.stack([blobs((37, 42), seed=s) for s in range(3)])
-    expected = _prepare(planes, (0.1, 99.9), invert, frame, "cpu")
-    got = _prepare_torch(planes, (0.1, 99.9), invert, frame, "cpu")
+    expected = _prepare(planes, (0.1, 99.9), invert, Frame(frame, fill), "cpu")
+    got = _prepare_torch(planes, (0.1, 99.9), invert, Frame(frame, fill), "cpu")
     assert got.shape == expected.shape == ((3, 1, 40, 44) if not frame else (3, 1, 52, 56))
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
 
@@ -470,25 +471,29 @@ def test_augment_with_tiles_equals_augment_on_the_whole_plane(model):
     assert whole.shape == (70, 33)
 
 
-@pytest.fixture(scope="module")
-def framed_model(tmp_path_factory):
-    """The fixture network saved as a model trained with an 8-px frame (metadata ``frame_pad``)."""
+def _framed_model(folder, fill: str):
+    """The fixture network saved as a model trained with an 8-px frame (metadata ``frame_pad``, ``frame_fill``)."""
     from nunet import load_model, save_model
     from nunet.model import untrained
 
-    path = tmp_path_factory.mktemp("framed") / "framed.pt"
-    save_model(untrained(seed=1), path, name="framed", w=None, frame_pad=8)
+    path = folder / f"framed-{fill}.pt"
+    save_model(untrained(seed=1), path, name="framed", w=None, frame_pad=8, frame_fill=fill)
     return load_model(path)
 
 
 @pytest.mark.parametrize("invert", [False, True])
-def test_a_framed_model_sees_the_plane_inside_a_frame_of_zeros(model, framed_model, invert):
-    from nunet.preprocess import crop_plane, frame_plane, invert_normalised
+@pytest.mark.parametrize("fill", ["zero", "edge", "mean"])
+def test_a_framed_model_sees_the_plane_inside_its_frame(model, tmp_path, fill, invert):
+    from nunet.preprocess import Frame, crop_plane, frame_plane, invert_normalised
 
+    framed_model = _framed_model(tmp_path, fill)
     img = blobs((37, 45), seed=2)
     normalised = normalise_plane(img)
-    x = frame_plane(invert_normalised(normalised) if invert else normalised, 8)
-    assert x.shape == (56, 64) and not x[:8].any() and not x[:, :8].any() and not x[45:].any()
+    inner = invert_normalised(normalised) if invert else normalised
+    x = frame_plane(inner, Frame(8, fill))
+    assert x.shape == (56, 64)
+    border = {"zero": 0.0, "edge": inner[0, 0], "mean": inner.mean()}[fill]
+    assert np.allclose(x[:8, :8], border) and np.allclose(x[45:, 53:], {"edge": inner[-1, -1]}.get(fill, border))
     with torch.inference_mode():
         expected = crop_plane(framed_model(torch.from_numpy(x)[None, None]), 37, 45, frame=8)
     expected = expected.clamp(0, 255).div(255)[0, 0].numpy()
