@@ -295,7 +295,7 @@ def _filter_planes(
             stop = min(count, start + batch_size)
             x = _prepare(planes[start:stop], percentiles, invert, frame, device)
             y = _forward(loaded.module, x, views, tile_size if tiled else None, advance)
-            out[start:stop] = crop_plane(y[:, 0], height, width, frame.pad).cpu().numpy()
+            out[start:stop] = crop_plane(y[:, 0], height, width, offset=frame.pad).cpu().numpy()
     return out
 
 
@@ -379,11 +379,9 @@ def _prepare_torch(
     pad = frame.pad
     ph, pw = padded_shape(height + 2 * pad, width + 2 * pad)
     if pad:
-        pads = (pad, pw - width - pad, pad, ph - height - pad)
-        if frame.fill == "edge":
-            return torch.nn.functional.pad(x[:, None], pads, mode="replicate")
-        mean = x.mean(dim=(-2, -1), keepdim=True)[:, None] if frame.fill == "mean" else torch.zeros(())
-        return torch.nn.functional.pad(x[:, None] - mean, pads) + mean
+        from nunet.model import frame_tensor
+
+        return frame_tensor(x[:, None], [pad, pw - width - pad, pad, ph - height - pad], frame.fill)
     return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
 
 

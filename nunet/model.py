@@ -9,7 +9,7 @@ TorchScript model saved from :class:`NUNet`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -217,14 +217,20 @@ class Framed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width, pad = x.shape[-2], x.shape[-1], self.pad
-        if self.fill == "edge":
-            framed = nn.functional.pad(x, [pad, pad, pad, pad], mode="replicate")
-        elif self.fill == "mean":
-            mean = x.mean(dim=(-2, -1), keepdim=True)
-            framed = nn.functional.pad(x - mean, [pad, pad, pad, pad]) + mean
-        else:
-            framed = nn.functional.pad(x, [pad, pad, pad, pad])
+        framed = frame_tensor(x, [pad, pad, pad, pad], self.fill)
         return self.net(framed)[:, :, pad : pad + height, pad : pad + width]
+
+
+def frame_tensor(x: torch.Tensor, pads: List[int], fill: str) -> torch.Tensor:
+    """``x`` (N, C, H, W) padded by ``pads`` (left, right, top, bottom) with ``fill``: ``mean`` (each
+    plane's), ``edge`` (its border pixels repeated) or ``zero``; :func:`nunet.preprocess.frame_plane`
+    in torch."""
+    if fill == "edge":
+        return nn.functional.pad(x, pads, mode="replicate")
+    if fill == "mean":
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return nn.functional.pad(x - mean, pads) + mean
+    return nn.functional.pad(x, pads)
 
 
 def count_parameters(module: nn.Module) -> int:

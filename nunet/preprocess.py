@@ -140,7 +140,7 @@ def frame_plane(plane: np.ndarray, frame: Frame, side: int | None = None) -> np.
 
     For models trained with a frame: the network sees where the image ends, where reflection at the
     border would show it a nucleus cut by the frame as a whole one centred on it. :func:`crop_plane`
-    with ``frame=frame.pad`` crops the output back.
+    with ``offset=frame.pad`` crops the output back; :func:`nunet.model.frame_tensor` frames in torch.
     """
     height, width, pad = *plane.shape[-2:], frame.pad
     if side is None:
@@ -153,10 +153,10 @@ def frame_plane(plane: np.ndarray, frame: Frame, side: int | None = None) -> np.
     return np.pad(plane, pads, constant_values=float(plane.mean()) if frame.fill == "mean" else 0.0)
 
 
-def crop_plane(x, height: int, width: int, frame: int = 0):
-    """Undo :func:`pad_plane` (or :func:`frame_plane` with ``pad=frame``): the ``height`` x ``width``
-    plane at (``frame``, ``frame``) of a (..., H', W') array or tensor."""
-    return x[..., frame : frame + height, frame : frame + width]
+def crop_plane(x, height: int, width: int, offset: int = 0):
+    """Undo :func:`pad_plane` (or :func:`frame_plane`, with ``offset`` its pad): the ``height`` x
+    ``width`` plane at (``offset``, ``offset``) of a (..., H', W') array or tensor."""
+    return x[..., offset : offset + height, offset : offset + width]
 
 
 def to_unit_range(y: "torch.Tensor") -> "torch.Tensor":

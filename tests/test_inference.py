@@ -279,7 +279,7 @@ def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, tune
     np.testing.assert_allclose(out, enhance(img, model, precision=precision), atol=1e-5)
     seen = []
     tuner.threads[key] = 1  # a cached choice is used, not measured again
-    monkeypatch.setattr(inference, "crop_plane", lambda y, *_: (seen.append(torch.get_num_threads()), y)[1])
+    monkeypatch.setattr(inference, "crop_plane", lambda y, *_, **__: (seen.append(torch.get_num_threads()), y)[1])
     enhance(img, model, precision="auto")
     assert seen == [1] and torch.get_num_threads() == before
 
@@ -495,7 +495,7 @@ def test_a_framed_model_sees_the_plane_inside_its_frame(model, tmp_path, fill, i
     border = {"zero": 0.0, "edge": inner[0, 0], "mean": inner.mean()}[fill]
     assert np.allclose(x[:8, :8], border) and np.allclose(x[45:, 53:], {"edge": inner[-1, -1]}.get(fill, border))
     with torch.inference_mode():
-        expected = crop_plane(framed_model(torch.from_numpy(x)[None, None]), 37, 45, frame=8)
+        expected = crop_plane(framed_model(torch.from_numpy(x)[None, None]), 37, 45, offset=8)
     expected = expected.clamp(0, 255).div(255)[0, 0].numpy()
     out = enhance(img, framed_model, invert=invert)
     np.testing.assert_allclose(out, expected, atol=1e-5)
