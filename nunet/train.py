@@ -342,11 +342,11 @@ def degraded_crop(
 
     image = bank[rng.integers(len(bank))]
     degraded, labels = _degraded(image, training_seed(seed, 3, int(rng.integers(2**31))), crop, False)
-    pad = [(0, crop - degraded.shape[0]), (0, crop - degraded.shape[1])]
     if frame.pad:
         x = frame_plane(normalise_plane(degraded), frame, crop)
         labels = frame_plane(labels, Frame(frame.pad, "zero"), crop)
     else:
+        pad = [(0, crop - degraded.shape[0]), (0, crop - degraded.shape[1])]
         x, labels = normalise_plane(np.pad(degraded, pad, mode="reflect")), np.pad(labels, pad, mode="reflect")
     turns, flip = int(rng.integers(4)), bool(rng.integers(2))
     x, labels = np.rot90(x, turns), np.rot90(labels, turns)
