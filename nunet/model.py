@@ -209,7 +209,7 @@ class Framed(nn.Module):
     ``fill``, the output cropped back (:func:`nunet.preprocess.frame_plane`), as one module for tools
     that only run weights (bioimage.io packages). Input sides are multiples of 4 and ``pad`` is even."""
 
-    def __init__(self, net: nn.Module, pad: int, fill: str = "zero") -> None:
+    def __init__(self, net: nn.Module, pad: int, fill: str) -> None:
         super().__init__()
         self.net = net
         self.pad = pad

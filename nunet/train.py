@@ -121,8 +121,12 @@ class TrainConfig:
             "supervised_batch",
             "supervised_images",
         )
-        if self.frame_pad < 0 or self.frame_pad % 2 or self.frame_fill not in FRAME_FILLS:
-            raise NUNetError(f"config: 'frame_pad' must be even and >= 0, 'frame_fill' one of {', '.join(FRAME_FILLS)}")
+        try:
+            Frame(self.frame_pad, self.frame_fill)  # the frame's own check
+        except ValueError:
+            raise NUNetError(
+                f"config: 'frame_pad' must be even and >= 0, 'frame_fill' one of {', '.join(FRAME_FILLS)}"
+            ) from None
         if min(self.supervised_stacks, self.stack_defocus, self.defocus_spread) < 0 or self.stack_z_step < 1:
             raise NUNetError(
                 "config: 'supervised_stacks', 'stack_defocus' and 'defocus_spread' must be >= 0, 'stack_z_step' >= 1"
