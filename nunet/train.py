@@ -39,7 +39,7 @@ from nunet.preprocess import FRAME_FILLS, Frame
 from nunet.synth import MODALITIES, PRESETS, modality_index, nuclei_labels, synth_image, training_seed
 
 CHECKPOINT = "checkpoint.pt"
-SUPERVISED_TARGETS = ("mask", "dome")
+SUPERVISED_TARGETS = ("mask", "dome", "cone")
 SUPERVISED_LOSSES = ("l1", "l2")
 DOME_FLOOR = 0.5  # a dome target's value at a nucleus's edge (1 at its centre)
 STACK_DEPTH = 12  # planes of each synthetic 3D stack in the supervised bank
@@ -70,7 +70,8 @@ class TrainConfig:
     defocus_spread: float = 0.0  # lateral blur (sigma, px) of that light per plane of distance: a defocused
     # nucleus widens with its distance from the plane (0: blur along z only); see defocus()
     stack_z_step: int = 1  # keep every n-th plane of those stacks: nuclei n x flatter in planes (anisotropic z)
-    supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask)
+    supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask);
+    # "cone": each peaks at its centroid, one maximum even on an elongated nucleus (see cone_mask)
     dome_inside_frame: bool = False  # dome targets: a nucleus cut by the crop's frame peaks inside its visible part
     frame_pad: int = 0  # px of frame around each supervised crop: the network sees where the image ends, and
     # nuclei cut by it peak inside; the model is then run inside the same frame (nunet.preprocess.Frame)
@@ -85,6 +86,8 @@ class TrainConfig:
     content_batch: int = 16
     target_batch: int = 128
     crop: int = 256
+    crop_min: int = 0  # > 0: each supervised batch's crops are this many px up to `crop` (a multiple of 4 drawn
+    # per batch): small planes, as the planes of real stacks are, and InstanceNorm statistics of small images
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
@@ -138,6 +141,8 @@ class TrainConfig:
             raise NUNetError("config: 'time_limit_s' must be >= 0 (0: no limit)")
         if self.w < 0 or self.lr <= 0 or self.crop < 16 or self.crop % 4:
             raise NUNetError("config: need w >= 0, lr > 0 and crop >= 16, a multiple of 4")
+        if self.crop_min and not (16 <= self.crop_min <= self.crop and self.crop_min % 4 == 0):
+            raise NUNetError("config: crop_min must be 0 (off) or a multiple of 4 in [16, crop]")
         if min(self.content_weight, self.supervised_weight) < 0 or not (
             self.content_weight or self.w or self.supervised_weight
         ):
@@ -248,6 +253,19 @@ def soft_mask(labels: np.ndarray) -> np.ndarray:
     return 255.0 * ndi.gaussian_filter(binary_mask(labels, separate_touching=True), 0.75)
 
 
+def _nuclei(labels: np.ndarray):
+    """For each nucleus of ``labels``: its bounding box grown by 1 px (slices) and its pixels there
+    (a boolean array), less the 1-px gaps :func:`binary_mask` cuts between touching nuclei."""
+    from scipy import ndimage as ndi
+
+    labels = np.asarray(labels).astype(np.int64)
+    foreground = binary_mask(labels, separate_touching=True) > 0
+    for label, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is not None:
+            box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+            yield box, (labels[box] == label) & foreground[box]
+
+
 def dome_mask(labels: np.ndarray, inside_frame: bool = False) -> np.ndarray:
     """A soft mask whose nuclei peak at their centres, in 0..255: inside each nucleus (with the 1-px
     gaps of :func:`binary_mask`), ``DOME_FLOOR`` at the edge rising linearly with the distance to the
@@ -259,19 +277,34 @@ def dome_mask(labels: np.ndarray, inside_frame: bool = False) -> np.ndarray:
     near the visible part's centroid (where the truth of an annotated image puts it)."""
     from scipy import ndimage as ndi
 
-    labels = np.asarray(labels).astype(np.int64)
-    foreground = binary_mask(labels, separate_touching=True) > 0
-    out = np.zeros(labels.shape, np.float32)
-    for label, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        box = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        inside = (labels[box] == label) & foreground[box]
+    out = np.zeros(np.shape(labels), np.float32)
+    for box, inside in _nuclei(labels):
         pad = int(inside_frame)  # a ring of background around the box: the frame counts as an edge
         height, width = inside.shape
         depth = ndi.distance_transform_edt(np.pad(inside, pad))[pad : pad + height, pad : pad + width]
         if depth.max() > 0:
             out[box][inside] = DOME_FLOOR + (1.0 - DOME_FLOOR) * depth[inside] / depth.max()
+    return 255.0 * ndi.gaussian_filter(out, 0.75)
+
+
+def cone_mask(labels: np.ndarray) -> np.ndarray:
+    """A soft mask whose nuclei peak at their centroids, in 0..255: inside each nucleus (with the 1-px
+    gaps of :func:`binary_mask`), 1 at the centroid of its visible part falling linearly with the
+    distance from it to ``DOME_FLOOR`` at its farthest pixel; edges softened as :func:`soft_mask`.
+
+    Where :func:`dome_mask` rises with the distance to the edge, which is flat along the long axis
+    of an elongated nucleus (a ridge a blob detector may find two maxima on), a cone has one
+    maximum, at the point the truth of an annotated image names; a nucleus cut by the frame peaks
+    inside its visible part."""
+    from scipy import ndimage as ndi
+
+    out = np.zeros(np.shape(labels), np.float32)
+    for box, inside in _nuclei(labels):
+        if not inside.any():
+            continue
+        rows, cols = np.nonzero(inside)
+        distance = np.hypot(rows - rows.mean(), cols - cols.mean())
+        out[box][inside] = DOME_FLOOR + (1.0 - DOME_FLOOR) * (1.0 - distance / max(float(distance.max()), 1.0))
     return 255.0 * ndi.gaussian_filter(out, 0.75)
 
 
@@ -320,15 +353,21 @@ def supervised_bank(config: TrainConfig) -> list:
 
 
 def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Degraded crops as the network's input (N, 1, crop, crop) in 0..255 and their targets (soft or dome
-    masks, mixed with the input by ``supervised_strength``)."""
+    """Degraded crops as the network's input (N, 1, side, side) in 0..255 and their targets (soft or dome
+    masks, mixed with the input by ``supervised_strength``); the side is ``crop``, or with ``crop_min`` a
+    multiple of 4 between the two drawn for the batch (plus the frame's, when framed)."""
     inputs, targets = [], []
-    target = (
-        soft_mask if config.supervised_target == "mask" else partial(dome_mask, inside_frame=config.dome_inside_frame)
-    )
+    target = {
+        "mask": soft_mask,
+        "dome": partial(dome_mask, inside_frame=config.dome_inside_frame),
+        "cone": cone_mask,
+    }[config.supervised_target]
     strength = config.supervised_strength
+    side = config.crop
+    if config.crop_min:
+        side = 4 * int(rng.integers(config.crop_min // 4, config.crop // 4 + 1))
     for _ in range(config.supervised_batch):
-        x, labels = degraded_crop(bank, config.crop, config.seed, rng, Frame(config.frame_pad, config.frame_fill))
+        x, labels = degraded_crop(bank, side, config.seed, rng, Frame(config.frame_pad, config.frame_fill))
         inputs.append(x)
         targets.append(strength * target(labels) + (1.0 - strength) * np.clip(x, 0.0, 255.0))
     return torch.from_numpy(np.stack(inputs)[:, None]), torch.from_numpy(np.stack(targets)[:, None].astype(np.float32))
@@ -709,6 +748,7 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
 def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
     """The model card: w, backbone and weights, data, steps, losses, the exact command."""
     final = summary["final_losses"]
+    target = "soft masks" if config.supervised_target == "mask" else f"{config.supervised_target} targets"
     stopped = (
         f" of {config.steps}, stopped by the {config.time_limit_s:g} s time limit"
         if summary.get("stopped_by_time_limit")
@@ -733,8 +773,7 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         f"| loss | {config.content_weight:g} x content + w x morphological"
         + (
             f" + {config.supervised_weight:g} x {config.supervised_loss.upper()} to "
-            f"{'soft masks' if config.supervised_target == 'mask' else 'dome targets'} of degraded synthetic "
-            f"nuclei (strength {config.supervised_strength:g}, batch "
+            f"{target} of degraded synthetic nuclei (strength {config.supervised_strength:g}, batch "
             f"{config.supervised_batch}, {config.supervised_images} images per modality)"
             if config.supervised_weight
             else ""

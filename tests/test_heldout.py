@@ -203,6 +203,23 @@ def test_dome_target_of_a_nucleus_cut_by_the_frame_peaks_inside_with_inside_fram
     np.testing.assert_array_equal(at_frame[:, 20:], inside[:, 20:])  # nuclei inside the frame: the same
 
 
+def test_cone_target_has_one_maximum_on_an_elongated_nucleus_at_its_centroid():
+    from nunet.metrics import detect_blobs
+    from nunet.train import DOME_FLOOR, cone_mask, dome_mask
+
+    yy, xx = np.mgrid[0:64, 0:96]
+    labels = np.zeros((64, 96), np.int32)
+    labels[((yy - 32) / 8.0) ** 2 + ((xx - 40) / 30.0) ** 2 <= 1] = 1  # 60 x 16 px
+    labels[(yy - 20) ** 2 + (xx - 90) ** 2 <= 8**2] = 2  # cut by the right frame: visible centroid at x ~ 87
+    cone = cone_mask(labels) / 255.0
+    assert np.unravel_index(cone[:, :75].argmax(), (64, 75)) == (32, 40)
+    assert 85 <= np.unravel_index(cone[:, 75:].argmax(), (64, 21))[1] + 75 <= 89
+    assert abs(cone[32, 40] - 1.0) < 0.05 and cone[labels == 0].max() < 0.45
+    assert 0.3 < cone[32, 12] < DOME_FLOOR + 0.1  # the far end of the long axis: about the floor
+    assert len(detect_blobs(cone[:, :75], 8.0, 0.1)) == 1
+    assert len(detect_blobs(dome_mask(labels)[:, :75] / 255.0, 8.0, 0.1)) == 2  # the dome's ridge: two
+
+
 def test_frame_pad_frames_each_crop_and_its_target_with_zeros():
     from dataclasses import replace
 
@@ -231,6 +248,37 @@ def test_frame_pad_frames_each_crop_and_its_target_with_zeros():
         load_config(None, {"frame_pad": 3, "synthetic_content": 1})
     with pytest.raises(NUNetError, match="'frame_fill' one of mean, edge, zero"):
         load_config(None, {"frame_pad": 4, "frame_fill": "blue", "synthetic_content": 1})
+
+
+def test_crop_min_draws_one_side_per_batch_between_the_bounds():
+    """crop_min: each supervised batch has one side, a multiple of 4 in [crop_min, crop] (plus the frame),
+    its targets alike; sides vary between batches; a bad crop_min is refused."""
+    from nunet.train import load_config, supervised_bank, supervised_batch
+
+    config = load_config(
+        None,
+        {
+            "supervised_weight": 1.0,
+            "supervised_images": 2,
+            "supervised_batch": 2,
+            "crop": 48,
+            "crop_min": 16,
+            "frame_pad": 4,
+            "synthetic_content": 1,
+        },
+    )
+    bank, rng = supervised_bank(config), np.random.default_rng(7)
+    sides = set()
+    for _ in range(12):
+        inputs, targets = supervised_batch(bank, config, rng)
+        side = inputs.shape[-1] - 8
+        assert inputs.shape == targets.shape == (2, 1, side + 8, side + 8)
+        assert 16 <= side <= 48 and side % 4 == 0
+        sides.add(side)
+    assert len(sides) > 2
+    for bad in (12, 18, 52):
+        with pytest.raises(NUNetError, match="crop_min"):
+            load_config(None, {"crop": 48, "crop_min": bad, "synthetic_content": 1})
 
 
 def torch_ring(side: int, width: int):
@@ -289,7 +337,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
     assert "L2 to dome targets" in card and f"| initial weights | {model_path} |" in card
     assert "| frame | 4 px (mean) around each normalised plane (training and use) |" in card
     with pytest.raises(Exception, match="supervised_target"):
-        load_config(None, {"supervised_target": "cone"}).validate()
+        load_config(None, {"supervised_target": "peak"}).validate()
     with pytest.raises(Exception, match="supervised_loss"):
         load_config(None, {"supervised_loss": "l3"}).validate()
 
