@@ -27,6 +27,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -253,7 +254,7 @@ def soft_mask(labels: np.ndarray) -> np.ndarray:
     return 255.0 * ndi.gaussian_filter(binary_mask(labels, separate_touching=True), 0.75)
 
 
-def _nuclei(labels: np.ndarray):
+def _nuclei(labels: np.ndarray) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
     """For each nucleus of ``labels``: its bounding box grown by 1 px (slices) and its pixels there
     (a boolean array), less the 1-px gaps :func:`binary_mask` cuts between touching nuclei."""
     from scipy import ndimage as ndi
@@ -353,9 +354,9 @@ def supervised_bank(config: TrainConfig) -> list:
 
 
 def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Degraded crops as the network's input (N, 1, side, side) in 0..255 and their targets (soft or dome
-    masks, mixed with the input by ``supervised_strength``); the side is ``crop``, or with ``crop_min`` a
-    multiple of 4 between the two drawn for the batch (plus the frame's, when framed)."""
+    """Degraded crops as the network's input (N, 1, side, side) in 0..255 and their targets (soft masks, dome
+    or cone targets, mixed with the input by ``supervised_strength``); the side is ``crop``, or with
+    ``crop_min`` a multiple of 4 between the two drawn for the batch (plus the frame's, when framed)."""
     inputs, targets = [], []
     target = {
         "mask": soft_mask,

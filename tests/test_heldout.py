@@ -291,7 +291,8 @@ def torch_ring(side: int, width: int):
 
 
 @pytest.mark.slow
-def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
+@pytest.mark.parametrize(("target", "crop_min"), [("dome", 0), ("cone", 32)])
+def test_dome_and_cone_fine_tunes_from_a_model_lower_their_loss(tmp_path, model_path, target, crop_min):
     import torch
 
     from nunet import load_model
@@ -304,7 +305,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
             "w": 0.0,
             "content_weight": 0.0,
             "supervised_weight": 1.0,
-            "supervised_target": "dome",
+            "supervised_target": target,
             "supervised_loss": "l2",
             "supervised_strength": 0.75,
             "family": "test-family",
@@ -315,6 +316,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
             "synthetic_content": 1,
             "synthetic_masks": 4,
             "crop": 48,
+            "crop_min": crop_min,
             "steps": 15,
             "lr": 3e-3,
             "device": "cpu",
@@ -334,7 +336,7 @@ def test_dome_fine_tune_from_a_model_lowers_its_loss(tmp_path, model_path):
 
     assert loss(tuned) < loss(start)
     card = (tmp_path / "run" / "nunet-dome.md").read_text()
-    assert "L2 to dome targets" in card and f"| initial weights | {model_path} |" in card
+    assert f"L2 to {target} targets" in card and f"| initial weights | {model_path} |" in card
     assert "| frame | 4 px (mean) around each normalised plane (training and use) |" in card
     with pytest.raises(Exception, match="supervised_target"):
         load_config(None, {"supervised_target": "peak"}).validate()
