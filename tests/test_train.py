@@ -300,3 +300,17 @@ def test_binary_mask_can_cut_touching_labels_apart():
 def test_tiny_time_limit_still_trains_one_step(tmp_path):
     path = train(tiny(tmp_path, steps=50, time_limit_s=1e-6))
     assert load_model(path).metadata["training"]["steps"] == 1
+
+
+def test_every_recipe_in_models_loads_and_names_its_file():
+    """The shipped recipes and the prepared GPU sweep stay valid as options change; a sweep config's
+    name is its file's (models/train_gpu.sh finds RUN_DIR/NAME/NAME.pt)."""
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    recipes = sorted(models.rglob("*.toml"))
+    assert len(recipes) >= 9
+    for path in recipes:
+        config = load_config(path, {})
+        if path.parent.name == "gpu_sweep":
+            assert config.name == path.stem and config.init_model == "nunet-v5"
