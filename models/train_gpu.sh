@@ -9,7 +9,7 @@
 # CPU, about 0.1 s per batch of eight 144-px crops on one core, so each run gets one core
 # (OMP_NUM_THREADS=1) and up to one run per core fits; a run first draws its banks (about 3 min on
 # one core). Runs anywhere (on a CPU a step takes ~2 s). Each config's model is RUN_DIR/NAME/NAME.pt
-# (NAME: the config's `name`, which should be its file name); logs in RUN_DIR/logs.
+# (NAME: the config's file name, given to `nunet train --name`); logs in RUN_DIR/logs.
 #   DEVICE  passed to every `nunet train` (default auto)
 #   EVAL=0  train only (e.g. to bring the models back from a lent machine and evaluate them here)
 #   REAL_DATA  the stardist wheel or a folder of its test images, where stardist is not installed
@@ -30,7 +30,7 @@ names=()
 for config in "$@"; do
     name=$(basename "$config" .toml)
     names+=("$name")
-    python3 -m nunet train --config "$config" --time-limit "$seconds" --output-dir "$run/$name" \
+    python3 -m nunet train --config "$config" --name "$name" --time-limit "$seconds" --output-dir "$run/$name" \
         --device "${DEVICE:-auto}" >"$run/logs/train-$name.log" 2>&1 &
 done
 wait

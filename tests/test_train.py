@@ -304,7 +304,7 @@ def test_tiny_time_limit_still_trains_one_step(tmp_path):
 
 def test_every_recipe_in_models_loads_and_names_its_file():
     """The shipped recipes and the prepared GPU sweep stay valid as options change; a sweep config's
-    name is its file's (models/train_gpu.sh finds RUN_DIR/NAME/NAME.pt)."""
+    name is its file's (as models/train_gpu.sh names its model)."""
     from pathlib import Path
 
     models = Path(__file__).resolve().parents[1] / "models"
