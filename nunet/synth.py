@@ -66,10 +66,17 @@ class SynthImage:
     modality: str
 
 
-def synth_image(modality: str = "sparse", shape: tuple[int, ...] = (256, 256), seed: int = 0) -> SynthImage:
-    """Generate one image of ``modality`` (see module docstring) with its ground truth."""
+def synth_image(
+    modality: str = "sparse", shape: tuple[int, ...] = (256, 256), seed: int = 0, aspect_max: float = 0.0
+) -> SynthImage:
+    """Generate one image of ``modality`` (see module docstring) with its ground truth; ``aspect_max``
+    > 0 draws the nuclei's aspect ratios from 1 to it instead of the modality's range."""
+    from dataclasses import replace
+
     modality_index(modality)  # an unknown name is an error
     p = PRESETS[modality]
+    if aspect_max:
+        p = replace(p, aspect=(1.0, aspect_max))
     rng = np.random.default_rng(seed)
     labels, brightness = nuclei_labels(p, shape, rng)
     nuclei = brightness[labels] * (labels > 0)

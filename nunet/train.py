@@ -71,6 +71,7 @@ class TrainConfig:
     defocus_spread: float = 0.0  # lateral blur (sigma, px) of that light per plane of distance: a defocused
     # nucleus widens with its distance from the plane (0: blur along z only); see defocus()
     stack_z_step: int = 1  # keep every n-th plane of those stacks: nuclei n x flatter in planes (anisotropic z)
+    aspect_max: float = 0.0  # > 0: the bank's nuclei have aspect ratios from 1 to this (0: each modality's own)
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask);
     # "cone": each peaks at its centroid, one maximum even on an elongated nucleus (see cone_mask)
     dome_inside_frame: bool = False  # dome targets: a nucleus cut by the crop's frame peaks inside its visible part
@@ -131,6 +132,8 @@ class TrainConfig:
             raise NUNetError(
                 f"config: 'frame_pad' must be even and >= 0, 'frame_fill' one of {', '.join(FRAME_FILLS)}"
             ) from None
+        if self.aspect_max and self.aspect_max < 1:
+            raise NUNetError(f"config: 'aspect_max' must be 0 (the modalities' own) or >= 1, got {self.aspect_max}")
         if min(self.supervised_stacks, self.stack_defocus, self.defocus_spread) < 0 or self.stack_z_step < 1:
             raise NUNetError(
                 "config: 'supervised_stacks', 'stack_defocus' and 'defocus_spread' must be >= 0, 'stack_z_step' >= 1"
@@ -343,9 +346,11 @@ def supervised_bank(config: TrainConfig) -> list:
     images = []
     for m in config.synthetic_modalities:
         for i in range(config.supervised_images):
-            images.append(synth_image(m, side, seed=training_seed(config.seed, 2, i, modality_index(m))))
+            seed = training_seed(config.seed, 2, i, modality_index(m))
+            images.append(synth_image(m, side, seed=seed, aspect_max=config.aspect_max))
         for i in range(config.supervised_stacks):
-            stack = synth_image(m, (depth,) + side, seed=training_seed(config.seed, 4, i, modality_index(m)))
+            seed = training_seed(config.seed, 4, i, modality_index(m))
+            stack = synth_image(m, (depth,) + side, seed=seed, aspect_max=config.aspect_max)
             image = stack.image
             if config.stack_defocus:
                 image = defocus(image, config.stack_defocus * step, config.defocus_spread / step)

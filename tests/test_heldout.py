@@ -417,3 +417,22 @@ def test_stack_z_step_makes_the_nuclei_of_the_bank_stacks_flatter():
         return float(np.mean([len(set(np.nonzero(stack == n)[0])) for stack in labels for n in np.unique(stack)[1:]]))
 
     assert planes_per_nucleus(2) < 0.7 * planes_per_nucleus(1)
+
+
+def test_aspect_max_makes_the_nuclei_of_the_bank_longer_and_is_checked():
+    from skimage.measure import regionprops
+
+    from nunet.errors import NUNetError
+    from nunet.train import load_config, supervised_bank
+
+    base = {"supervised_weight": 1.0, "supervised_images": 6, "crop": 64, "synthetic_content": 1}
+    base["synthetic_modalities"] = ["sparse"]
+
+    def median_aspect(aspect_max: float) -> float:
+        bank = supervised_bank(load_config(None, {**base, "aspect_max": aspect_max}))
+        shapes = [p for b in bank for p in regionprops(b.labels) if p.area > 30 and p.axis_minor_length > 0]
+        return float(np.median([p.axis_major_length / p.axis_minor_length for p in shapes]))
+
+    assert median_aspect(0.0) < 1.4 < 1.6 < median_aspect(3.0)  # sparse draws 1.0-1.4 of its own
+    with pytest.raises(NUNetError, match="aspect_max"):
+        load_config(None, {**base, "aspect_max": 0.5})
