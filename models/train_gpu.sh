@@ -16,7 +16,7 @@
 #   EVAL_OPTS  more options for every `nunet eval` (e.g. "--suite synthetic --n-images 1" for a check)
 # On the lent machine (its python3 has torch and nunet's dependencies; nunet runs from the tree):
 #   PYTHONPATH=. EVAL=0 bash models/train_gpu.sh /tmp/run 330 models/gpu_sweep/*.toml;
-#   cp /tmp/run/*/v6-*.pt /tmp/run/logs/*.log "$OUT"/
+#   cp /tmp/run/*/v7-*.pt /tmp/run/logs/*.log "$OUT"/
 set -u
 usage="usage: train_gpu.sh RUN_DIR SECONDS CONFIG.toml..."
 run=${1:?$usage}
@@ -34,7 +34,7 @@ for config in "$@"; do
         --device "${DEVICE:-auto}" >"$run/logs/train-$name.log" 2>&1 &
 done
 wait
-models=(-m nunet-v5)
+models=(-m nunet-v6 -m nunet-v5)  # the default and the parent of the sweep's runs
 for name in "${names[@]}"; do
     if [ -f "$run/$name/$name.pt" ]; then
         models+=(-m "$run/$name/$name.pt")
