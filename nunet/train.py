@@ -72,6 +72,7 @@ class TrainConfig:
     # nucleus widens with its distance from the plane (0: blur along z only); see defocus()
     stack_z_step: int = 1  # keep every n-th plane of those stacks: nuclei n x flatter in planes (anisotropic z)
     aspect_max: float = 0.0  # > 0: the bank's nuclei have aspect ratios from 1 to this (0: each modality's own)
+    aspect_share: float = 1.0  # the share of the bank's images (and stacks) of each modality drawn with aspect_max
     supervised_target: str = "mask"  # "mask": soft masks; "dome": each nucleus peaks at its centre (see dome_mask);
     # "cone": each peaks at its centroid, one maximum even on an elongated nucleus (see cone_mask)
     dome_inside_frame: bool = False  # dome targets: a nucleus cut by the crop's frame peaks inside its visible part
@@ -132,8 +133,8 @@ class TrainConfig:
             raise NUNetError(
                 f"config: 'frame_pad' must be even and >= 0, 'frame_fill' one of {', '.join(FRAME_FILLS)}"
             ) from None
-        if self.aspect_max and self.aspect_max < 1:
-            raise NUNetError(f"config: 'aspect_max' must be 0 (the modalities' own) or >= 1, got {self.aspect_max}")
+        if (self.aspect_max and self.aspect_max < 1) or not 0 <= self.aspect_share <= 1:
+            raise NUNetError("config: 'aspect_max' must be 0 (the modalities' own) or >= 1, 'aspect_share' in 0..1")
         if min(self.supervised_stacks, self.stack_defocus, self.defocus_spread) < 0 or self.stack_z_step < 1:
             raise NUNetError(
                 "config: 'supervised_stacks', 'stack_defocus' and 'defocus_spread' must be >= 0, 'stack_z_step' >= 1"
@@ -344,13 +345,17 @@ def supervised_bank(config: TrainConfig) -> list:
     step = config.stack_z_step
     depth = STACK_DEPTH * step
     images = []
+
+    def aspect(i: int, n: int) -> float:  # the first aspect_share of n images get aspect_max
+        return config.aspect_max if i < round(config.aspect_share * n) else 0.0
+
     for m in config.synthetic_modalities:
         for i in range(config.supervised_images):
             seed = training_seed(config.seed, 2, i, modality_index(m))
-            images.append(synth_image(m, side, seed=seed, aspect_max=config.aspect_max))
+            images.append(synth_image(m, side, seed=seed, aspect_max=aspect(i, config.supervised_images)))
         for i in range(config.supervised_stacks):
             seed = training_seed(config.seed, 4, i, modality_index(m))
-            stack = synth_image(m, (depth,) + side, seed=seed, aspect_max=config.aspect_max)
+            stack = synth_image(m, (depth,) + side, seed=seed, aspect_max=aspect(i, config.supervised_stacks))
             image = stack.image
             if config.stack_defocus:
                 image = defocus(image, config.stack_defocus * step, config.defocus_spread / step)

@@ -428,11 +428,17 @@ def test_aspect_max_makes_the_nuclei_of_the_bank_longer_and_is_checked():
     base = {"supervised_weight": 1.0, "supervised_images": 6, "crop": 64, "synthetic_content": 1}
     base["synthetic_modalities"] = ["sparse"]
 
-    def median_aspect(aspect_max: float) -> float:
-        bank = supervised_bank(load_config(None, {**base, "aspect_max": aspect_max}))
-        shapes = [p for b in bank for p in regionprops(b.labels) if p.area > 30 and p.axis_minor_length > 0]
-        return float(np.median([p.axis_major_length / p.axis_minor_length for p in shapes]))
+    def median_aspects(aspect_max: float, share: float = 1.0) -> list[float]:
+        bank = supervised_bank(load_config(None, {**base, "aspect_max": aspect_max, "aspect_share": share}))
+        aspects = []
+        for b in bank:
+            shapes = [p for p in regionprops(b.labels) if p.area > 30 and p.axis_minor_length > 0]
+            aspects.append(float(np.median([p.axis_major_length / p.axis_minor_length for p in shapes])))
+        return aspects
 
-    assert median_aspect(0.0) < 1.4 < 1.6 < median_aspect(3.0)  # sparse draws 1.0-1.4 of its own
-    with pytest.raises(NUNetError, match="aspect_max"):
-        load_config(None, {**base, "aspect_max": 0.5})
+    assert np.median(median_aspects(0.0)) < 1.4 < 1.6 < np.median(median_aspects(3.0))  # sparse: 1.0-1.4
+    half = median_aspects(3.0, share=0.5)  # the first half of the images elongated, the rest the modality's
+    assert np.median(half[3:]) < 1.4 < 1.6 < np.median(half[:3])
+    for bad in ({"aspect_max": 0.5}, {"aspect_max": 2.0, "aspect_share": 1.5}):
+        with pytest.raises(NUNetError, match="aspect_max"):
+            load_config(None, {**base, **bad})
