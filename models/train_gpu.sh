@@ -16,7 +16,7 @@
 #   EVAL_OPTS  more options for every `nunet eval` (e.g. "--suite synthetic --n-images 1" for a check)
 # On the lent machine (its python3 has torch and nunet's dependencies; nunet runs from the tree):
 #   PYTHONPATH=. EVAL=0 bash models/train_gpu.sh /tmp/run 330 models/gpu_sweep/*.toml;
-#   cp /tmp/run/*/v7-*.pt /tmp/run/logs/*.log "$OUT"/
+#   cp /tmp/run/*/sweep-*.pt /tmp/run/logs/*.log "$OUT"/
 set -u
 usage="usage: train_gpu.sh RUN_DIR SECONDS CONFIG.toml..."
 run=${1:?$usage}
