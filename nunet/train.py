@@ -17,6 +17,8 @@ Schedule: a dry run trains a fresh network for ``dry_run_steps`` steps with unit
 sets the morphological scale to mean(content) / mean(morphological) over those steps, then a
 new network (same seed) trains from scratch with content + w * scale * morphological, for
 ``steps`` steps or until ``time_limit_s`` seconds have passed (the model card says which).
+With ``ema_decay`` > 0 the exported weights are an exponential moving average of the weights
+over the steps (as Polyak averaging): a model that does not depend on where the last step landed.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class TrainConfig:
     crop_min: int = 0  # > 0: each supervised batch's crops are this many px up to `crop` (a multiple of 4 drawn
     # per batch): small planes, as the planes of real stacks are, and InstanceNorm statistics of small images
     lr: float = 1e-3
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights (this decay per step), export it
     seed: int = 0
     device: str = "auto"
     backbone: str = "random-multiscale"
@@ -142,6 +145,8 @@ class TrainConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise NUNetError(f"config: '{key}' must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise NUNetError("config: 'ema_decay' must be in [0, 1) (0: export the last weights)")
         if self.time_limit_s < 0:
             raise NUNetError("config: 'time_limit_s' must be >= 0 (0: no limit)")
         if self.w < 0 or self.lr <= 0 or self.crop < 16 or self.crop % 4:
@@ -514,6 +519,17 @@ class State:
     step: int = 0
     morph_scale: float = 1.0
     log: list[dict] = field(default_factory=list)
+    ema: dict[str, torch.Tensor] | None = None  # the moving average of the weights (when ema_decay > 0)
+
+
+def update_ema(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float) -> None:
+    """ema <- decay x ema + (1 - decay) x the net's current weights (floating-point tensors only)."""
+    with torch.no_grad():
+        for key, value in net.state_dict().items():
+            if value.is_floating_point():
+                ema[key].lerp_(value, 1.0 - decay)
+            else:
+                ema[key].copy_(value)
 
 
 def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float, optimiser, supervised=None):
@@ -613,7 +629,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         net.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
-        state = State(saved["step"], saved["morph_scale"], json.loads(saved["log"]))
+        state = State(saved["step"], saved["morph_scale"], json.loads(saved["log"]), saved.get("ema"))
         rng = np.random.default_rng([config.seed, state.step])
     elif config.w:  # the paper's dry run balances the morphological term against the content term
         dry_rng = np.random.default_rng([config.seed, 1])
@@ -625,6 +641,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             morphs.append(m)
         state.morph_scale = float(np.mean(contents) / max(np.mean(morphs), 1e-12))
         net, optimiser = fresh()
+    if config.ema_decay and state.ema is None:
+        state.ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     feed = batches(rng) if config.content_weight or config.w else itertools.repeat(None)  # no content term: no batch
     started = time.perf_counter()
     while state.step < config.steps:
@@ -640,6 +658,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             supervised(rng),
         )
         state.step += 1
+        if state.ema is not None:
+            update_ema(state.ema, net, config.ema_decay)
         state.log.append(
             {
                 "step": state.step,
@@ -671,6 +691,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         "config": asdict(config),
         "command": command,
     }
+    if state.ema is not None:
+        net.load_state_dict(state.ema)
     path = save_model(
         net.cpu().eval(),
         out_dir / f"{config.name}.pt",
@@ -715,6 +737,7 @@ def _checkpoint(path: Path, net, optimiser, state: State) -> None:
                 "step": state.step,
                 "morph_scale": state.morph_scale,
                 "log": json.dumps(state.log),
+                **({"ema": state.ema} if state.ema is not None else {}),
             },
             tmp,
         )

@@ -281,6 +281,31 @@ def test_time_limit_stops_early_checkpoints_and_says_so(tmp_path):
     assert f"| steps | {done} of 100000, stopped by the 1 s time limit" in card
 
 
+def test_update_ema_moves_each_weight_by_one_minus_decay_towards_the_net():
+    from nunet.train import update_ema
+
+    net = torch.nn.Conv2d(1, 2, 3)
+    ema = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    update_ema(ema, net, decay=0.75)
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(ema[key], 0.25 * value)
+    with pytest.raises(NUNetError, match="ema_decay"):
+        load_config(None, {"synthetic_content": 2, "ema_decay": 1.0})
+
+
+@pytest.mark.slow
+def test_ema_run_exports_the_moving_average_and_resumes_it(tmp_path):
+    config = tiny(tmp_path, steps=4, checkpoint_every=2, ema_decay=0.5)
+    path = train(config)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    exported = load_model(path).module.state_dict()
+    key = next(k for k, v in saved["model"].items() if v.is_floating_point())
+    torch.testing.assert_close(exported[key], saved["ema"][key])
+    assert not torch.equal(saved["ema"][key], saved["model"][key])  # the average, not the last weights
+    again = train(config, resume=True)  # nothing left to train: the resumed average is exported as it was
+    torch.testing.assert_close(load_model(again).module.state_dict()[key], saved["ema"][key])
+
+
 def test_binary_mask_can_cut_touching_labels_apart():
     from scipy import ndimage as ndi
 
