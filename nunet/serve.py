@@ -6,7 +6,7 @@ transfer and the filter itself. The protocol runs over stdin/stdout, no temporar
 
 - on start the worker writes the line ``READY nunet <version>``;
 - a request is one JSON line ``{"op": "filter", "planes": P, "height": H, "width": W,
-  "model": "nunet-v6", "w": null, "tile_size": null, "device": "auto"}`` followed by
+  "model": "nunet-v7", "w": null, "tile_size": null, "device": "auto"}`` followed by
   ``P*H*W`` little-endian float32 values (the planes, row-major);
 - the answer is the line ``OK P H W`` followed by as many float32 values (the filtered
   planes, in [0, 1]), or the single line ``ERR <message>`` after which the worker goes on;
