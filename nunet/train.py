@@ -629,7 +629,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         net.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
-        state = State(saved["step"], saved["morph_scale"], json.loads(saved["log"]), saved.get("ema"))
+        ema = saved.get("ema") if config.ema_decay else None  # ema_decay 0: the last weights, as documented
+        state = State(saved["step"], saved["morph_scale"], json.loads(saved["log"]), ema)
         rng = np.random.default_rng([config.seed, state.step])
     elif config.w:  # the paper's dry run balances the morphological term against the content term
         dry_rng = np.random.default_rng([config.seed, 1])
