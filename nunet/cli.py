@@ -408,6 +408,14 @@ def eval_cmd(
     n_images: Annotated[int, typer.Option(help="--suite synthetic: images per modality.")] = 4,
     size: Annotated[int, typer.Option(help="--suite synthetic: side of the images (px).")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the suite (an evaluation seed, never used in training).")] = 0,
+    draws: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Draws of the suite (seeds --seed, --seed + 1, ...), each evaluated on its own: means over the "
+            "draws, and draws.csv / draws.md with 95% intervals and the differences to the tuned DoG.",
+        ),
+    ] = 1,
     modality: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -428,25 +436,38 @@ def eval_cmd(
 
     if (images is None) != (masks is None and centroids is None):
         raise typer.BadParameter("--images needs --masks and/or --centroids", param_hint="--images")
+    if images is not None and draws > 1:
+        raise typer.BadParameter("a folder of images is one draw; --draws needs a built-in suite", param_hint="--draws")
     models = (
         model if model is not None else [e.name for e in list_models() if e.w is not None or e.name == DEFAULT_MODEL]
     )
-    try:
+
+    def suite_draw(draw: int) -> list:
         if images is not None:
-            items = evaluate.folder_items(images, masks, radius, invert, centroids)
-        elif suite == "synthetic":
-            items = evaluate.synthetic_items(n_images, size, seed, stacks, modality)
-        else:
-            items = evaluate.suite_items(suite, real_data, seed)
-        with err.status(f"evaluating {len(items)} images x {5 + len(models) * (1 + augment)} methods"):
-            rows, outputs = evaluate.evaluate(items, models, augment=augment)
+            return evaluate.folder_items(images, masks, radius, invert, centroids)
+        if suite == "synthetic":
+            return evaluate.synthetic_items(n_images, size, draw, stacks, modality)
+        return evaluate.suite_items(suite, real_data, draw)
+
+    rows = []
+    try:
+        for draw in range(seed, seed + draws):
+            items_of_draw = suite_draw(draw)
+            with err.status(
+                f"draw {draw}: evaluating {len(items_of_draw)} images x {5 + len(models) * (1 + augment)} methods"
+            ):
+                rows_of_draw, outputs_of_draw = evaluate.evaluate(items_of_draw, models, augment=augment, draw=draw)
+            rows += rows_of_draw
+            if draw == seed:  # the figures show the first draw
+                items, outputs = items_of_draw, outputs_of_draw
     except NUNetError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     summary = evaluate.summarise(rows)
     table = Table(
-        title=f"{len({i.dataset for i in items})} datasets, {len(items)} images (means over "
-        "datasets of per-dataset means; stds and fold changes in summary.csv)"
+        title=f"{len({i.dataset for i in items})} datasets, {len(items)} images"
+        + (f" x {draws} draws" if draws > 1 else "")
+        + " (means over datasets of per-dataset means; stds and fold changes in summary.csv)"
     )
     families = len({s["family"] for s in summary}) > 1
     for column in ("family",) * families + (
@@ -464,7 +485,11 @@ def eval_cmd(
         ]
         table.add_row(*(s["family"],) * families, s["method"], *cells)
     out.print(table)
-    for path in evaluate.write_csv(rows, summary, out_dir) + evaluate.write_figures(items, rows, outputs, out_dir):
+    first = [r for r in rows if r.draw == seed]
+    paths = evaluate.write_csv(rows, summary, out_dir) + evaluate.write_figures(items, first, outputs, out_dir)
+    if draws > 1:
+        paths += evaluate.write_draws(rows, out_dir)
+    for path in paths:
         out.print(f"wrote {path}")
 
 

@@ -15,6 +15,11 @@ Besides the best threshold per dataset, each method gets the one threshold that 
 mean F1 over every dataset at once (``f1_shared``): the drop-in use, where one threshold must
 transfer between acquisitions.
 
+A suite can be drawn several times (its seed, then the next ones): each draw is evaluated on its
+own (thresholds and DoG scales chosen per draw, as for one draw), and :func:`summarise_draws`
+gives each figure's mean over the draws with a 95% interval, and its paired difference to the
+tuned DoG: one draw of a few annotated images cannot resolve differences of a few nuclei.
+
 Suites (``SUITES``): ``synthetic`` is the seeded synthetic suite; ``heldout`` adds to it the
 same modalities degraded by :mod:`nunet.degrade`, the annotated real images
 (:mod:`nunet.realdata`) and those real images degraded. Every image of a suite comes from
@@ -81,6 +86,7 @@ class Row:
     radius_scale: float = float("nan")
     threshold_shared: float = float("nan")
     f1_shared: float = float("nan")
+    draw: int = 0  # the seed of the suite's draw
 
 
 def synthetic_items(
@@ -299,11 +305,12 @@ def evaluate(
     thresholds: Sequence[float] = THRESHOLDS,
     fixed_threshold: float = FIXED_THRESHOLD,
     augment: bool = False,
+    draw: int = 0,
 ) -> tuple[list[Row], dict]:
     """Run every method on every item; return the per-image rows and the filtered images.
 
     With ``augment``, every model is also run with test-time augmentation, as method
-    ``NAME+augment``.
+    ``NAME+augment``. ``draw`` (the suite's seed) is written to every row.
 
     Returns
     -------
@@ -338,7 +345,7 @@ def evaluate(
                 else nan
             )
             rows[(item.dataset, item.name, m)] = Row(
-                item.family, item.dataset, item.name, m, before, after, after - before, after / before
+                item.family, item.dataset, item.name, m, before, after, after - before, after / before, draw=draw
             )
     lowest = min(min(thresholds), fixed_threshold)
     for m in [*DETECTION_METHODS, *loaded, *ceiling]:
@@ -431,6 +438,93 @@ def markdown_table(summary: Sequence[dict], methods: Sequence[str] | None = None
         cells += [f"{by[(ALL, m)]['f1_shared'][0]:.2f}", f"{gain:.1f}" if np.isfinite(gain) else "-"]
         lines.append("| " + " | ".join([m, *cells]) + " |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A figure over the draws of a suite: its mean and 95% interval (Student's t over the draws;
+    no interval for one draw)."""
+
+    mean: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Spread":
+        from scipy import stats
+
+        v = np.asarray(values, dtype=float)
+        mean = float(v.mean())
+        if len(v) < 2:
+            return cls(mean, float("nan"), float("nan"))
+        half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+        return cls(mean, mean - half, mean + half)
+
+
+def summarise_draws(rows: Sequence[Row], reference: str = "dog-tuned") -> list[dict]:
+    """Per family (and ``all``) and method, over the draws in ``rows``: best-threshold and
+    shared-threshold F1 (:class:`Spread` of the per-draw :func:`summarise` figures) and their
+    paired differences to ``reference`` on the same draws (keys ``f1_best_diff``,
+    ``f1_shared_diff``), with the per-draw values (``per_draw``: draw -> (f1_best, f1_shared))."""
+    draws = sorted({r.draw for r in rows})
+    by_draw = {d: {(s["family"], s["method"]): s for s in summarise([r for r in rows if r.draw == d])} for d in draws}
+    summary = []
+    for family, method in by_draw[draws[0]]:
+        entry: dict = {"family": family, "method": method}
+        for field in ("f1_best", "f1_shared"):
+            values = [by_draw[d][(family, method)][field][0] for d in draws]
+            entry[field] = Spread.of(values)
+            if (family, reference) in by_draw[draws[0]]:
+                references = [by_draw[d][(family, reference)][field][0] for d in draws]
+                entry[field + "_diff"] = Spread.of(np.subtract(values, references))
+        entry["per_draw"] = {
+            d: (by_draw[d][(family, method)]["f1_best"][0], by_draw[d][(family, method)]["f1_shared"][0]) for d in draws
+        }
+        summary.append(entry)
+    return summary
+
+
+def draws_table(summary: Sequence[dict], reference: str = "dog-tuned") -> str:
+    """A Markdown table of :func:`summarise_draws`: per method, best-threshold F1 per family and the
+    shared-threshold F1 (mean over draws), each with its difference to ``reference`` and 95% interval."""
+    families = list(dict.fromkeys(s["family"] for s in summary))
+    by = {(s["family"], s["method"]): s for s in summary}
+    methods = [m for m in dict.fromkeys(s["method"] for s in summary) if np.isfinite(by[(ALL, m)]["f1_best"].mean)]
+
+    def cell(spread: Spread, diff: Spread | None) -> str:
+        if diff is None or not np.isfinite(diff.low) or m == reference:
+            return f"{spread.mean:.3f}"
+        return f"{spread.mean:.3f} ({diff.mean:+.3f}, {diff.low:+.3f}..{diff.high:+.3f})"
+
+    head = ["method", *(f"F1 {f}" for f in families), "F1 shared threshold"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        cells = [cell(by[(f, m)]["f1_best"], by[(f, m)].get("f1_best_diff")) for f in families]
+        cells.append(cell(by[(ALL, m)]["f1_shared"], by[(ALL, m)].get("f1_shared_diff")))
+        lines.append("| " + " | ".join([m, *cells]) + " |")
+    draws = len(summary[0]["per_draw"])
+    note = (
+        f"\nMeans over {draws} draws of the suite; in brackets the paired difference to {reference} "
+        "and its 95% interval (Student's t over the draws).\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def write_draws(rows: Sequence[Row], out_dir: Path, reference: str = "dog-tuned") -> list[Path]:
+    """draws.csv (one line per draw, family and method: best- and shared-threshold F1) and draws.md
+    (:func:`draws_table`)."""
+    summary = summarise_draws(rows, reference)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table, markdown = out_dir / "draws.csv", out_dir / "draws.md"
+    with table.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["draw", "family", "method", "f1_best", "f1_shared"])
+        for s in summary:
+            for draw, (best, shared) in s["per_draw"].items():
+                if np.isfinite(best):  # the detection methods
+                    writer.writerow([draw, s["family"], s["method"], best, shared])
+    markdown.write_text(draws_table(summary, reference), encoding="utf-8")
+    return [table, markdown]
 
 
 def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> list[Path]:

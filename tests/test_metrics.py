@@ -143,6 +143,46 @@ def test_eval_command_end_to_end(tmp_path):
     assert sparse and min(sparse) >= 0.8
 
 
+def test_spread_over_draws_is_the_mean_with_a_student_t_interval():
+    from nunet.evaluate import Spread
+
+    spread = Spread.of([0.1, 0.2, 0.3])  # sd 0.1, t(0.975, 2 dof) = 4.3027
+    assert spread.mean == pytest.approx(0.2)
+    assert spread.high - spread.mean == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-4)
+    assert spread.mean - spread.low == pytest.approx(spread.high - spread.mean)
+    single = Spread.of([0.5])
+    assert single.mean == 0.5 and np.isnan(single.low) and np.isnan(single.high)
+
+
+def test_eval_draws_evaluates_each_draw_and_reports_means_and_differences(tmp_path):
+    args = ["eval", str(tmp_path), "-m", "nunet-test", "--suite", "synthetic", "--n-images", "1", "--size", "96"]
+    args += ["--stacks", "0", "--modality", "sparse", "--modality", "dense", "--seed", "4", "--draws", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["draw"] for r in rows} == {"4", "5", "6"}
+    with (tmp_path / "draws.csv").open() as fh:
+        draws = [r for r in csv.DictReader(fh) if r["family"] == "all"]
+    assert {r["method"] for r in draws} == {"raw", "dog", "dog-tuned", "nunet-test", "truth-mask"}
+    f1 = {(r["method"], r["draw"]): float(r["f1_best"]) for r in draws}
+    assert len({f1[("raw", d)] for d in ("4", "5", "6")}) > 1  # three different draws of the suite
+    with (tmp_path / "summary.csv").open() as fh:
+        summary = {r["method"]: r for r in csv.DictReader(fh) if r["family"] == "all"}
+    for method in ("raw", "dog-tuned", "nunet-test"):  # the summary is the mean over the draws
+        mean = np.mean([f1[(method, d)] for d in ("4", "5", "6")])
+        assert float(summary[method]["f1_best_mean"]) == pytest.approx(mean)
+    table = (tmp_path / "draws.md").read_text()
+    difference = np.mean([f1[("nunet-test", d)] - f1[("dog-tuned", d)] for d in ("4", "5", "6")])
+    line = next(x for x in table.splitlines() if x.startswith("| nunet-test |"))
+    assert f"({difference:+.3f}, " in line and "3 draws" in table
+    folder = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "o"), "--images", str(tmp_path), "--masks", str(tmp_path), "--draws", "2"]
+    )
+    assert folder.exit_code == 2 and "--draws" in folder.output
+    assert CliRunner().invoke(app, [*args[:-1], "0"]).exit_code == 2
+
+
 def test_eval_chooses_synthetic_modalities(tmp_path):
     result = CliRunner().invoke(
         app,
