@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train several recipes side by side, each stopped after SECONDS of training, then (unless EVAL=0)
-# compare their models with the default on the held-out suite at two draws (seeds 0 and 1).
+# compare their models with the default on DRAWS draws of the held-out suite (default 10: seeds 0-9;
+# `nunet eval --draws`, whose draws.md gives each figure's 95% interval and difference to the tuned DoG).
 #
 # Usage: models/train_gpu.sh RUN_DIR SECONDS CONFIG.toml...
 #
@@ -12,6 +13,7 @@
 # (NAME: the config's file name, given to `nunet train --name`); logs in RUN_DIR/logs.
 #   DEVICE  passed to every `nunet train` (default auto)
 #   EVAL=0  train only (e.g. to bring the models back from a lent machine and evaluate them here)
+#   DRAWS  draws of the held-out suite for the comparison (default 10)
 #   REAL_DATA  the stardist wheel or a folder of its test images, where stardist is not installed
 #   EVAL_OPTS  more options for every `nunet eval` (e.g. "--suite synthetic --n-images 1" for a check)
 # On the lent machine (its python3 has torch and nunet's dependencies; nunet runs from the tree):
@@ -46,13 +48,10 @@ done
 [ "${EVAL:-1}" = 0 ] && exit 0
 real=()
 [ -n "${REAL_DATA:-}" ] && real=(--real-data "$REAL_DATA")
-for seed in 0 1; do
-    # shellcheck disable=SC2086 # EVAL_OPTS: several words
-    python3 -m nunet eval "$run/eval-seed$seed" --seed "$seed" "${models[@]}" "${real[@]}" ${EVAL_OPTS:-} \
-        >"$run/logs/eval-seed$seed.log" 2>&1 &
-done
-wait
-for seed in 0 1; do
-    echo "== held-out suite, seed $seed"
-    cat "$run/eval-seed$seed/summary.csv"
-done
+draws=${DRAWS:-10}
+# shellcheck disable=SC2086 # EVAL_OPTS: several words
+python3 -m nunet eval "$run/eval" --draws "$draws" "${models[@]}" "${real[@]}" ${EVAL_OPTS:-} \
+    >"$run/logs/eval.log" 2>&1 || { echo "nunet eval failed (see $run/logs/eval.log)" >&2; exit 1; }
+echo "== held-out suite, $draws draws"
+cat "$run/eval/summary.md"
+[ "$draws" -gt 1 ] && cat "$run/eval/draws.md"
