@@ -54,4 +54,4 @@ python3 -m nunet eval "$run/eval" --draws "$draws" "${models[@]}" "${real[@]}" $
     >"$run/logs/eval.log" 2>&1 || { echo "nunet eval failed (see $run/logs/eval.log)" >&2; exit 1; }
 echo "== held-out suite, $draws draws"
 cat "$run/eval/summary.md"
-[ "$draws" -gt 1 ] && cat "$run/eval/draws.md"
+if [ "$draws" -gt 1 ]; then cat "$run/eval/draws.md"; fi

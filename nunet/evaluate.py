@@ -491,16 +491,16 @@ def draws_table(summary: Sequence[dict], reference: str = "dog-tuned") -> str:
     by = {(s["family"], s["method"]): s for s in summary}
     methods = [m for m in dict.fromkeys(s["method"] for s in summary) if np.isfinite(by[(ALL, m)]["f1_best"].mean)]
 
-    def cell(spread: Spread, diff: Spread | None) -> str:
-        if diff is None or not np.isfinite(diff.low) or m == reference:
+    def cell(entry: dict, field: str) -> str:
+        spread, diff = entry[field], entry.get(field + "_diff")
+        if entry["method"] == reference or diff is None or not np.isfinite(diff.low):
             return f"{spread.mean:.3f}"
         return f"{spread.mean:.3f} ({diff.mean:+.3f}, {diff.low:+.3f}..{diff.high:+.3f})"
 
     head = ["method", *(f"F1 {f}" for f in families), "F1 shared threshold"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
-        cells = [cell(by[(f, m)]["f1_best"], by[(f, m)].get("f1_best_diff")) for f in families]
-        cells.append(cell(by[(ALL, m)]["f1_shared"], by[(ALL, m)].get("f1_shared_diff")))
+        cells = [cell(by[(f, m)], "f1_best") for f in families] + [cell(by[(ALL, m)], "f1_shared")]
         lines.append("| " + " | ".join([m, *cells]) + " |")
     draws = len(summary[0]["per_draw"])
     note = (
