@@ -44,6 +44,8 @@ DETECTION_METHODS = ("raw", "dog", "dog-tuned")
 SUITES = ("heldout", "synthetic")
 ALL = "all"
 CEILING = "truth-mask"
+#: The method every other is compared with over draws (:func:`summarise_draws`): the strongest classical one.
+REFERENCE = "dog-tuned"
 #: The suffix of a model's method name when it runs with test-time augmentation.
 AUGMENTED = "+augment"
 #: Factors on the expected radius among which ``dog-tuned`` picks its DoG scale per dataset.
@@ -461,7 +463,7 @@ class Spread:
         return cls(mean, mean - half, mean + half)
 
 
-def summarise_draws(rows: Sequence[Row], reference: str = "dog-tuned") -> list[dict]:
+def summarise_draws(rows: Sequence[Row], reference: str = REFERENCE) -> list[dict]:
     """Per family (and ``all``) and method, over the draws in ``rows``: best-threshold and
     shared-threshold F1 (:class:`Spread` of the per-draw :func:`summarise` figures) and their
     paired differences to ``reference`` on the same draws (keys ``f1_best_diff``,
@@ -471,20 +473,18 @@ def summarise_draws(rows: Sequence[Row], reference: str = "dog-tuned") -> list[d
     summary = []
     for family, method in by_draw[draws[0]]:
         entry: dict = {"family": family, "method": method}
-        for field in ("f1_best", "f1_shared"):
-            values = [by_draw[d][(family, method)][field][0] for d in draws]
-            entry[field] = Spread.of(values)
+        values = {field: [by_draw[d][(family, method)][field][0] for d in draws] for field in ("f1_best", "f1_shared")}
+        for field, per_draw in values.items():
+            entry[field] = Spread.of(per_draw)
             if (family, reference) in by_draw[draws[0]]:
                 references = [by_draw[d][(family, reference)][field][0] for d in draws]
-                entry[field + "_diff"] = Spread.of(np.subtract(values, references))
-        entry["per_draw"] = {
-            d: (by_draw[d][(family, method)]["f1_best"][0], by_draw[d][(family, method)]["f1_shared"][0]) for d in draws
-        }
+                entry[field + "_diff"] = Spread.of(np.subtract(per_draw, references))
+        entry["per_draw"] = dict(zip(draws, zip(values["f1_best"], values["f1_shared"])))
         summary.append(entry)
     return summary
 
 
-def draws_table(summary: Sequence[dict], reference: str = "dog-tuned") -> str:
+def draws_table(summary: Sequence[dict], reference: str = REFERENCE) -> str:
     """A Markdown table of :func:`summarise_draws`: per method, best-threshold F1 per family and the
     shared-threshold F1 (mean over draws), each with its difference to ``reference`` and 95% interval."""
     families = list(dict.fromkeys(s["family"] for s in summary))
@@ -510,7 +510,7 @@ def draws_table(summary: Sequence[dict], reference: str = "dog-tuned") -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def write_draws(rows: Sequence[Row], out_dir: Path, reference: str = "dog-tuned") -> list[Path]:
+def write_draws(rows: Sequence[Row], out_dir: Path, reference: str = REFERENCE) -> list[Path]:
     """draws.csv (one line per draw, family and method: best- and shared-threshold F1) and draws.md
     (:func:`draws_table`)."""
     summary = summarise_draws(rows, reference)
