@@ -84,6 +84,12 @@ class TrainConfig:
     supervised_loss: str = "l1"  # "l1" (sharp decisions) or "l2" (graded where unsure: dim or blurred nuclei)
     supervised_strength: float = 1.0  # target = strength x target + (1 - strength) x the input: how far the
     # filter moves an image towards blobs (a family of strengths for --w)
+    dsb_data: str | None = None  # a checkout of the DSB repository ("subset": nunet's committed images): the
+    # training split's images (never validation kinds, never reserved ids) join the supervised bank
+    dsb_modalities: list[str] = field(default_factory=lambda: ["fluorescence"])  # which of them (tissue and
+    # brightfield: dark nuclei, inverted to bright ones as a user's `invert` does)
+    dsb_radius: float = 7.0  # each DSB image is resized so its median nucleus radius is this (px)
+    dsb_share: float = 0.5  # the share of each supervised batch's crops drawn from the DSB images
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
     family: str | None = None  # the family of strengths the model joins (its w: supervised_strength)
     steps: int = 2000
@@ -170,6 +176,13 @@ class TrainConfig:
                 modality_index(modality)
             except ValueError as exc:
                 raise NUNetError(f"config: synthetic_modalities: {exc}") from None
+        from nunet.data.dsb import MODALITIES as DSB_MODALITIES
+
+        if not set(self.dsb_modalities) <= set(DSB_MODALITIES) or self.dsb_radius <= 0 or not 0 <= self.dsb_share <= 1:
+            raise NUNetError(
+                f"config: 'dsb_modalities' must be among {', '.join(DSB_MODALITIES)}, 'dsb_radius' > 0, "
+                "'dsb_share' in 0..1"
+            )
         if not self.content_dirs and not (self.synthetic_content and self.synthetic_modalities):
             raise NUNetError("config: no content images (content_dirs or synthetic_content)")
         if not self.mask_dirs and not self.synthetic_masks:
@@ -368,10 +381,47 @@ def supervised_bank(config: TrainConfig) -> list:
     return [replace(s, image=s.image.max() - s.image) if PRESETS[s.modality].dark_blobs else s for s in images]
 
 
-def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def real_bank(config: TrainConfig) -> list:
+    """The DSB training split's images of ``dsb_modalities`` (none without ``dsb_data``), each resized so
+    that its median nucleus radius is ``dsb_radius`` and flipped to bright nuclei where they are dark;
+    as :class:`nunet.synth.SynthImage` items of the supervised bank."""
+    from nunet.data import dsb
+    from nunet.degrade import centroids_of
+    from nunet.synth import SynthImage
+
+    if not config.dsb_data:
+        return []
+    root = None if config.dsb_data == "subset" else config.dsb_data
+    items = []
+    for real in dsb.load_split("training", root):
+        if real.modality not in config.dsb_modalities or not np.isfinite(real.radius):
+            continue
+        image, labels = resize_to_radius(real.image, real.labels, real.radius, config.dsb_radius)
+        if real.invert:
+            image = image.max() - image
+        items.append(SynthImage(image, labels, centroids_of(labels), config.dsb_radius, f"dsb-{real.modality}"))
+    if not items:
+        raise NUNetError(f"{config.dsb_data}: no DSB training images of {', '.join(config.dsb_modalities)}")
+    return items
+
+
+def resize_to_radius(
+    image: np.ndarray, labels: np.ndarray, radius: float, target: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image (bilinear) and its labels (nearest) zoomed by ``target / radius``."""
+    from scipy import ndimage as ndi
+
+    factor = target / radius
+    return ndi.zoom(np.asarray(image, np.float32), factor, order=1), ndi.zoom(labels, factor, order=0)
+
+
+def supervised_batch(
+    bank: list, config: TrainConfig, rng: np.random.Generator, real: list | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Degraded crops as the network's input (N, 1, side, side) in 0..255 and their targets (soft masks, dome
     or cone targets, mixed with the input by ``supervised_strength``); the side is ``crop``, or with
-    ``crop_min`` a multiple of 4 between the two drawn for the batch (plus the frame's, when framed)."""
+    ``crop_min`` a multiple of 4 between the two drawn for the batch (plus the frame's, when framed).
+    With ``real`` images (:func:`real_bank`), each crop comes from them with probability ``dsb_share``."""
     inputs, targets = [], []
     target = {
         "mask": soft_mask,
@@ -383,7 +433,8 @@ def supervised_batch(bank: list, config: TrainConfig, rng: np.random.Generator) 
     if config.crop_min:
         side = 4 * int(rng.integers(config.crop_min // 4, config.crop // 4 + 1))
     for _ in range(config.supervised_batch):
-        x, labels = degraded_crop(bank, side, config.seed, rng, Frame(config.frame_pad, config.frame_fill))
+        pool = real if real and rng.random() < config.dsb_share else bank
+        x, labels = degraded_crop(pool, side, config.seed, rng, Frame(config.frame_pad, config.frame_fill))
         inputs.append(x)
         targets.append(strength * target(labels) + (1.0 - strength) * np.clip(x, 0.0, 255.0))
     return torch.from_numpy(np.stack(inputs)[:, None]), torch.from_numpy(np.stack(targets)[:, None].astype(np.float32))
@@ -612,11 +663,12 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         return net, torch.optim.AdamW(net.parameters(), lr=config.lr)
 
     bank = supervised_bank(config) if config.supervised_weight else None
+    real = real_bank(config) if config.supervised_weight else []
 
     def supervised(state_rng: np.random.Generator):
         if bank is None:
             return None
-        inputs, masks = supervised_batch(bank, config, state_rng)
+        inputs, masks = supervised_batch(bank, config, state_rng, real)
         return inputs.to(device), masks.to(device)
 
     torch_rng = torch.Generator().manual_seed(config.seed)
@@ -688,6 +740,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         "morph_scale": state.morph_scale,
         "final_losses": state.log[-1],
         "datasets": {n: len(p) for n, p in datasets.items()},
+        "dsb_training_images": len(real),
         "target_masks": len(targets),
         "config": asdict(config),
         "command": command,

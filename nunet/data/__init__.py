@@ -1,0 +1,1 @@
+"""Data shared by training and evaluation: annotated real images and their splits."""
