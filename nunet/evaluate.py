@@ -22,7 +22,14 @@ tuned DoG: one draw of a few annotated images cannot resolve differences of a fe
 
 Suites (``SUITES``): ``synthetic`` is the seeded synthetic suite; ``heldout`` adds to it the
 same modalities degraded by :mod:`nunet.degrade`, the annotated real images
-(:mod:`nunet.realdata`) and those real images degraded. Every image of a suite comes from
+(:mod:`nunet.realdata`) and those real images degraded. ``dsb`` is the validation split of the
+2018 Data Science Bowl (:mod:`nunet.data.dsb`: acquisition kinds never trained on; reserved ids
+never read), each image clean and degraded; its datasets are the acquisition kinds, and each image
+also has a nucleus-size band (:func:`band_summary`).
+
+NU-Net models are run with the ``radius`` option the evaluation is given: ``auto`` (estimated per
+image, as users run them), ``off`` (at the image's own scale) or ``truth`` (each image's true
+median radius). Every image of a suite comes from
 evaluation seeds (:func:`nunet.synth.evaluation_seed`), which training never uses. Datasets are
 grouped in families (``synthetic``, ``synthetic-degraded``, ``real``, ``real-degraded``); the
 summary has one block per family and one over all datasets (``all``).
@@ -41,7 +48,9 @@ from nunet import baselines, metrics
 from nunet.errors import NUNetError
 
 DETECTION_METHODS = ("raw", "dog", "dog-tuned")
-SUITES = ("heldout", "synthetic")
+SUITES = ("heldout", "synthetic", "dsb")
+#: The ``radius`` modes of :func:`evaluate` besides a number of pixels.
+RADIUS_MODES = ("auto", "off", "truth")
 ALL = "all"
 CEILING = "truth-mask"
 #: The method every other is compared with over draws (:func:`summarise_draws`): the strongest classical one.
@@ -66,6 +75,7 @@ class EvalImage:
     radius: float
     invert: bool = False
     family: str = "synthetic"
+    band: str = ""  # the nucleus-size band (nunet.data.dsb.SIZE_BANDS) where the suite reports one
 
 
 @dataclass
@@ -89,6 +99,7 @@ class Row:
     threshold_shared: float = float("nan")
     f1_shared: float = float("nan")
     draw: int = 0  # the seed of the suite's draw
+    band: str = ""
 
 
 def synthetic_items(
@@ -214,10 +225,62 @@ def real_items(real, degraded_2d: int = 8, degraded_planes: int = 10, seed: int 
     return items
 
 
+def dsb_items(root: str | Path | None = None, seed: int = 0) -> list[EvalImage]:
+    """The DSB validation images (a checkout at ``root``, else nunet's committed subset), clean (families
+    ``dsb`` and ``dsb-brightfield``) and degraded by :func:`nunet.degrade.degrade` at their own scale
+    (``-degraded``; a fresh evaluation seed per image and draw). Datasets are the acquisition kinds."""
+    from nunet.data import dsb
+    from nunet.degrade import Ranges, centroids_of, degrade_dark_aware
+    from nunet.synth import evaluation_seed
+
+    items = []
+    for k, real in enumerate(dsb.load_split("validation", root)):
+        family = "dsb" if real.modality == "fluorescence" else f"dsb-{real.modality}"
+        name = real.id[:12]
+        items.append(
+            EvalImage(
+                real.kind,
+                name,
+                real.image,
+                real.labels > 0,
+                centroids_of(real.labels),
+                real.radius,
+                real.invert,
+                family,
+                real.band,
+            )
+        )
+        d = degrade_dark_aware(
+            real.image,
+            real.labels,
+            real.radius,
+            evaluation_seed(seed * 1000 + 600 + k),
+            Ranges(scale=(1.0, 1.0), max_side=max(real.image.shape)),
+            real.invert,
+        )
+        items.append(
+            EvalImage(
+                f"{real.kind}-degraded",
+                f"{name}-degraded",
+                d.image,
+                d.labels > 0,
+                d.centroids,
+                real.radius,
+                real.invert,
+                f"{family}-degraded",
+                real.band,
+            )
+        )
+    return items
+
+
 def suite_items(suite: str, real_data: str | Path | None = None, seed: int = 0) -> list[EvalImage]:
-    """The images of a named suite (see ``SUITES`` and the module docstring)."""
+    """The images of a named suite (see ``SUITES`` and the module docstring); ``real_data`` is the
+    stardist images' source for ``heldout`` and the DSB checkout for ``dsb``."""
     if suite == "synthetic":
         return synthetic_items(seed=seed)
+    if suite == "dsb":
+        return dsb_items(real_data, seed)
     if suite == "heldout":
         from nunet.realdata import load_real_images
 
@@ -287,8 +350,9 @@ def _has_mask(item: EvalImage) -> bool:
     return bool(item.mask.any() and not item.mask.all())
 
 
-def filtered(item: EvalImage, method: str, models: dict) -> np.ndarray:
-    """The image of ``item`` as seen by ``method``, in [0, 1]."""
+def filtered(item: EvalImage, method: str, models: dict, radius: str | float = "auto") -> np.ndarray:
+    """The image of ``item`` as seen by ``method``, in [0, 1]; models run with ``radius`` (``RADIUS_MODES``
+    or pixels)."""
     from nunet.inference import enhance
 
     if method == CEILING:
@@ -298,7 +362,8 @@ def filtered(item: EvalImage, method: str, models: dict) -> np.ndarray:
         return baselines.minmax(source)
     if method in baselines.CLASSICAL:
         return baselines.classical(method, source, item.radius)
-    return enhance(source, models[method], axes="YX", augment=method.endswith(AUGMENTED))
+    size = item.radius if radius == "truth" else radius
+    return enhance(source, models[method], axes="YX", augment=method.endswith(AUGMENTED), radius=size)
 
 
 def evaluate(
@@ -308,11 +373,13 @@ def evaluate(
     fixed_threshold: float = FIXED_THRESHOLD,
     augment: bool = False,
     draw: int = 0,
+    radius: str | float = "auto",
 ) -> tuple[list[Row], dict]:
     """Run every method on every item; return the per-image rows and the filtered images.
 
     With ``augment``, every model is also run with test-time augmentation, as method
-    ``NAME+augment``. ``draw`` (the suite's seed) is written to every row.
+    ``NAME+augment``. ``draw`` (the suite's seed) is written to every row. Models run with the
+    ``radius`` option (``RADIUS_MODES``, or pixels; see the module docstring).
 
     Returns
     -------
@@ -328,7 +395,9 @@ def evaluate(
         loaded.update({name + AUGMENTED: model for name, model in list(loaded.items())})
     ceiling = [CEILING] if all(_has_mask(i) for i in items) else []
     methods = ["raw", *baselines.CLASSICAL, "dog-tuned", *loaded, *ceiling]
-    outputs = {(i.dataset, i.name, m): filtered(i, m, loaded) for i in items for m in methods if m != "dog-tuned"}
+    outputs = {
+        (i.dataset, i.name, m): filtered(i, m, loaded, radius) for i in items for m in methods if m != "dog-tuned"
+    }
     datasets = list(dict.fromkeys(i.dataset for i in items))
     groups = {d: [i for i in items if i.dataset == d] for d in datasets}
     dog_scale = {}
@@ -347,7 +416,16 @@ def evaluate(
                 else nan
             )
             rows[(item.dataset, item.name, m)] = Row(
-                item.family, item.dataset, item.name, m, before, after, after - before, after / before, draw=draw
+                item.family,
+                item.dataset,
+                item.name,
+                m,
+                before,
+                after,
+                after - before,
+                after / before,
+                draw=draw,
+                band=item.band,
             )
     lowest = min(min(thresholds), fixed_threshold)
     for m in [*DETECTION_METHODS, *loaded, *ceiling]:
@@ -439,6 +517,40 @@ def markdown_table(summary: Sequence[dict], methods: Sequence[str] | None = None
         gain = by[(ALL, m)]["gain"][0]
         cells += [f"{by[(ALL, m)]['f1_shared'][0]:.2f}", f"{gain:.1f}" if np.isfinite(gain) else "-"]
         lines.append("| " + " | ".join([m, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def band_summary(rows: Sequence[Row]) -> list[dict]:
+    """Per family, size band and method (rows with a band): the number of images and the mean over
+    them of the best-threshold F1 (each image at its dataset's best threshold) and of the shared-threshold F1."""
+    summary = []
+    keys = dict.fromkeys((r.family, r.band, r.method) for r in rows if r.band and np.isfinite(r.f1_best))
+    for family, band, method in keys:
+        chosen = [r for r in rows if (r.family, r.band, r.method) == (family, band, method)]
+        summary.append(
+            {
+                "family": family,
+                "band": band,
+                "method": method,
+                "images": len(chosen),
+                "f1_best": float(np.mean([r.f1_best for r in chosen])),
+                "f1_shared": float(np.mean([r.f1_shared for r in chosen])),
+            }
+        )
+    return summary
+
+
+def band_table(summary: Sequence[dict]) -> str:
+    """A Markdown table of :func:`band_summary`: one row per family and band (with its image count),
+    one column per method (best-threshold F1)."""
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    by = {(s["family"], s["band"], s["method"]): s for s in summary}
+    groups = list(dict.fromkeys((s["family"], s["band"]) for s in summary))
+    lines = ["| family | size band | images | " + " | ".join(methods) + " |", "|" + "---|" * (3 + len(methods))]
+    for family, band in groups:
+        cells = [f"{by[(family, band, m)]['f1_best']:.3f}" if (family, band, m) in by else "-" for m in methods]
+        count = next(by[(family, band, m)]["images"] for m in methods if (family, band, m) in by)
+        lines.append(f"| {family} | {band} | {count} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -559,7 +671,12 @@ def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> li
             )
     markdown = out_dir / "summary.md"
     markdown.write_text(markdown_table(summary), encoding="utf-8")
-    return [results, table, markdown]
+    paths = [results, table, markdown]
+    bands = band_summary(rows)
+    if bands:
+        paths.append(out_dir / "bands.md")
+        paths[-1].write_text(band_table(bands), encoding="utf-8")
+    return paths
 
 
 def write_figures(items: Sequence[EvalImage], rows: Sequence[Row], outputs: dict, out_dir: Path) -> list[Path]:

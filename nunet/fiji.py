@@ -280,6 +280,7 @@ def register() -> None:
     from jpype import JArray, JClass, JFloat, JImplements, JOverride, JString
 
     from nunet.inference import filter_planes
+    from nunet.io import Calibration
     from nunet.settings import SETTING_NAMES, FilterSettings
 
     @JImplements("java.util.function.Function")
@@ -312,8 +313,12 @@ def register() -> None:
                 {key: str(request.get(key)) for key in SETTING_NAMES if request.get(key) is not None}
             ).resolved()  # Jython's True: 1
             stack = np.stack(planes).reshape((-1, height, width)).astype(np.float32)
+            unit = request.get("unit")
+            calibration = Calibration(
+                float(request.get("pixel_width") or 1.0), unit=None if unit is None else str(unit)
+            )
             result = JClass("java.util.ArrayList")()
-            for plane in filter_planes(stack, settings.model, **settings.plane_kwargs()):
+            for plane in filter_planes(stack, settings.model, calibration=calibration, **settings.plane_kwargs()):
                 result.add(JArray(JFloat)(np.ascontiguousarray(plane).ravel()))
             return result
 

@@ -18,6 +18,14 @@ Test-time augmentation
 also mirrored), turns the outputs back and averages them (like Cellpose's ``augment``): a
 steadier output that follows a rotated or mirrored input exactly, for eight times the compute.
 
+Object size
+-----------
+Models are trained on nuclei of one radius (their metadata's ``radius``, 7 px for the shipped
+ones). With ``radius`` (default ``auto``: estimated once per image, :mod:`nunet.size`), every
+plane is resized so its nuclei have that radius, filtered, and the output resized back to the
+exact input shape; the output's nuclei keep their input size. ``radius="off"`` filters at the
+image's own scale.
+
 Tiling
 ------
 Planes larger than ``AUTO_TILING``'s threshold are filtered in tiles with a seam-free result
@@ -34,7 +42,7 @@ import numpy as np
 
 from nunet.autotune import DEFAULT_TUNER, default_batch_size
 from nunet.errors import ImageValueError, ModelError
-from nunet.io import Image, check_axes, guess_axes, with_data
+from nunet.io import Calibration, Image, check_axes, guess_axes, with_data
 from nunet.preprocess import (
     FULL_SCALE,
     Frame,
@@ -53,6 +61,7 @@ from nunet.registry import DEFAULT_MODEL, load_model
 from nunet.runtime import autocast, num_threads, resolve_device, reuse_freed_memory
 from nunet.runtime import progress as progress_bar
 from nunet.settings import PRECISIONS
+from nunet.size import TRAINED_RADIUS, Radius, image_radius, resize_planes, zoom_factor, zoomed_shape
 
 if TYPE_CHECKING:
     import torch
@@ -82,6 +91,7 @@ def filter_image(
     percentiles: tuple[float, float] | None = None,
     invert: bool = False,
     augment: bool = False,
+    radius: "str | float | Radius | None" = "auto",
     progress: bool = False,
 ) -> Image:
     """Filter every YX plane of an :class:`~nunet.io.Image`; keep its calibration.
@@ -94,19 +104,13 @@ def filter_image(
 
     See :func:`enhance` for the parameters.
     """
-    axes = check_axes(image.axes, image.data.shape)
-    data, axes = to_grey(image.data, axes)
-    data, axes = select_channels(data, axes, channel)
-    other = [i for i, a in enumerate(axes) if a not in "YX"]
-    order = other + [axes.index("Y"), axes.index("X")]
-    moved = np.transpose(data, order)
-    lead_shape = moved.shape[:-2]
-    planes = moved.reshape((-1,) + moved.shape[-2:])
-    _check_finite(planes, "".join(axes[i] for i in other), lead_shape)
+    planes, lead_shape, axes, order = _planes_of(image, channel)
     out = filter_planes(
         planes,
         model,
         w=w,
+        radius=radius,
+        calibration=image.calibration,
         tile_size=tile_size,
         batch_size=batch_size,
         device=device,
@@ -118,6 +122,41 @@ def filter_image(
     )
     out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
     return with_data(image, out, axes)
+
+
+def _planes_of(image: Image, channel: int | Sequence[int] | None) -> tuple[np.ndarray, tuple[int, ...], str, list[int]]:
+    """An image's grey planes of ``channel`` as ``(P, Y, X)``, checked finite; with the shape of the
+    axes before YX, the axes (after grey and channel selection) and the transposition that moved
+    YX last."""
+    axes = check_axes(image.axes, image.data.shape)
+    data, axes = to_grey(image.data, axes)
+    data, axes = select_channels(data, axes, channel)
+    other = [i for i, a in enumerate(axes) if a not in "YX"]
+    order = other + [axes.index("Y"), axes.index("X")]
+    moved = np.transpose(data, order)
+    planes = moved.reshape((-1,) + moved.shape[-2:])
+    _check_finite(planes, "".join(axes[i] for i in other), moved.shape[:-2])
+    return planes, moved.shape[:-2], axes, order
+
+
+def nucleus_radius(
+    image: Image,
+    radius: "str | float | Radius | None" = "auto",
+    *,
+    channel: int | Sequence[int] | None = None,
+    invert: bool = False,
+) -> float | None:
+    """The nucleus radius (px) that :func:`filter_image` uses for ``image`` with these options: given,
+    converted from a length with the image's calibration, or estimated (``auto``) from its planes;
+    None for ``off`` or where no blob stands out (then the image is filtered at its own scale)."""
+    calibration = image.calibration
+    return image_radius(
+        radius,
+        lambda: _planes_of(image, channel)[0],
+        invert,
+        calibration.pixel_width,
+        calibration.unit,
+    )
 
 
 def _check_finite(planes: np.ndarray, lead_axes: str, lead_shape: tuple[int, ...]) -> None:
@@ -145,6 +184,7 @@ def enhance(
     percentiles: tuple[float, float] | None = None,
     invert: bool = False,
     augment: bool = False,
+    radius: "str | float | Radius | None" = "auto",
     progress: bool = False,
 ) -> np.ndarray:
     """Filter an image with NU-Net.
@@ -185,6 +225,11 @@ def enhance(
     augment : bool
         Test-time augmentation: average the outputs of the plane's eight rotations and
         mirror images (8x the compute; see the module docstring).
+    radius : str or float
+        The typical nucleus radius: ``"auto"`` (estimated once for the whole image), a number
+        of pixels, a length such as ``"3.5um"`` (converted with an :class:`~nunet.io.Image`'s
+        calibration), or ``"off"``. The image is filtered at the scale where its nuclei have the
+        radius the model was trained for, and the output resized back (see module docstring).
     progress : bool
         Show a progress bar over planes.
 
@@ -213,29 +258,56 @@ def enhance(
         percentiles=percentiles,
         invert=invert,
         augment=augment,
+        radius=radius,
         progress=progress,
     ).data
 
 
 def filter_planes(
-    planes: np.ndarray, model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL, *, w: float | None = None, **options
+    planes: np.ndarray,
+    model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL,
+    *,
+    w: float | None = None,
+    radius: "str | float | Radius | None" = "auto",
+    calibration: "Calibration | None" = None,
+    **options,
 ) -> np.ndarray:
     """Filter a stack of planes ``(P, H, W)``; return float32 ``(P, H, W)`` in [0, 1].
 
+    ``radius``: the nuclei's radius in pixels, a length (converted with ``calibration``), ``auto``
+    (estimated once from these planes) or ``off``; the planes are resized to the model's radius and
+    the output back (module docstring).
     With ``w``, the output blends the two members of ``model``'s family whose w brackets the
     requested one (see :func:`nunet.registry.family_of`, :func:`nunet.registry.blend_weights`).
     Other options as in :func:`enhance`.
     """
+    calibration = calibration or Calibration()
+    pixels = image_radius(radius, planes, options.get("invert", False), calibration.pixel_width, calibration.unit)
+    shape = planes.shape[1:]
+    factor = zoom_factor(pixels, model_radius(model))
+    if factor != 1.0:
+        planes = resize_planes(planes, zoomed_shape(shape, factor))
     if w is None:
-        return _filter_planes(planes, model, **options)
-    from nunet.modelfile import LoadedModel
-    from nunet.registry import blend_weights, family_of
+        out = _filter_planes(planes, model, **options)
+    else:
+        from nunet.modelfile import LoadedModel
+        from nunet.registry import blend_weights, family_of
 
-    family = family_of(model.path if isinstance(model, LoadedModel) else model)
-    out = np.zeros(planes.shape, dtype=np.float32)
-    for name, weight in blend_weights(float(w), family):
-        out += np.float32(weight) * _filter_planes(planes, name, **options)
-    return out
+        family = family_of(model.path if isinstance(model, LoadedModel) else model)
+        out = np.zeros(planes.shape, dtype=np.float32)
+        for name, weight in blend_weights(float(w), family):
+            out += np.float32(weight) * _filter_planes(planes, name, **options)
+    return np.clip(resize_planes(out, shape), 0.0, 1.0) if factor != 1.0 else out
+
+
+def model_radius(model: "str | os.PathLike | LoadedModel") -> float:
+    """The nucleus radius (px) a model was trained for: its metadata's ``radius``, else
+    :data:`nunet.size.TRAINED_RADIUS`."""
+    from nunet.modelfile import LoadedModel, read_metadata
+    from nunet.registry import resolve_model
+
+    metadata = model.metadata if isinstance(model, LoadedModel) else read_metadata(resolve_model(model))
+    return float(metadata.get("radius", TRAINED_RADIUS))
 
 
 def _filter_planes(

@@ -6,8 +6,10 @@ transfer and the filter itself. The protocol runs over stdin/stdout, no temporar
 
 - on start the worker writes the line ``READY nunet <version>``;
 - a request is one JSON line ``{"op": "filter", "planes": P, "height": H, "width": W,
-  "model": "nunet-v7", "w": null, "tile_size": null, "device": "auto"}`` followed by
-  ``P*H*W`` little-endian float32 values (the planes, row-major);
+  "pixel_width": 0.65, "unit": "micron", "model": "nunet-v7", "w": null, "tile_size": null,
+  "device": "auto", "radius": "auto"}`` followed by ``P*H*W`` little-endian float32 values (the
+  planes of one image, row-major: the radius is estimated once for them all); ``pixel_width`` and
+  ``unit`` (the image's calibration, optional) convert a radius given as a length;
 - the answer is the line ``OK P H W`` followed by as many float32 values (the filtered
   planes, in [0, 1]), or the single line ``ERR <message>`` after which the worker goes on;
 - ``{"op": "ping"}`` answers ``OK 0 0 0``; ``{"op": "quit"}`` or end of input ends the worker,
@@ -27,17 +29,21 @@ import numpy as np
 from nunet._version import __version__
 from nunet.errors import NUNetError
 
-#: Header keys of the protocol itself; every other key is a FilterSettings option.
-PROTOCOL_KEYS = ("op", "planes", "height", "width")
+#: Header keys of the protocol itself and of the image's calibration; every other key is a FilterSettings option.
+PROTOCOL_KEYS = ("op", "planes", "height", "width", "pixel_width", "unit")
 
 
 def handle_request(header: dict, planes: np.ndarray) -> np.ndarray:
     """Filter ``planes`` (P, H, W) with the options of a request header; float32 in [0, 1]."""
     from nunet.inference import filter_planes
+    from nunet.io import Calibration
     from nunet.settings import FilterSettings
 
     settings = FilterSettings.from_mapping({k: v for k, v in header.items() if k not in PROTOCOL_KEYS}).resolved()
-    return filter_planes(np.asarray(planes, dtype=np.float32), settings.model, **settings.plane_kwargs())
+    calibration = Calibration(float(header.get("pixel_width") or 1.0), unit=header.get("unit"))
+    return filter_planes(
+        np.asarray(planes, dtype=np.float32), settings.model, calibration=calibration, **settings.plane_kwargs()
+    )
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:

@@ -12,6 +12,7 @@ from typing import Any
 
 from nunet.errors import UsageError
 from nunet.registry import DEFAULT_MODEL
+from nunet.size import Radius
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OUTPUT_DTYPES = ("float32", "uint8", "uint16")
@@ -44,6 +45,9 @@ class FilterSettings:
         Dark nuclei on a bright background: flip each plane first.
     augment : bool
         Test-time augmentation: average each plane's eight orientations (8x the compute).
+    radius : str
+        Typical nucleus radius: ``auto`` (estimated once per image), pixels (``12``), a length
+        (``3.5um``, with the image's calibration) or ``off`` (see :mod:`nunet.size`).
     dtype : str
         Output pixel type, one of ``OUTPUT_DTYPES``.
     ngff : str, optional
@@ -60,12 +64,14 @@ class FilterSettings:
     precision: str = "fp32"
     invert: bool = False
     augment: bool = False
+    radius: str = "auto"
     dtype: str = "float32"
     ngff: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.channel, list):
             object.__setattr__(self, "channel", tuple(self.channel))
+        object.__setattr__(self, "radius", str(Radius.parse(self.radius)))  # a UsageError naming --radius
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision: '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         if self.dtype not in OUTPUT_DTYPES:
@@ -159,4 +165,5 @@ MACRO_OPTIONS = {
     "replace": None,
     "invert": "invert",
     "augment": "augment",
+    "radius": "radius",
 }

@@ -88,7 +88,8 @@ class TrainConfig:
     # training split's images (never validation kinds, never reserved ids) join the supervised bank
     dsb_modalities: list[str] = field(default_factory=lambda: ["fluorescence"])  # which of them (tissue and
     # brightfield: dark nuclei, inverted to bright ones as a user's `invert` does)
-    dsb_radius: float = 7.0  # each DSB image is resized so its median nucleus radius is this (px)
+    radius: float = 7.0  # the nucleus radius (px) the model is trained for, recorded in its file (nunet resizes
+    # images to it): each DSB image is resized so its median nucleus radius is this
     dsb_share: float = 0.5  # the share of each supervised batch's crops drawn from the DSB images
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
     family: str | None = None  # the family of strengths the model joins (its w: supervised_strength)
@@ -178,10 +179,9 @@ class TrainConfig:
                 raise NUNetError(f"config: synthetic_modalities: {exc}") from None
         from nunet.data.dsb import MODALITIES as DSB_MODALITIES
 
-        if not set(self.dsb_modalities) <= set(DSB_MODALITIES) or self.dsb_radius <= 0 or not 0 <= self.dsb_share <= 1:
+        if not set(self.dsb_modalities) <= set(DSB_MODALITIES) or self.radius <= 0 or not 0 <= self.dsb_share <= 1:
             raise NUNetError(
-                f"config: 'dsb_modalities' must be among {', '.join(DSB_MODALITIES)}, 'dsb_radius' > 0, "
-                "'dsb_share' in 0..1"
+                f"config: 'dsb_modalities' must be among {', '.join(DSB_MODALITIES)}, 'radius' > 0, 'dsb_share' in 0..1"
             )
         if not self.content_dirs and not (self.synthetic_content and self.synthetic_modalities):
             raise NUNetError("config: no content images (content_dirs or synthetic_content)")
@@ -383,7 +383,7 @@ def supervised_bank(config: TrainConfig) -> list:
 
 def real_bank(config: TrainConfig) -> list:
     """The DSB training split's images of ``dsb_modalities`` (none without ``dsb_data``), each resized so
-    that its median nucleus radius is ``dsb_radius`` and flipped to bright nuclei where they are dark;
+    that its median nucleus radius is ``radius`` and flipped to bright nuclei where they are dark;
     as :class:`nunet.synth.SynthImage` items of the supervised bank."""
     from nunet.data import dsb
     from nunet.degrade import centroids_of
@@ -396,10 +396,10 @@ def real_bank(config: TrainConfig) -> list:
     for real in dsb.load_split("training", root):
         if real.modality not in config.dsb_modalities or not np.isfinite(real.radius):
             continue
-        image, labels = resize_to_radius(real.image, real.labels, real.radius, config.dsb_radius)
+        image, labels = resize_to_radius(real.image, real.labels, real.radius, config.radius)
         if real.invert:
             image = image.max() - image
-        items.append(SynthImage(image, labels, centroids_of(labels), config.dsb_radius, f"dsb-{real.modality}"))
+        items.append(SynthImage(image, labels, centroids_of(labels), config.radius, f"dsb-{real.modality}"))
     if not items:
         raise NUNetError(f"{config.dsb_data}: no DSB training images of {', '.join(config.dsb_modalities)}")
     return items
@@ -752,6 +752,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         out_dir / f"{config.name}.pt",
         name=config.name,
         w=saved_w(config),
+        radius=config.radius,
         description=f"NU-Net w={config.w:g}, backbone {backbone.name}",
         training=summary,
         **({"family": config.family} if config.family else {}),
@@ -868,6 +869,15 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         )
         + (" ; content degraded (nunet.degrade)" if config.degrade_content else "")
         + " |",
+        *(
+            [
+                f"| DSB images | {summary['dsb_training_images']} of the 2018 Data Science Bowl's training split "
+                f"({', '.join(config.dsb_modalities)}; never a validation kind or a reserved id), resized to a "
+                f"{config.radius:g}-px median nucleus radius, {config.dsb_share:g} of each supervised batch |"
+            ]
+            if summary.get("dsb_training_images")
+            else []
+        ),
         *(
             [f"| frame | {config.frame_pad} px ({config.frame_fill}) around each normalised plane (training and use) |"]
             if config.frame_pad

@@ -239,3 +239,29 @@ def test_batch_pipeline_keeps_order_and_matches_single_file_results(tmp_path, mo
     for name in names[:3] + names[4:]:
         expected = enhance(tifffile.imread(src / name), model, device="cpu")
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / name), expected)
+
+
+def test_radius_in_microns_on_a_calibrated_tiff_is_converted_printed_and_reported(tmp_path, model):
+    from scipy import ndimage as ndi
+
+    from nunet.synth import synth_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    big = ndi.zoom(synth_image("sparse", (64, 64), seed=2).image, 3.0, order=1)  # nuclei of ~21 px
+    write_image(Image(big.astype(np.float32), "YX", Calibration(0.5, 0.5, "micron")), src / "big.tif")
+    result = run("filter", src / "big.tif", tmp_path / "o.tif", "--model", "nunet-test", "--radius", "10um", "-v")
+    assert result.exit_code == 0, result.output
+    assert "nucleus radius 20.0 px" in result.output  # 10 um at 0.5 um per pixel
+    image = read_image(src / "big.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "o.tif").data, enhance(image, model, radius=20))
+    result = run("filter", src / "big.tif", tmp_path / "auto.tif", "--model", "nunet-test", "-v")
+    assert result.exit_code == 0 and "nucleus radius" in result.output  # auto: the estimate is printed
+    report = tmp_path / "report.json"
+    result = run("batch", src, tmp_path / "out", "--model", "nunet-test", "--radius", "off", "--report", report)
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())[0]["radius"] is None
+    result = run("batch", src, tmp_path / "out2", "--model", "nunet-test", "--radius", "5um", "--report", report)
+    assert json.loads(report.read_text())[0]["radius"] == pytest.approx(10.0)
+    result = run("filter", src / "big.tif", tmp_path / "x.tif", "--model", "nunet-test", "--radius", "wide")
+    assert result.exit_code == 2 and "--radius" in result.output and not (tmp_path / "x.tif").exists()

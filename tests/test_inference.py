@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,6 +15,10 @@ from nunet.errors import AxesError, ModelError
 from nunet.io import Image
 from nunet.preprocess import LUMA, normalise_plane, pad_plane
 from nunet.tiling import tiled_forward
+
+#: The filter at the image's own scale (no resize to the model's nucleus radius): the tests that
+#: compare the output with the network's own forward pass, orientations or tiles.
+enhance_native = partial(enhance, radius="off")
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64, bool])
@@ -32,8 +37,8 @@ def test_exact_spatial_shape(model, shape):
 
 def test_padding_is_reflection_not_resampling(model):
     img = blobs((50, 61))
-    out = enhance(img, model, percentiles=(0, 100))
-    padded = enhance(np.pad(img, ((0, 2), (0, 3)), mode="reflect"), model, percentiles=(0, 100))
+    out = enhance_native(img, model, percentiles=(0, 100))
+    padded = enhance_native(np.pad(img, ((0, 2), (0, 3)), mode="reflect"), model, percentiles=(0, 100))
     # both become the same 52x64 plane (reflection keeps min and max), so the crops agree
     np.testing.assert_allclose(out, padded[:50, :61], atol=1e-5)
 
@@ -270,17 +275,17 @@ def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, tune
 
     before = torch.get_num_threads()
     img = blobs((40, 36))
-    out = enhance(img, model, precision="auto")
+    out = enhance_native(img, model, precision="auto")
     precision = tuner.precisions[(str(model.path), "cpu")]
     batch = tuner.batch_sizes[(str(model.path), "cpu", precision)]
     key = (str(model.path), precision, batch, before)
     assert tuner.threads[key] in {before, max(1, before // 2)}
     assert torch.get_num_threads() == before
-    np.testing.assert_allclose(out, enhance(img, model, precision=precision), atol=1e-5)
+    np.testing.assert_allclose(out, enhance_native(img, model, precision=precision), atol=1e-5)
     seen = []
     tuner.threads[key] = 1  # a cached choice is used, not measured again
     monkeypatch.setattr(inference, "crop_plane", lambda y, *_, **__: (seen.append(torch.get_num_threads()), y)[1])
-    enhance(img, model, precision="auto")
+    enhance_native(img, model, precision="auto")
     assert seen == [1] and torch.get_num_threads() == before
 
 
@@ -288,15 +293,17 @@ def test_auto_uses_a_cached_batch_size_and_keeps_the_output(model, tuner):
     from nunet.autotune import BATCH_CANDIDATES
 
     img = blobs((3, 40, 36))
-    out = enhance(img, model, precision="auto")
+    out = enhance_native(img, model, precision="auto")
     precision = tuner.precisions[(str(model.path), "cpu")]
     key = (str(model.path), "cpu", precision)
     measured = tuner.batch_sizes[key]
     assert measured in BATCH_CANDIDATES["cpu"]
-    np.testing.assert_allclose(out, enhance(img, model, precision=precision, batch_size=measured), atol=1e-6)
+    np.testing.assert_allclose(out, enhance_native(img, model, precision=precision, batch_size=measured), atol=1e-6)
     tuner.batch_sizes[key] = 2  # a cached choice is used, not measured again
     np.testing.assert_allclose(
-        enhance(img, model, precision="auto"), enhance(img, model, precision=precision, batch_size=2), atol=1e-6
+        enhance_native(img, model, precision="auto"),
+        enhance_native(img, model, precision=precision, batch_size=2),
+        atol=1e-6,
     )
 
 
@@ -314,14 +321,14 @@ def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatc
         "tiled_forward",
         lambda module, x, side, on_pass=None: (sides.append(side), real(module, x, side, on_pass))[1],
     )
-    out = enhance(img, model, precision="auto")
+    out = enhance_native(img, model, precision="auto")
     precision = tuner.precisions[(str(model.path), "cpu")]
     (key,) = [k for k in tuner.tile_sides if k[:2] == (str(model.path), precision)]
     chosen = tuner.tile_sides[key]
     assert sides == [*autotune.TILE_CANDIDATES, chosen]
-    np.testing.assert_allclose(out, enhance(img, model, precision=precision, tile_size=chosen), atol=1e-6)
+    np.testing.assert_allclose(out, enhance_native(img, model, precision=precision, tile_size=chosen), atol=1e-6)
     sides.clear()
-    enhance(img, model, precision="auto")
+    enhance_native(img, model, precision="auto")
     assert sides == [chosen]
 
 
@@ -453,21 +460,21 @@ def test_augment_follows_rotations_and_mirrors_of_the_input(model):
     """Test-time augmentation averages the eight orientations, so its output turns with the input;
     the network alone does not."""
     img = blobs((48, 64), seed=5, n=20)  # sides multiple of 4: no padding, so the symmetry is exact
-    out = enhance(img, model, augment=True)
+    out = enhance_native(img, model, augment=True)
     for turn, undo in ((lambda a: np.rot90(a), lambda a: np.rot90(a, -1)), (np.fliplr, np.fliplr)):
         turned = np.ascontiguousarray(turn(img))
-        np.testing.assert_allclose(undo(enhance(turned, model, augment=True)), out, atol=1e-5)
-        assert np.abs(undo(enhance(turned, model)) - enhance(img, model)).max() > 1e-2
+        np.testing.assert_allclose(undo(enhance_native(turned, model, augment=True)), out, atol=1e-5)
+        assert np.abs(undo(enhance_native(turned, model)) - enhance_native(img, model)).max() > 1e-2
     oriented = [np.rot90(a, k) for a in (img, np.fliplr(img)) for k in range(4)]
-    outputs = [np.rot90(enhance(np.ascontiguousarray(a), model), -(k % 4)) for k, a in enumerate(oriented)]
+    outputs = [np.rot90(enhance_native(np.ascontiguousarray(a), model), -(k % 4)) for k, a in enumerate(oriented)]
     mean = np.mean([o if k < 4 else np.fliplr(o) for k, o in enumerate(outputs)], axis=0)
     np.testing.assert_allclose(out, mean, atol=1e-5)
 
 
 def test_augment_with_tiles_equals_augment_on_the_whole_plane(model):
     img = blobs((70, 33), seed=6, n=10)
-    whole = enhance(img, model, augment=True, tile_size=0)
-    np.testing.assert_allclose(enhance(img, model, augment=True, tile_size=20), whole, atol=1e-5)
+    whole = enhance_native(img, model, augment=True, tile_size=0)
+    np.testing.assert_allclose(enhance_native(img, model, augment=True, tile_size=20), whole, atol=1e-5)
     assert whole.shape == (70, 33)
 
 
@@ -497,7 +504,7 @@ def test_a_framed_model_sees_the_plane_inside_its_frame(model, tmp_path, fill, i
     with torch.inference_mode():
         expected = crop_plane(framed_model(torch.from_numpy(x)[None, None]), 37, 45, offset=8)
     expected = expected.clamp(0, 255).div(255)[0, 0].numpy()
-    out = enhance(img, framed_model, invert=invert)
+    out = enhance_native(img, framed_model, invert=invert)
     np.testing.assert_allclose(out, expected, atol=1e-5)
-    np.testing.assert_allclose(enhance(img, framed_model, invert=invert, tile_size=16), out, atol=1e-5)
-    assert np.abs(out - enhance(img, model, invert=invert)).max() > 0.05  # the same weights, reflect-padded
+    np.testing.assert_allclose(enhance_native(img, framed_model, invert=invert, tile_size=16), out, atol=1e-5)
+    assert np.abs(out - enhance_native(img, model, invert=invert)).max() > 0.05  # the same weights, reflect-padded

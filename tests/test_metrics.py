@@ -232,7 +232,7 @@ def test_eval_on_a_folder(tmp_path):
             str(images),
             "--masks",
             str(masks),
-            "--radius",
+            "--object-radius",
             "7",
         ],
     )
@@ -263,7 +263,7 @@ def test_eval_with_centroid_csv(tmp_path):
             str(images),
             "--centroids",
             str(points),
-            "--radius",
+            "--object-radius",
             "7",
             "--augment",
         ],

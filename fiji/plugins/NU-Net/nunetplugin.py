@@ -12,6 +12,8 @@
 #   replace   (flag) replace the current image instead of creating "NU-Net of <title>"
 #   invert    (flag) dark nuclei on a bright background (THG, bright-field): flip before filtering
 #   augment   (flag) test-time augmentation: average the 8 rotations and mirror images (8x the time)
+#   radius    typical nucleus radius: auto (estimated once for the image), pixels (12), a length in the
+#             image's calibrated unit (3.5um), or off; the image is filtered at the model's scale
 #
 # Inside a Python session that called nunet.fiji.register() the filter runs in-process.
 # Otherwise the plugin starts one `python -m nunet serve` worker (the Python recorded by
@@ -81,6 +83,7 @@ def ask_options(imp):
     gd.addCheckbox("replace", False)
     gd.addCheckbox("invert", False)
     gd.addCheckbox("augment", False)
+    gd.addStringField("radius", "auto", 8)
     gd.showDialog()
     if gd.wasCanceled():
         return None
@@ -93,13 +96,14 @@ def ask_options(imp):
     replace = gd.getNextBoolean()
     invert = gd.getNextBoolean()
     augment = gd.getNextBoolean()
+    radius = gd.getNextString().strip() or "auto"
     if gd.invalidNumber() or w != w or w < 0:
         raise Failure("w must be a number >= 0")
     if tile != tile or tile < 0 or tile != int(tile):
         raise Failure("tile must be a whole number >= 0")
     return {"model": model, "w": w, "channels": parse_channels(channels_text, imp.getNChannels()),
             "tile": int(tile), "device": device, "output": output, "replace": replace,
-            "invert": invert, "augment": augment}
+            "invert": invert, "augment": augment, "radius": radius}
 
 
 def parse_channels(text, count):
@@ -130,19 +134,22 @@ def float_planes(imp, channels):
     return planes
 
 
-def request_fields(options):
+def request_fields(options, imp):
+    calibration = imp.getCalibration()
     return [("model", options["model"] or None), ("w", options["w"] if options["w"] > 0 else None),
             ("tile_size", options["tile"] if options["tile"] > 0 else None), ("device", options["device"]),
             ("invert", True if options["invert"] else None),
-            ("augment", True if options["augment"] else None)]
+            ("augment", True if options["augment"] else None), ("radius", options["radius"]),
+            ("pixel_width", calibration.pixelWidth), ("unit", calibration.getUnit())]
 
 
-def filter_inprocess(function, planes, width, height, options):
+def filter_inprocess(function, planes, imp, options):
+    width, height = imp.getWidth(), imp.getHeight()
     request = HashMap()
     request.put("planes", ArrayList(planes))
     request.put("width", width)
     request.put("height", height)
-    for key, value in request_fields(options):
+    for key, value in request_fields(options, imp):
         if value is not None:
             request.put(key, value)
     result = function.apply(request)
@@ -233,10 +240,11 @@ def get_worker(config):
     return process
 
 
-def filter_worker(config, planes, width, height, options):
+def filter_worker(config, planes, imp, options):
+    width, height = imp.getWidth(), imp.getHeight()
     process = get_worker(config)
     fields = [("op", "filter"), ("planes", len(planes)), ("height", height), ("width", width)]
-    header = "{" + ", ".join('"%s": %s' % (k, json_value(v)) for k, v in fields + request_fields(options)) + "}\n"
+    header = "{" + ", ".join('"%s": %s' % (k, json_value(v)) for k, v in fields + request_fields(options, imp)) + "}\n"
     out = process.getOutputStream()
     out.write(String(header).getBytes("UTF-8"))
     buffer = ByteBuffer.allocate(4 * width * height).order(ByteOrder.LITTLE_ENDIAN)
@@ -305,9 +313,9 @@ def run():
     if isinstance(function, basestring):  # nunet.fiji's session is ending (its exit handler)
         raise Failure("the Python session that served this command in-process has ended")
     if function is not None:
-        results = filter_inprocess(function, planes, imp.getWidth(), imp.getHeight(), options)
+        results = filter_inprocess(function, planes, imp, options)
     else:
-        results = filter_worker(read_config(), planes, imp.getWidth(), imp.getHeight(), options)
+        results = filter_worker(read_config(), planes, imp, options)
     result = build_result(imp, results, options)
     if result is imp:
         imp.updateAndDraw()

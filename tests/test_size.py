@@ -1,0 +1,86 @@
+"""Object size: the radius estimate, the radius option, and filtering at the model's scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nunet import enhance
+from nunet.data.dsb import median_radius
+from nunet.errors import UsageError
+from nunet.size import Radius, estimate_radius, resize_planes, zoom_factor, zoomed_shape
+from nunet.synth import synth_image
+
+
+@pytest.mark.parametrize(("modality", "zoom"), [("sparse", 1.0), ("sparse", 3.0), ("low_snr", 1.0), ("uneven", 2.0)])
+def test_the_estimate_finds_the_median_radius_of_synthetic_nuclei(modality, zoom):
+    from scipy import ndimage as ndi
+
+    image = synth_image(modality, (256, 256), seed=11)
+    data, labels = ndi.zoom(image.image, zoom, order=1), ndi.zoom(image.labels, zoom, order=0)
+    truth = median_radius(labels)  # sqrt(area / pi), the DSB split's and the evaluation's radius
+    assert 0.8 * truth <= estimate_radius(data[None]) <= 1.25 * truth
+
+
+def test_the_estimate_of_dark_nuclei_needs_invert():
+    image = synth_image("sparse", (256, 256), seed=12)
+    dark, truth = image.image.max() - image.image, median_radius(image.labels)
+    assert 0.8 * truth <= estimate_radius(dark[None], invert=True) <= 1.25 * truth
+
+
+def test_no_estimate_for_a_flat_plane():
+    assert estimate_radius(np.full((2, 64, 64), 7.0)) is None
+
+
+def test_radius_option_parses_pixels_lengths_auto_and_off():
+    assert Radius.parse("auto") == Radius.parse(None) == Radius()
+    assert Radius.parse("12").pixels() == Radius.parse(12).pixels() == Radius.parse("12px").pixels() == 12.0
+    assert Radius.parse("3.5um").pixels(0.5, "micron") == pytest.approx(7.0)
+    assert Radius.parse("3.5 µm").pixels(0.25, "µm") == pytest.approx(14.0)
+    assert Radius.parse("0.7um").pixels(100.0, "nm") == pytest.approx(7.0)
+    assert Radius.parse("off").pixels() is None and str(Radius.parse("off")) == "off"
+    for bad in ("-2", "0", "big", "3 parsec", "nan"):
+        with pytest.raises(UsageError, match="--radius"):
+            Radius.parse(bad)
+    with pytest.raises(UsageError, match="needs an image calibrated in a length unit"):
+        Radius.parse("3um").pixels(1.0, None)
+
+
+def test_zoom_factor_is_bounded_and_leaves_near_radii_alone():
+    assert zoom_factor(None, 7.0) == 1.0
+    assert zoom_factor(7.5, 7.0) == 1.0
+    assert zoom_factor(14.0, 7.0) == pytest.approx(0.5)
+    assert zoom_factor(500.0, 7.0) == pytest.approx(1 / 8)
+    assert zoom_factor(1.0, 7.0) == pytest.approx(2.5)
+
+
+def test_resize_round_trip_keeps_the_exact_shape():
+    planes = np.random.default_rng(0).random((2, 37, 53)).astype(np.float32)
+    for factor in (0.31, 0.5, 1.7, 2.5):
+        small = resize_planes(planes, zoomed_shape((37, 53), factor))
+        assert small.shape[1:] == zoomed_shape((37, 53), factor)
+        assert resize_planes(small, (37, 53)).shape == planes.shape
+
+
+def test_large_nuclei_are_filtered_at_the_models_scale_and_come_back_at_theirs(model):
+    from scipy import ndimage as ndi
+
+    image = ndi.zoom(synth_image("sparse", (96, 96), seed=3).image, 3.0, order=1)  # radius ~21 px
+    out = enhance(image, model)
+    assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    estimate = estimate_radius(image[None])
+    assert estimate > 14
+    np.testing.assert_array_equal(out, enhance(image, model, radius=estimate))  # auto: the estimate, once
+    assert not np.allclose(out, enhance(image, model, radius="off"), atol=0.05)  # off: the image's own scale
+    near = enhance(image, model, radius=7.5)  # within the tolerance of the model's 7 px: no resize
+    np.testing.assert_array_equal(near, enhance(image, model, radius="off"))
+
+
+def test_a_radius_in_microns_uses_the_images_calibration(model):
+    from nunet.io import Calibration, Image
+
+    data = synth_image("sparse", (64, 64), seed=4).image
+    calibrated = Image(data, "YX", Calibration(0.5, 0.5, "micron"))
+    np.testing.assert_array_equal(enhance(calibrated, model, radius="7um"), enhance(data, model, radius=14))
+    with pytest.raises(UsageError, match="calibrated in a length unit"):
+        enhance(data, model, radius="7um")
