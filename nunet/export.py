@@ -3,9 +3,11 @@
 The package holds the model's TorchScript file and, optionally, ONNX weights exported from a
 plain-form twin of the network (:mod:`nunet.plainnet`; checked against TorchScript on several
 sizes), test tensors computed by nunet itself (the same planes as sample TIFFs), a cover image,
-the model card as documentation (with a note that the model must not be run block-wise: InstanceNorm uses whole-plane
-statistics), and nunet's preprocessing in the spec's own terms: ``scale_range`` (percentiles
-0.1/99.9 over y, x) -> ``clip`` 0..1 -> ``scale_linear`` x255; postprocessing ``clip`` 0..255 ->
+the model card as documentation, with two notes: the model must not be run block-wise
+(InstanceNorm uses whole-plane statistics), and the nucleus radius the weights expect (the spec's
+preprocessing cannot resize, so the package runs at the image's own scale, as ``radius="off"``).
+nunet's preprocessing is in the spec's own terms: ``scale_range`` (percentiles 0.1/99.9 over
+y, x) -> ``clip`` 0..1 -> ``scale_linear`` x255; postprocessing ``clip`` 0..255 ->
 ``scale_linear`` x1/255. Needs the ``[bioimageio]`` extra.
 """
 
@@ -34,6 +36,16 @@ BLOCKWISE_NOTE = (
     "whole plane, and bioimageio.core's block-wise prediction differs from whole-plane prediction by up to ~1.0 on "
     "[0, 1]. nunet's own tiling (nunet.enhance) is exact."
 )
+
+
+def radius_note(radius: float) -> str:
+    """The package documentation's note on object size (the spec's preprocessing has no resize step)."""
+    return (
+        f"Nucleus size: the weights were trained on nuclei of a median radius of about {radius:g} px, and this "
+        "package filters each image at its own scale (bioimage.io preprocessing cannot resize). Nuclei much larger "
+        "than that come out as rings, much smaller ones merge: resize the image so its nuclei have a radius of "
+        f"about {radius:g} px before the model, and the output back (nunet does both itself: `--radius auto`)."
+    )
 
 
 def _requirements():
@@ -119,14 +131,14 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
     import tifffile
     import torch
 
-    from nunet.inference import enhance
+    from nunet.inference import enhance, model_radius
     from nunet.registry import list_models, load_model
 
     loaded = load_model(model, "cpu")
     card = next((e.card for e in list_models() if e.path.resolve() == loaded.path.resolve()), None)
     card = card or loaded.path.with_suffix(".md")
     raw = _test_image(sample)
-    expected = enhance(raw, loaded, device="cpu", axes="YX")
+    expected = enhance(raw, loaded, device="cpu", axes="YX", radius="off")  # the package cannot resize
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if loaded.frame.pad:  # the frame goes into the weights: the spec has no such preprocessing step
@@ -142,7 +154,8 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
         tifffile.imwrite(folder / "sample_output.tif", expected.astype(np.float32))
         _cover(raw, expected, folder / "cover.png")
         text = card.read_text(encoding="utf-8") if card.is_file() else f"# {loaded.name}\n"
-        (folder / "README.md").write_text(f"{text.rstrip()}\n\n## Use in bioimage.io tools\n\n{BLOCKWISE_NOTE}\n")
+        usage = f"{BLOCKWISE_NOTE}\n\n{radius_note(model_radius(loaded))}"
+        (folder / "README.md").write_text(f"{text.rstrip()}\n\n## Use in bioimage.io tools\n\n{usage}\n")
         weights = {
             "torchscript": v0_5.TorchscriptWeightsDescr(
                 source=folder / "weights.pt", pytorch_version=v0_5.Version(torch.__version__.split("+")[0])

@@ -59,6 +59,7 @@ def test_the_package_passes_bioimageio_test_offline(package):
     assert "Reproduce test outputs from test inputs (onnx)" in done.stdout
     readme = zipfile.ZipFile(package).read("README.md").decode()
     assert "Do not run this model block-wise" in readme
+    assert "trained on nuclei of a median radius of about 7 px" in readme  # the fixture records no radius: 7
 
 
 def test_onnx_weights_equal_torchscript(tmp_path, model):
