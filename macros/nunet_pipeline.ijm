@@ -8,7 +8,7 @@ setBatchMode(true);
 open(input);
 
 // ---- filtering: NU-Net (output in [0, 1]; background near 0, nuclei towards 1) ----
-run("NU-Net Filter", "model=[" + model + "] w=0 channels=all tile=0 device=auto output=32-bit");
+run("NU-Net Filter", "model=[" + model + "] w=0 channels=all tile=0 device=auto output=32-bit radius=auto");
 // ---- end of filtering ----
 
 filtered = getTitle();

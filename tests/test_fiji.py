@@ -157,7 +157,7 @@ def test_inprocess_macro_equals_enhance(jvm):
     fiji.register()
     try:
         imp.show()
-        fiji.run_macro('run("NU-Net Filter", "model=nunet-test w=0 channels=2 tile=0 device=auto output=32-bit");')
+        fiji.run_macro('run("NU-Net Filter", "model=nunet-test w=0 channels=2 tile=0 device=auto output=32-bit radius=auto");')
         result = jvm("ij.WindowManager").getCurrentImage()
         assert str(result.getTitle()) == "NU-Net of two channels"
         out = fiji.from_imageplus(result)
@@ -167,6 +167,29 @@ def test_inprocess_macro_equals_enhance(jvm):
     assert out.axes == "TYX" and out.calibration == CAL
     expected = enhance(data, "nunet-test", axes="TCYX", channel=1)
     assert np.abs(out.data - expected).max() <= 1e-4
+
+
+def test_macro_radius_in_microns_uses_the_images_calibration(jvm):
+    """``radius=10um`` on an image of 0.5 micron pixels filters as ``radius=20`` (pixels) does."""
+    from scipy import ndimage as ndi
+
+    from nunet import fiji
+    from nunet.io import Calibration
+    from nunet.synth import synth_image
+
+    data = ndi.zoom(synth_image("sparse", (48, 48), seed=5).image, 3.0, order=1).astype(np.float32)
+    imp = fiji.to_imageplus(Image(data, "YX", Calibration(0.5, 0.5, "micron")), "big nuclei")
+    fiji.register()
+    try:
+        imp.show()
+        fiji.run_macro('run("NU-Net Filter", "model=nunet-test channels=all output=32-bit radius=10um");')
+        out = fiji.from_imageplus(jvm("ij.WindowManager").getCurrentImage())
+    finally:
+        fiji.unregister()
+        close_all(jvm)
+    expected = enhance(data, "nunet-test", radius=20)
+    assert np.abs(out.data - expected).max() <= 1e-4
+    assert np.abs(out.data - enhance(data, "nunet-test", radius="off")).max() > 0.05
 
 
 def test_inprocess_errors_reach_imagej_as_one_clear_line(jvm):
@@ -180,7 +203,7 @@ def test_inprocess_errors_reach_imagej_as_one_clear_line(jvm):
         imp.show()
         with pytest.raises(NUNetError, match="ImageJ macro stopped: NU-Net Filter: .*no-such-model") as raised:
             fiji.run_macro(
-                'run("NU-Net Filter", "model=no-such-model w=0 channels=all tile=0 device=auto output=32-bit"); '
+                'run("NU-Net Filter", "model=no-such-model w=0 channels=all tile=0 device=auto output=32-bit radius=auto"); '
                 'call("java.lang.System.setProperty", "test.after", "ran");'
             )
     finally:
@@ -268,7 +291,7 @@ def test_recorder_writes_documented_syntax(jvm, display):
         fiji.unregister()
         close_all(jvm)
         interpreter.batchMode = True
-    assert 'run("NU-Net Filter", "model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit");' in text
+    assert 'run("NU-Net Filter", "model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit radius=auto");' in text
 
 
 def close_all(jvm) -> None:
@@ -499,7 +522,7 @@ def test_documented_snippet_starts_without_a_folder_and_macro_errors_raise(displ
         "fiji.register()\n"
         "imp.show()\n"
         'fiji.run_macro(\'run("NU-Net Filter", '  # one macro line, split for width
-        '"model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit");\')\n'
+        '"model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit radius=auto");\')\n'
         "from jpype import JClass\n"
         "print('title:', JClass('ij.WindowManager').getCurrentImage().getTitle())\n"
         "try:\n"
