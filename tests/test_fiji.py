@@ -157,7 +157,9 @@ def test_inprocess_macro_equals_enhance(jvm):
     fiji.register()
     try:
         imp.show()
-        fiji.run_macro('run("NU-Net Filter", "model=nunet-test w=0 channels=2 tile=0 device=auto output=32-bit radius=auto");')
+        fiji.run_macro(
+            'run("NU-Net Filter", "model=nunet-test w=0 channels=2 tile=0 device=auto output=32-bit radius=auto");'
+        )
         result = jvm("ij.WindowManager").getCurrentImage()
         assert str(result.getTitle()) == "NU-Net of two channels"
         out = fiji.from_imageplus(result)
@@ -291,7 +293,10 @@ def test_recorder_writes_documented_syntax(jvm, display):
         fiji.unregister()
         close_all(jvm)
         interpreter.batchMode = True
-    assert 'run("NU-Net Filter", "model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit radius=auto");' in text
+    assert (
+        'run("NU-Net Filter", "model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit radius=auto");'
+        in text
+    )
 
 
 def close_all(jvm) -> None:
