@@ -520,6 +520,19 @@ def markdown_table(summary: Sequence[dict], methods: Sequence[str] | None = None
     return "\n".join(lines) + "\n"
 
 
+def dataset_table(rows: Sequence[Row]) -> str:
+    """A Markdown table of the mean best-threshold F1 per dataset (an acquisition kind for the DSB
+    suite; its images at the dataset's best threshold), one column per detection method."""
+    methods = list(dict.fromkeys(r.method for r in rows if np.isfinite(r.f1_best)))
+    datasets = list(dict.fromkeys((r.family, r.dataset) for r in rows))
+    lines = ["| family | dataset | images | " + " | ".join(methods) + " |", "|" + "---|" * (3 + len(methods))]
+    for family, dataset in datasets:
+        chosen = {m: [r.f1_best for r in rows if (r.dataset, r.method) == (dataset, m)] for m in methods}
+        cells = [f"{np.mean(chosen[m]):.3f}" for m in methods]
+        lines.append(f"| {family} | {dataset} | {len(chosen[methods[0]])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def band_summary(rows: Sequence[Row]) -> list[dict]:
     """Per family, size band and method (rows with a band): the number of images and the mean over
     them of the best-threshold F1 (each image at its dataset's best threshold) and of the shared-threshold F1."""
@@ -640,7 +653,8 @@ def write_draws(rows: Sequence[Row], out_dir: Path, reference: str = REFERENCE) 
 
 
 def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> list[Path]:
-    """results.csv (one line per image and method), summary.csv and summary.md (:func:`markdown_table`)."""
+    """results.csv (one line per image and method), summary.csv, summary.md (:func:`markdown_table`),
+    datasets.md (:func:`dataset_table`) and, where images have size bands, bands.md (:func:`band_table`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results, table = out_dir / "results.csv", out_dir / "summary.csv"
     with results.open("w", newline="") as fh:
@@ -672,6 +686,8 @@ def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> li
     markdown = out_dir / "summary.md"
     markdown.write_text(markdown_table(summary), encoding="utf-8")
     paths = [results, table, markdown]
+    paths.append(out_dir / "datasets.md")
+    paths[-1].write_text(dataset_table(rows), encoding="utf-8")
     bands = band_summary(rows)
     if bands:
         paths.append(out_dir / "bands.md")

@@ -135,3 +135,34 @@ def test_a_tiny_fine_tune_on_the_committed_dsb_images_lowers_its_loss(tmp_path, 
     assert f"| DSB images | {len(real)} of the 2018 Data Science Bowl's training split" in card
     with pytest.raises(NUNetError, match="dsb_modalities"):
         load_config(None, {"dsb_modalities": ["phase"], "synthetic_content": 1})
+
+
+def test_the_dsb_suite_has_clean_and_degraded_validation_images_with_kinds_and_bands(tmp_path):
+    from dataclasses import replace
+
+    from nunet import evaluate
+
+    items = evaluate.dsb_items(seed=3)
+    validation = dsb.load_split("validation")
+    assert len(items) == 2 * len(validation)
+    assert {i.family for i in items} == {"dsb", "dsb-degraded", "dsb-brightfield", "dsb-brightfield-degraded"}
+    kinds = {v.kind for v in validation}
+    assert {i.dataset for i in items} == kinds | {f"{k}-degraded" for k in kinds}
+    assert all(i.band in {name for name, _, _ in dsb.SIZE_BANDS} for i in items)
+    clean, degraded = items[0], items[1]
+    assert degraded.image.shape == clean.image.shape and not np.allclose(degraded.image, clean.image)
+    assert len(degraded.centroids) == len(clean.centroids)  # degraded at its own scale: the same nuclei
+    again = evaluate.dsb_items(seed=3)[1]
+    np.testing.assert_array_equal(again.image, degraded.image)  # seeded
+    # a small evaluation (64-px corners of three images) writes the per-kind and per-band tables
+    small = []
+    for item in (items[0], items[1], items[2]):
+        keep = [c for c in item.centroids if c[0] < 64 and c[1] < 64]
+        small.append(replace(item, image=item.image[:64, :64], mask=item.mask[:64, :64], centroids=np.array(keep)))
+    rows, _ = evaluate.evaluate(small, ["nunet-test"], radius="truth")
+    paths = evaluate.write_csv(rows, evaluate.summarise(rows), tmp_path)
+    assert (tmp_path / "bands.md") in paths and (tmp_path / "datasets.md") in paths
+    bands = evaluate.band_summary(rows)
+    assert {b["band"] for b in bands} == {i.band for i in small}
+    assert {b["method"] for b in bands} >= {"raw", "dog", "dog-tuned", "nunet-test"}
+    assert items[0].dataset in (tmp_path / "datasets.md").read_text()
