@@ -697,10 +697,8 @@ def write_csv(rows: Sequence[Row], summary: Sequence[dict], out_dir: Path) -> li
 
 def write_figures(items: Sequence[EvalImage], rows: Sequence[Row], outputs: dict, out_dir: Path) -> list[Path]:
     """PNG figures: panels with detections, histograms with cumulative curves, F1 distributions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
 
     out_dir.mkdir(parents=True, exist_ok=True)
     detection = list(dict.fromkeys(r.method for r in rows if np.isfinite(r.f1_best)))
@@ -709,7 +707,8 @@ def write_figures(items: Sequence[EvalImage], rows: Sequence[Row], outputs: dict
     threshold = {(r.dataset, r.method): r.threshold for r in rows}
     paths = []
 
-    fig, axes = plt.subplots(len(firsts), len(detection), figsize=(3 * len(detection), 3 * len(firsts)), squeeze=False)
+    fig = Figure(figsize=(3 * len(detection), 3 * len(firsts)))
+    axes = fig.subplots(len(firsts), len(detection), squeeze=False)
     for row_axes, item in zip(axes, firsts):
         for ax, method in zip(row_axes, detection):
             image = outputs[(item.dataset, item.name, method)]
@@ -717,14 +716,15 @@ def write_figures(items: Sequence[EvalImage], rows: Sequence[Row], outputs: dict
             ax.imshow(image, cmap="gray", vmin=0, vmax=1)
             ax.plot(item.centroids[:, 1], item.centroids[:, 0], "g.", markersize=3)
             for y, x in found:
-                ax.add_patch(plt.Circle((x, y), item.radius, color="r", fill=False, linewidth=0.6))
+                ax.add_patch(Circle((x, y), item.radius, color="r", fill=False, linewidth=0.6))
             ax.set_title(f"{item.dataset}: {method}", fontsize=8)
             ax.axis("off")
     fig.suptitle("green: ground truth, red: blob_log detections (best threshold)", fontsize=9)
     paths.append(_save(fig, out_dir / "panels.png"))
 
     methods = list(dict.fromkeys(r.method for r in rows))
-    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods), 2.6), squeeze=False)
+    fig = Figure(figsize=(2.6 * len(methods), 2.6))
+    axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, method in zip(axes[0], methods):
         values = np.concatenate([outputs[(i.dataset, i.name, method)].ravel() for i in items])
         ax.hist(values, bins=64, range=(0, 1), color="0.5", density=True)
@@ -737,7 +737,8 @@ def write_figures(items: Sequence[EvalImage], rows: Sequence[Row], outputs: dict
     fig.suptitle("pixel values in [0, 1]: histogram and cumulative curve", fontsize=9)
     paths.append(_save(fig, out_dir / "histograms.png"))
 
-    fig, ax = plt.subplots(figsize=(1.6 * len(detection) + 1, 3))
+    fig = Figure(figsize=(1.6 * len(detection) + 1, 3))
+    ax = fig.subplots()
     ax.boxplot([[r.f1_best for r in rows if r.method == m] for m in detection], tick_labels=detection)
     ax.set_ylabel("F1 (best threshold per dataset)")
     ax.set_ylim(0, 1)
@@ -746,9 +747,7 @@ def write_figures(items: Sequence[EvalImage], rows: Sequence[Row], outputs: dict
 
 
 def _save(fig, path: Path) -> Path:
+    """Lay out and write a :class:`matplotlib.figure.Figure` (no pyplot: the caller's backend is left alone)."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return path

@@ -800,16 +800,14 @@ def _checkpoint(path: Path, net, optimiser, state: State) -> None:
 
 def write_logs(log: list[dict], out_dir: Path) -> None:
     """losses.csv and losses.png (content, morphological, total, raw and EWMA-smoothed, as Fig. 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     with (out_dir / "losses.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(log[0]))
         writer.writeheader()
         writer.writerows(log)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     steps = [r["step"] for r in log]
     for key, colour in (
         ("content", "tab:blue"),
@@ -831,7 +829,6 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "losses.png", dpi=100)
-    plt.close(fig)
 
 
 def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
