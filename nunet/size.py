@@ -104,8 +104,11 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 TRAINED_RADIUS = 7.0
 #: No resize while the zoom factor is within this of 1 (the estimate's own steps are 12%).
 TOLERANCE = 0.15
-#: The zoom factor's bounds: at most 2.5x larger (nuclei of 3 px), at most 8x smaller (56 px).
-ZOOM_RANGE = (1 / 8, 2.5)
+#: The zoom factor's bounds: at most 8x smaller (nuclei of 56 px), never larger. The models were trained on
+#: nuclei down to ~2.5 px (synthetic radii 4-9 px rescaled 0.5-2x), and enlarging planes whose estimate is
+#: small measured worse: on noisy planes the estimate errs low, and small planes of stacks got blown up
+#: (docs/experiments.md, eleventh session).
+ZOOM_RANGE = (1 / 8, 1.0)
 #: Length units a radius may be given in, in micrometres.
 UNITS = {"nm": 1e-3, "um": 1.0, "µm": 1.0, "micron": 1.0, "mm": 1e3}
 
@@ -192,8 +195,8 @@ def sample_indices(count: int, most: int = 4) -> list[int]:
 
 
 def zoom_factor(radius: float | None, trained: float) -> float:
-    """The zoom that gives nuclei of ``radius`` px the ``trained`` radius: 1 for an unknown radius or
-    one within :data:`TOLERANCE`, else bounded by :data:`ZOOM_RANGE`."""
+    """The zoom that gives nuclei of ``radius`` px the ``trained`` radius: 1 for an unknown radius, one
+    within :data:`TOLERANCE` or a smaller one, else bounded by :data:`ZOOM_RANGE` (only shrinking)."""
     if radius is None:
         return 1.0
     factor = trained / radius
