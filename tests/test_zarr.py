@@ -228,3 +228,24 @@ def test_without_the_extra_a_clear_message(tmp_path):
     code = "import sys; sys.modules['zarr'] = None\nfrom nunet.zarr_io import open_zarr\nopen_zarr('x.zarr')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install 'nunet[zarr]'" in done.stderr
+
+
+def test_one_radius_for_the_whole_volume_as_enhance_estimates_it(tmp_path, model_path):
+    """Large nuclei in a Zarr volume: the radius is estimated once (not per plane or task) and every
+    plane is filtered at the model's scale, as enhance does for the whole array; a length uses the scale."""
+    from scipy import ndimage as ndi
+
+    from nunet.synth import synth_image
+
+    planes = [ndi.zoom(synth_image("sparse", (40, 40), seed=s).image, 3.0, order=1) for s in range(3)]
+    data = np.stack(planes).astype(np.float32)  # ZYX, nuclei of ~21 px
+    src = tmp_path / "big.ome.zarr"
+    write_image(Image(data, "ZYX", CAL), src)
+    expected = enhance(data, model_path, axes="ZYX", device="cpu")
+    assert not np.allclose(expected, enhance(data, model_path, axes="ZYX", device="cpu", radius="off"), atol=0.05)
+    cluster.filter_zarr(src, tmp_path / "auto.ome.zarr", _settings(model_path))
+    np.testing.assert_array_equal(read_image(tmp_path / "auto.ome.zarr").data, expected)
+    lazy = da.from_array(data, chunks=(1, 60, 60))
+    np.testing.assert_array_equal(cluster.filter_dask(lazy, _settings(model_path)).compute(), expected)
+    microns = cluster.filter_dask(lazy, _settings(model_path, radius="5um"), CAL).compute()  # 0.25 um pixels: 20 px
+    np.testing.assert_array_equal(microns, enhance(data, model_path, axes="ZYX", device="cpu", radius=20))
