@@ -399,7 +399,7 @@ def eval_cmd(
         typer.Option(
             "--model",
             "-m",
-            help="NU-Net model to compare (repeatable; default: the default model and the models with a w).",
+            help="NU-Net model to compare (repeatable; default: the default model's family).",
         ),
     ] = None,
     suite: Annotated[
@@ -461,15 +461,13 @@ def eval_cmd(
     from rich.table import Table
 
     from nunet import evaluate
-    from nunet.registry import list_models
+    from nunet.registry import family_of
 
     if (images is None) != (masks is None and centroids is None):
         raise typer.BadParameter("--images needs --masks and/or --centroids", param_hint="--images")
     if images is not None and draws > 1:
         raise typer.BadParameter("a folder of images is one draw; --draws needs a built-in suite", param_hint="--draws")
-    models = (
-        model if model is not None else [e.name for e in list_models() if e.w is not None or e.name == DEFAULT_MODEL]
-    )
+    models = model if model is not None else [name for name, _ in family_of(DEFAULT_MODEL)]
     model_radius = radius
     if radius not in evaluate.RADIUS_MODES:
         try:

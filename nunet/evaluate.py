@@ -228,7 +228,8 @@ def real_items(real, degraded_2d: int = 8, degraded_planes: int = 10, seed: int 
 def dsb_items(root: str | Path | None = None, seed: int = 0) -> list[EvalImage]:
     """The DSB validation images (a checkout at ``root``, else nunet's committed subset), clean (families
     ``dsb`` and ``dsb-brightfield``) and degraded by :func:`nunet.degrade.degrade` at their own scale
-    (``-degraded``; a fresh evaluation seed per image and draw). Datasets are the acquisition kinds."""
+    (``-degraded``; a fresh evaluation seed per image and draw). Datasets are the acquisitions
+    (:func:`nunet.data.dsb.group_of`: a held-out image size with all its background levels)."""
     from nunet.data import dsb
     from nunet.degrade import Ranges, centroids_of, degrade_dark_aware
     from nunet.synth import evaluation_seed
@@ -236,10 +237,10 @@ def dsb_items(root: str | Path | None = None, seed: int = 0) -> list[EvalImage]:
     items = []
     for k, real in enumerate(dsb.load_split("validation", root)):
         family = "dsb" if real.modality == "fluorescence" else f"dsb-{real.modality}"
-        name = real.id[:12]
+        name, dataset = real.id[:12], dsb.group_of(real.kind)
         items.append(
             EvalImage(
-                real.kind,
+                dataset,
                 name,
                 real.image,
                 real.labels > 0,
@@ -260,7 +261,7 @@ def dsb_items(root: str | Path | None = None, seed: int = 0) -> list[EvalImage]:
         )
         items.append(
             EvalImage(
-                f"{real.kind}-degraded",
+                f"{dataset}-degraded",
                 f"{name}-degraded",
                 d.image,
                 d.labels > 0,
@@ -534,12 +535,14 @@ def dataset_table(rows: Sequence[Row]) -> str:
 
 
 def band_summary(rows: Sequence[Row]) -> list[dict]:
-    """Per family, size band and method (rows with a band): the number of images and the mean over
-    them of the best-threshold F1 (each image at its dataset's best threshold) and of the shared-threshold F1."""
+    """Per family, size band and method (rows with a band), and per family over every band (band
+    ``all``): the number of images and the mean over them of the best-threshold F1 (each image at
+    its dataset's best threshold) and of the shared-threshold F1."""
     summary = []
-    keys = dict.fromkeys((r.family, r.band, r.method) for r in rows if r.band and np.isfinite(r.f1_best))
+    banded = [r for r in rows if r.band and np.isfinite(r.f1_best)]
+    keys = dict.fromkeys([(r.family, r.band, r.method) for r in banded] + [(r.family, ALL, r.method) for r in banded])
     for family, band, method in keys:
-        chosen = [r for r in rows if (r.family, r.band, r.method) == (family, band, method)]
+        chosen = [r for r in banded if (r.family, r.method) == (family, method) and band in (ALL, r.band)]
         summary.append(
             {
                 "family": family,

@@ -146,8 +146,9 @@ def test_the_dsb_suite_has_clean_and_degraded_validation_images_with_kinds_and_b
     validation = dsb.load_split("validation")
     assert len(items) == 2 * len(validation)
     assert {i.family for i in items} == {"dsb", "dsb-degraded", "dsb-brightfield", "dsb-brightfield-degraded"}
-    kinds = {v.kind for v in validation}
-    assert {i.dataset for i in items} == kinds | {f"{k}-degraded" for k in kinds}
+    groups = {dsb.group_of(v.kind) for v in validation}  # a held-out size with all its background levels
+    assert {i.dataset for i in items} == groups | {f"{g}-degraded" for g in groups}
+    assert "fluorescence-512x640" in groups and "fluorescence-512x640-bg0" not in groups
     assert all(i.band in {name for name, _, _ in dsb.SIZE_BANDS} for i in items)
     clean, degraded = items[0], items[1]
     assert degraded.image.shape == clean.image.shape and not np.allclose(degraded.image, clean.image)
@@ -163,6 +164,6 @@ def test_the_dsb_suite_has_clean_and_degraded_validation_images_with_kinds_and_b
     paths = evaluate.write_csv(rows, evaluate.summarise(rows), tmp_path)
     assert (tmp_path / "bands.md") in paths and (tmp_path / "datasets.md") in paths
     bands = evaluate.band_summary(rows)
-    assert {b["band"] for b in bands} == {i.band for i in small}
+    assert {b["band"] for b in bands} == {i.band for i in small} | {"all"}
     assert {b["method"] for b in bands} >= {"raw", "dog", "dog-tuned", "nunet-test"}
     assert items[0].dataset in (tmp_path / "datasets.md").read_text()

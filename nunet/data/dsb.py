@@ -87,6 +87,14 @@ def split_of(image_id: str, kind: str) -> str:
     return "validation" if is_validation(image_id, kind, split()) else "training"
 
 
+def group_of(kind: str) -> str:
+    """The acquisition a kind belongs to for evaluation: its size without the background level where
+    the split holds out that whole size (``fluorescence-256x320``), else the kind itself. The
+    evaluation chooses thresholds per group, so a kind of one or two images is not a dataset of its own."""
+    size = kind.rsplit("-bg", 1)[0]
+    return size if size in split()["validation_kinds"] else kind
+
+
 def is_validation(image_id: str, kind: str, contents: dict) -> bool:
     """Whether a split's ``contents`` hold an image out of training: its kind is listed, or its kind
     without the background level (every level of that size), or its id."""
