@@ -52,13 +52,19 @@ def timing(model: str) -> None:
     import torch
     from scipy import ndimage as ndi
 
+    from nunet.data.dsb import median_radius
     from nunet.inference import enhance
     from nunet.registry import load_model
     from nunet.synth import synth_image
 
     loaded = load_model(model, "cpu")
-    plane = ndi.zoom(synth_image("sparse", (256, 256), seed=1).image, 4.0, order=1)  # 1024 px, nuclei ~28-40 px
-    print(f"\n1024x1024 plane, nuclei of radius ~{4 * 7} px; {model}; CPU {torch.backends.cpu.get_cpu_capability()}")
+    source = synth_image("sparse", (180, 180), seed=1)
+    plane = ndi.zoom(source.image, 1024 / 180, order=1)  # 1024 x 1024 px
+    radius = median_radius(ndi.zoom(source.labels, 1024 / 180, order=0))
+    print(
+        f"\n1024x1024 plane, nuclei of median radius {radius:.0f} px; {model}; "
+        f"CPU {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} thread(s)"
+    )
     for radius in ("auto", "off"):
         enhance(plane[:256, :256], loaded, device="cpu", radius=radius)  # warm-up
         start = time.perf_counter()
