@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from nunet.modelfile import LoadedModel
 
 ENV_VAR = "NUNET_MODEL_PATH"
-DEFAULT_MODEL = "nunet-v7"
+DEFAULT_MODEL = "nunet-v8"
 FIRST_FAMILY = "nunet-w"
 
 
