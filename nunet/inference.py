@@ -21,10 +21,11 @@ steadier output that follows a rotated or mirrored input exactly, for eight time
 Object size
 -----------
 Models are trained on nuclei of one radius (their metadata's ``radius``, 7 px for the shipped
-ones). With ``radius`` (default ``auto``: estimated once per image, :mod:`nunet.size`), every
-plane is resized so its nuclei have that radius, filtered, and the output resized back to the
-exact input shape; the output's nuclei keep their input size. ``radius="off"`` filters at the
-image's own scale.
+ones). With ``radius`` (default ``auto``: estimated once per image, :mod:`nunet.size`), the
+planes of an image whose nuclei are larger are shrunk so they have that radius, filtered, and the
+output resized back to the exact input shape; the output's nuclei keep their input size. Smaller
+nuclei are filtered at their own scale (the models were trained on them too); ``radius="off"``
+filters every image at its own scale.
 
 Tiling
 ------
