@@ -557,17 +557,25 @@ def band_summary(rows: Sequence[Row]) -> list[dict]:
 
 
 def band_table(summary: Sequence[dict]) -> str:
-    """A Markdown table of :func:`band_summary`: one row per family and band (with its image count),
-    one column per method (best-threshold F1)."""
+    """Markdown tables of :func:`band_summary`: one row per family and band (with its image count),
+    one column per method; best-threshold F1, then F1 at the threshold shared by every dataset."""
     methods = list(dict.fromkeys(s["method"] for s in summary))
     by = {(s["family"], s["band"], s["method"]): s for s in summary}
     groups = list(dict.fromkeys((s["family"], s["band"]) for s in summary))
-    lines = ["| family | size band | images | " + " | ".join(methods) + " |", "|" + "---|" * (3 + len(methods))]
-    for family, band in groups:
-        cells = [f"{by[(family, band, m)]['f1_best']:.3f}" if (family, band, m) in by else "-" for m in methods]
-        count = next(by[(family, band, m)]["images"] for m in methods if (family, band, m) in by)
-        lines.append(f"| {family} | {band} | {count} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    tables = []
+    for field, title in (("f1_best", "best threshold per dataset"), ("f1_shared", "one threshold shared by all")):
+        lines = [
+            f"F1 at the {title} (mean over the images)",
+            "",
+            "| family | size band | images | " + " | ".join(methods) + " |",
+            "|" + "---|" * (3 + len(methods)),
+        ]
+        for family, band in groups:
+            cells = [f"{by[(family, band, m)][field]:.3f}" if (family, band, m) in by else "-" for m in methods]
+            count = next(by[(family, band, m)]["images"] for m in methods if (family, band, m) in by)
+            lines.append(f"| {family} | {band} | {count} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines) + "\n")
+    return "\n".join(tables)
 
 
 @dataclass(frozen=True)
