@@ -151,6 +151,11 @@ def _parse_channel(text: str | None) -> int | list[int] | None:
     return values[0] if len(values) == 1 and "," not in text else values
 
 
+def _scale(record: FileRecord) -> str:
+    """The nucleus radius a file was filtered for, for the verbose lines."""
+    return "at its own scale" if record.radius is None else f"nucleus radius {record.radius:.1f} px"
+
+
 def _report_failures(records: list[FileRecord], verbose: bool) -> int:
     ok = sum(r.status == "ok" for r in records)
     skipped = sum(r.status == "skipped" for r in records)
@@ -225,8 +230,7 @@ def filter_cmd(
             err.print(record.traceback)
         raise typer.Exit(1)
     elif verbose:
-        scale = "its own scale" if record.radius is None else f"nucleus radius {record.radius:.1f} px"
-        err.print(f"{input} -> {output} ({scale}, {record.seconds:.2f} s)")
+        err.print(f"{input} -> {output} ({_scale(record)}, {record.seconds:.2f} s)")
 
 
 def _filter_zarr(
@@ -331,7 +335,7 @@ def batch(
         progress.advance(task)
         if dry_run or verbose or record.status == "skipped":
             line = {
-                "ok": f"{record.input} -> {record.output} ({record.seconds:.2f} s)",
+                "ok": f"{record.input} -> {record.output} ({_scale(record)}, {record.seconds:.2f} s)",
                 "dry-run": f"would filter {record.input} -> {record.output}",
                 "skipped": f"skip {record.output}: {record.error or 'exists'}",
                 "failed": f"failed {record.error}",
