@@ -181,14 +181,7 @@ def test_macro_radius_in_microns_uses_the_images_calibration(jvm):
 
     data = ndi.zoom(synth_image("sparse", (48, 48), seed=5).image, 3.0, order=1).astype(np.float32)
     imp = fiji.to_imageplus(Image(data, "YX", Calibration(0.5, 0.5, "micron")), "big nuclei")
-    fiji.register()
-    try:
-        imp.show()
-        fiji.run_macro('run("NU-Net Filter", "model=nunet-test channels=all output=32-bit radius=10um");')
-        out = fiji.from_imageplus(jvm("ij.WindowManager").getCurrentImage())
-    finally:
-        fiji.unregister()
-        close_all(jvm)
+    out = run_inprocess(jvm, imp, 'run("NU-Net Filter", "model=nunet-test channels=all output=32-bit radius=10um");')
     expected = enhance(data, "nunet-test", radius=20)
     assert np.abs(out.data - expected).max() <= 1e-4
     assert np.abs(out.data - enhance(data, "nunet-test", radius="off")).max() > 0.05
@@ -241,14 +234,7 @@ def test_invert_and_augment_flags_inprocess(jvm):
 
     data = blobs((40, 44)).astype(np.float32)
     imp = fiji.to_imageplus(Image(data, "YX", CAL), "dark nuclei")
-    fiji.register()
-    try:
-        imp.show()
-        fiji.run_macro('run("NU-Net Filter", "model=nunet-test invert augment");')
-        out = fiji.from_imageplus(jvm("ij.WindowManager").getCurrentImage())
-    finally:
-        fiji.unregister()
-        close_all(jvm)
+    out = run_inprocess(jvm, imp, 'run("NU-Net Filter", "model=nunet-test invert augment");')
     expected = enhance(data, "nunet-test", invert=True, augment=True)
     assert np.abs(out.data - expected).max() <= 1e-4
     assert np.abs(out.data - enhance(data, "nunet-test", invert=True)).max() > 1e-3
@@ -297,6 +283,20 @@ def test_recorder_writes_documented_syntax(jvm, display):
         'run("NU-Net Filter", "model=nunet-test w=0 channels=all tile=0 device=auto output=32-bit radius=auto");'
         in text
     )
+
+
+def run_inprocess(jvm, imp, macro: str) -> Image:
+    """Show ``imp``, run ``macro`` served in-process by this Python, and read back the image it made."""
+    from nunet import fiji
+
+    fiji.register()
+    try:
+        imp.show()
+        fiji.run_macro(macro)
+        return fiji.from_imageplus(jvm("ij.WindowManager").getCurrentImage())
+    finally:
+        fiji.unregister()
+        close_all(jvm)
 
 
 def close_all(jvm) -> None:
