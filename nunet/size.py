@@ -1,9 +1,9 @@
 """Object size: estimate the typical nucleus radius of an image, and resize planes to a radius.
 
 NU-Net models are trained on nuclei of one size (the radius their metadata records, ``radius``;
-about 7 px for every shipped model); nuclei much larger come out as rings, much smaller ones
-merge. As Cellpose's ``diameter``, nunet resizes each image so its nuclei have that radius,
-filters, and resizes the output back to the exact input shape (:func:`resize_plane`).
+about 7 px for every shipped model); nuclei much larger come out as rings. As with Cellpose's
+``diameter``, nunet shrinks an image of larger nuclei so they have that radius, filters, and
+resizes the output back to the exact input shape (:func:`zoom_factor`, :func:`resize_planes`).
 
 The estimate (:func:`estimate_radius`) is classical scale space: the scale-normalised
 Laplacian of Gaussian, ``-sigma^2 LoG``, peaks at the centre of a disc of radius r at sigma =
@@ -44,12 +44,12 @@ def _downsample(x: np.ndarray, factor: int) -> np.ndarray:
     return x[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
 
 
-def blobs(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The scale-space blobs of a plane normalised to 0..1 (bright blobs): their responses, radii and
-    centres ``(N, 2)``, in the plane's pixels."""
+def blobs(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The scale-space blobs of a plane normalised to 0..1 (bright blobs): their responses and radii
+    (px of the plane)."""
     from scipy import ndimage as ndi
 
-    responses, radii, centres = [], [], []
+    responses, radii = [], []
     octave = 0
     while True:
         factor = 2**octave
@@ -59,14 +59,13 @@ def blobs(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stack = np.stack([-(s**2) * ndi.gaussian_laplace(x, s) for s in OCTAVE_SIGMAS])
         peaks = (stack == ndi.maximum_filter(stack, size=3, mode="nearest")) & (stack > 0)
         peaks[[0, -1]] = False
-        k, y, x = np.nonzero(peaks)
+        scales = np.nonzero(peaks)[0]
         responses.append(stack[peaks])
-        radii.append(OCTAVE_SIGMAS[k] * factor * np.sqrt(2))
-        centres.append((np.stack([y, x], axis=1) + 0.5) * factor - 0.5)
+        radii.append(OCTAVE_SIGMAS[scales] * factor * np.sqrt(2))
         octave += 1
     if not responses:
-        return np.zeros(0), np.zeros(0), np.zeros((0, 2))
-    return np.concatenate(responses), np.concatenate(radii), np.concatenate(centres)
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(responses), np.concatenate(radii)
 
 
 def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 4) -> float | None:
@@ -82,7 +81,7 @@ def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 
     responses, radii = [], []
     for plane in picked:
         x = normalise_plane(ndi.gaussian_filter(np.asarray(plane, np.float32), SMOOTH)) / 255.0
-        r, s, _ = blobs(1.0 - x if invert else x)
+        r, s = blobs(1.0 - x if invert else x)
         responses.append(r)
         radii.append(s)
     responses, radii = np.concatenate(responses), np.concatenate(radii)
