@@ -369,6 +369,8 @@ def _filter_planes(
             x = _prepare(planes[start:stop], percentiles, invert, frame, device)
             y = _forward(loaded.module, x, views, tile_size if tiled else None, advance)
             out[start:stop] = crop_plane(y[:, 0], height, width, offset=frame.pad).cpu().numpy()
+    if not np.isfinite(out).all():  # a model that passed the load-time probe but fails on these planes
+        raise ModelError(f"{loaded.name}: the filtered image has NaN or infinite pixels; nothing is written")
     return out
 
 

@@ -207,3 +207,5 @@ def check_contract(module: "torch.nn.Module", path: Path, device: str = "cpu") -
         raise ModelError(f"{path}: not a NU-Net: a {PROBE_SHAPE} plane gave {shape}, expected the same shape")
     if torch.equal(out, ramp):
         raise ModelError(f"{path}: not a NU-Net: it returns its input unchanged")
+    if not torch.isfinite(out).all():
+        raise ModelError(f"{path}: not a usable NU-Net: its output on a {PROBE_SHAPE} plane has NaN or infinite values")

@@ -158,7 +158,15 @@ def test_a_model_of_the_wrong_architecture_is_refused_at_load(tmp_path):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x[..., ::2, ::2]
 
-    for module, message in ((torch.nn.Identity(), "returns its input unchanged"), (Halve(), "expected the same shape")):
+    class NaNs(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * float("nan")
+
+    for module, message in (
+        (torch.nn.Identity(), "returns its input unchanged"),
+        (Halve(), "expected the same shape"),
+        (NaNs(), "NaN or infinite values"),
+    ):
         path = save_model(module, tmp_path / "fake.pt", name="fake", w=8.0)
         with pytest.raises(ModelError, match=message):
             load_model(path)
@@ -260,3 +268,28 @@ def test_messages_keep_square_brackets(tmp_path):
     src.mkdir()
     result = run("batch", src, tmp_path / "out", "-m", "nunet-test")
     assert result.exit_code == 2 and "in [day 1]: no files matching" in result.output
+
+
+def test_no_output_with_a_non_finite_pixel_is_written(tmp_path):
+    """A model that passes the load-time probe (16 px wide) but gives NaN on wider planes: the file
+    fails with the model named, and no output is written."""
+    import torch
+
+    from nunet import enhance, save_model
+    from nunet.errors import ModelError
+
+    class NaNsOnWidePlanes(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-1] > 20:
+                return x * float("nan")
+            return x * 0.5
+
+    path = save_model(NaNsOnWidePlanes(), tmp_path / "wide.pt", name="wide", w=None)
+    with pytest.raises(ModelError, match="wide: the filtered image has NaN or infinite pixels"):
+        enhance(blobs((32, 32)), path, radius="off")
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "x.tif", blobs((32, 32)).astype(np.float32))
+    result = run("batch", src, tmp_path / "out", "-m", path, "--radius", "off")
+    assert result.exit_code == 1 and "NaN or infinite pixels" in result.output
+    assert not (tmp_path / "out" / "x.tif").exists()
