@@ -423,13 +423,14 @@ def _prepare(
     inverted if asked, then reflect-padded, or framed (:mod:`nunet.preprocess`).
 
     On a CUDA device the raw planes are uploaded and prepared there (:func:`_prepare_torch`),
-    so the CPU only copies; elsewhere, and for planes under 8 px or batches too large for
-    ``torch.quantile``, with NumPy on the CPU.
+    so the CPU only copies; elsewhere, and for planes under 8 px, batches too large for
+    ``torch.quantile`` or float64 values beyond float32's range, with NumPy on the CPU.
     """
     import torch
 
     height, width = planes.shape[1:]
-    if device.startswith("cuda") and min(height, width) >= 8 and planes.size <= QUANTILE_LIMIT:
+    fits = planes.dtype != np.float64 or np.abs(planes).max(initial=0.0) <= np.finfo(np.float32).max
+    if device.startswith("cuda") and min(height, width) >= 8 and planes.size <= QUANTILE_LIMIT and fits:
         return _prepare_torch(planes, percentiles, invert, frame, device)
     normalised = (normalise_plane(p, percentiles) for p in planes)
     prepared = [

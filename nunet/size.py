@@ -80,7 +80,8 @@ def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 
     picked = np.asarray(planes)[sample_indices(len(planes), max_planes)]
     responses, radii = [], []
     for plane in picked:
-        x = normalise_plane(ndi.gaussian_filter(np.asarray(plane, np.float32), SMOOTH)) / 255.0
+        data = plane if plane.dtype == np.float64 else plane.astype(np.float32)  # float64: its range kept
+        x = normalise_plane(ndi.gaussian_filter(data, SMOOTH)) / 255.0
         r, s = blobs(1.0 - x if invert else x)
         responses.append(r)
         radii.append(s)

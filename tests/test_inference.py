@@ -508,3 +508,13 @@ def test_a_framed_model_sees_the_plane_inside_its_frame(model, tmp_path, fill, i
     np.testing.assert_allclose(out, expected, atol=1e-5)
     np.testing.assert_allclose(enhance_native(img, framed_model, invert=invert, tile_size=16), out, atol=1e-5)
     assert np.abs(out - enhance_native(img, model, invert=invert)).max() > 0.05  # the same weights, reflect-padded
+
+
+def test_float64_values_beyond_float32_range_are_filtered(model):
+    """Finite float64 data too large for float32 is normalised in float64, not refused as infinite."""
+    img = blobs((32, 40))
+    out = enhance_native(img * 1e300, model)
+    np.testing.assert_allclose(out, enhance_native(img, model), atol=1e-4)
+    np.testing.assert_allclose(enhance(img * 1e300, model), enhance(img, model), atol=1e-4)  # the estimate too
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        enhance_native(np.full((16, 16), np.inf), model)
