@@ -42,7 +42,7 @@ from pathlib import Path
 from nunet.errors import NUNetError, UsageError
 from nunet.settings import FilterSettings
 
-DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.png", "*.jpg", "*.zarr")
+DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg", "*.zarr")
 DEFAULT_TEMPLATE = "{stem}.tif"
 #: Used instead of the default template when the output folder is the input folder.
 SAME_FOLDER_TEMPLATE = "{stem}_nunet.tif"
@@ -214,7 +214,7 @@ def plan_batch(
 
     ``output_format`` (a key of ``FORMAT_SUFFIXES``) sets the file type of the default templates.
     """
-    from nunet.io import written_by_nunet
+    from nunet.io import check_output_name, written_by_nunet
 
     if not input_dir.is_dir():
         raise UsageError(f"{input_dir}: input folder not found")
@@ -238,6 +238,10 @@ def plan_batch(
     jobs, claimed = [], {}
     for path in inputs:
         out = output_path(path, input_dir, output_dir, template, model_tag)
+        try:
+            check_output_name(out)  # a name template ending in .png would get TIFF bytes
+        except NUNetError as exc:
+            raise UsageError(f"--name-template: {exc}") from None
         key = out.resolve()
         if key in claimed:
             raise UsageError(
@@ -410,10 +414,14 @@ def filter_file(
         Before reading, when the input is missing, the output is a folder or the input itself, an
         existing output was not written by nunet, or the output folder cannot be written.
     """
-    from nunet.io import ZARR_SUFFIX, written_by_nunet
+    from nunet.io import ZARR_SUFFIX, check_output_name, written_by_nunet
 
     if not (input_path.is_file() or is_zarr_store(input_path)):
         raise UsageError(f"{input_path}: no such file")
+    try:
+        check_output_name(output)
+    except NUNetError as exc:
+        raise UsageError(str(exc)) from None
     if output.is_dir() and output.suffix.lower() != ZARR_SUFFIX:
         raise UsageError(f"{output}: is a folder; give an output file name (or use nunet batch for folders)")
     if output.resolve() == input_path.resolve():

@@ -275,7 +275,7 @@ def batch(
     w: StrengthOpt = None,
     pattern: Annotated[
         Optional[list[str]],
-        typer.Option(help="File name glob, repeatable (default: *.tif *.tiff *.png *.jpg *.zarr)."),
+        typer.Option(help="File name glob, repeatable (default: *.tif *.tiff *.png *.jpg *.jpeg *.zarr)."),
     ] = None,
     recursive: Annotated[
         bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, mirrored in the output.")

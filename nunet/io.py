@@ -258,6 +258,17 @@ def convert_dtype(data: np.ndarray, dtype: str) -> np.ndarray:
     return np.rint(np.clip(data, 0.0, 1.0) * top).astype(dtype)
 
 
+def check_output_name(path: str | os.PathLike) -> Path:
+    """``path`` if nunet can write that kind of file (``.tif``, ``.tiff``, ``.zarr``); else an
+    ImageWriteError naming it, so no other format gets TIFF bytes under its name."""
+    path = Path(path)
+    if path.suffix.lower() not in (*TIFF_SUFFIXES, ZARR_SUFFIX):
+        raise ImageWriteError(
+            f"{path}: nunet writes .tif/.tiff (ImageJ TIFF) or .zarr/.ome.zarr (OME-Zarr), not '{path.suffix}'"
+        )
+    return path
+
+
 def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = False, ngff: str | None = None) -> Path:
     """Write an ImageJ-compatible TIFF atomically (temporary file in the same folder, then rename),
     or an OME-Zarr image when ``path`` ends in ``.zarr`` (:func:`nunet.zarr_io.write_zarr`, NGFF
@@ -269,11 +280,12 @@ def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = Fals
     Raises
     ------
     ImageWriteError
-        If the file exists and ``overwrite`` is False, or the folder is not writable.
+        If the file exists and ``overwrite`` is False, the folder is not writable, or the name
+        is not a .tif/.tiff/.zarr one (:func:`check_output_name`).
     """
     import tifffile
 
-    path = Path(path)
+    path = check_output_name(path)
     if path.suffix.lower() == ZARR_SUFFIX:
         from nunet.zarr_io import write_zarr
 

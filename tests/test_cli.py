@@ -265,3 +265,23 @@ def test_radius_in_microns_on_a_calibrated_tiff_is_converted_printed_and_reporte
     assert json.loads(report.read_text())[0]["radius"] == pytest.approx(10.0)
     result = run("filter", src / "big.tif", tmp_path / "x.tif", "--model", "nunet-test", "--radius", "wide")
     assert result.exit_code == 2 and "--radius" in result.output and not (tmp_path / "x.tif").exists()
+
+
+def test_an_output_name_nunet_cannot_write_is_refused_before_any_compute(folder, tmp_path):
+    for name in ("o.png", "o.bmp", "o.jpg"):
+        result = run("filter", folder / "plane.tif", tmp_path / name, "--model", "nunet-test")
+        assert result.exit_code == 2 and f"{name}: nunet writes .tif/.tiff" in result.output
+        assert not (tmp_path / name).exists()
+    result = run("batch", folder, tmp_path / "out", "--model", "nunet-test", "--name-template", "{stem}.png")
+    assert result.exit_code == 2 and "--name-template" in result.output and not (tmp_path / "out").exists()
+
+
+def test_the_default_patterns_take_jpeg_files(tmp_path):
+    import imageio.v3 as iio
+
+    src = tmp_path / "in"
+    src.mkdir()
+    iio.imwrite(src / "photo.jpeg", blobs((24, 24)).clip(0, 255).astype(np.uint8))
+    result = run("batch", src, tmp_path / "out", "--model", "nunet-test")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "photo.tif").is_file()
