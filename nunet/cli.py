@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nunet.batch import DEFAULT_PATTERNS, FileRecord
-from nunet.errors import NUNetError
+from nunet.errors import NUNetError, OptionWarning
 from nunet.registry import DEFAULT_MODEL
 from nunet.settings import OUTPUT_DTYPES, PRECISIONS, FilterSettings
 
@@ -113,25 +113,36 @@ def _settings(
     *,
     radius: str = "auto",
 ) -> FilterSettings:
-    """The command's FilterSettings, checked against the hardware; a bad option exits 2."""
+    """The command's FilterSettings, checked against the hardware; a bad option exits 2, a doubtful
+    one (bf16 emulated on this CPU) is printed as a warning."""
+    import warnings
+
     try:
-        return FilterSettings(
-            model=model,
-            w=w,
-            axes=axes,
-            channel=_parse_channel(channel),
-            tile_size=tile_size,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            invert=invert,
-            augment=augment,
-            radius=radius,
-            dtype=dtype,
-            ngff=ngff,
-        ).resolved()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OptionWarning)
+            settings = FilterSettings(
+                model=model,
+                w=w,
+                axes=axes,
+                channel=_parse_channel(channel),
+                tile_size=tile_size,
+                batch_size=batch_size,
+                device=device,
+                precision=precision,
+                invert=invert,
+                augment=augment,
+                radius=radius,
+                dtype=dtype,
+                ngff=ngff,
+            ).resolved()
     except NUNetError as exc:
         _usage_exit(exc)
+    for warning in caught:
+        if issubclass(warning.category, OptionWarning):
+            err.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}")
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return settings
 
 
 def _usage_exit(exc: Exception) -> None:

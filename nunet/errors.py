@@ -27,3 +27,7 @@ class ModelError(NUNetError):
 
 class UsageError(NUNetError, ValueError):
     """A bad option or a run that cannot start: found before any compute (exit code 2)."""
+
+
+class OptionWarning(UserWarning):
+    """An option that works but is probably not what the user wants (e.g. bf16 emulated on this CPU)."""

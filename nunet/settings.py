@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from nunet.errors import UsageError
+from nunet.errors import OptionWarning, UsageError
 from nunet.registry import DEFAULT_MODEL
 from nunet.size import Radius
 
@@ -139,6 +139,18 @@ class FilterSettings:
                 raise UsageError(f"--w: {exc}") from None
         if self.precision == "fp16" and device == "cpu":
             raise UsageError("--precision: 'fp16' needs a GPU; use 'bf16', 'auto' or 'fp32' on the CPU")
+        if self.precision == "bf16" and device == "cpu":
+            import warnings
+
+            from nunet.runtime import cpu_info
+
+            if not cpu_info().native_bf16:
+                warnings.warn(
+                    "--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); it is emulated and "
+                    "about 14x slower than fp32 here. 'auto' picks the fastest precision.",
+                    OptionWarning,
+                    stacklevel=2,
+                )
         return replace(self, device=device)
 
     def plane_kwargs(self) -> dict[str, Any]:

@@ -285,3 +285,12 @@ def test_the_default_patterns_take_jpeg_files(tmp_path):
     result = run("batch", src, tmp_path / "out", "--model", "nunet-test")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "photo.tif").is_file()
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_a_warning(folder, tmp_path):
+    from nunet.runtime import cpu_info
+
+    result = run("filter", folder / "plane.tif", tmp_path / "o.tif", "--model", "nunet-test", "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    # the warning names the cause where bf16 is emulated, and is absent where it is native
+    assert ("warning: --precision bf16: this CPU has no native bf16" in result.output) != cpu_info().native_bf16
