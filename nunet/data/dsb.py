@@ -10,9 +10,10 @@ Held-out rules
 --------------
 - The ids in ``dsb_reserved.txt`` are the project's acceptance test: :func:`load` refuses them,
   and :func:`image_ids` never lists them; nothing here trains, tunes, selects or evaluates on them.
-- The rest is split by acquisition kind (:func:`kind_of`: modality and image size), not by image:
-  the kinds in ``dsb_split.json``'s ``validation_kinds`` are never trained on, so a model is judged
-  on kinds it never saw (:func:`split_of`). The one brightfield kind has eight usable images (the
+- The rest is split by acquisition kind (:func:`kind_of`: modality, image size and background
+  level), not by image: the kinds in ``dsb_split.json``'s ``validation_kinds`` (a kind, or a size
+  with all its background levels) are never trained on, so a model is judged on kinds it never
+  saw (:func:`split_of`). The one brightfield kind has eight usable images (the
   other eight are reserved): it is split by image, four for validation (``validation_ids``).
 
 Each image is turned grey (the mean of its colour channels); ``modality`` says which kind of
@@ -91,15 +92,19 @@ def group_of(kind: str) -> str:
     """The acquisition a kind belongs to for evaluation: its size without the background level where
     the split holds out that whole size (``fluorescence-256x320``), else the kind itself. The
     evaluation chooses thresholds per group, so a kind of one or two images is not a dataset of its own."""
-    size = kind.rsplit("-bg", 1)[0]
+    size = size_of(kind)
     return size if size in split()["validation_kinds"] else kind
 
 
 def is_validation(image_id: str, kind: str, contents: dict) -> bool:
     """Whether a split's ``contents`` hold an image out of training: its kind is listed, or its kind
     without the background level (every level of that size), or its id."""
-    size = kind.rsplit("-bg", 1)[0]
-    return bool({kind, size} & set(contents["validation_kinds"])) or image_id in contents["validation_ids"]
+    return bool({kind, size_of(kind)} & set(contents["validation_kinds"])) or image_id in contents["validation_ids"]
+
+
+def size_of(kind: str) -> str:
+    """A kind without its background level: modality and image size (``fluorescence-256x320``)."""
+    return kind.rsplit("-bg", 1)[0]
 
 
 def _check_allowed(image_id: str) -> None:
