@@ -61,7 +61,7 @@ from nunet.preprocess import (
 from nunet.registry import DEFAULT_MODEL, load_model
 from nunet.runtime import autocast, num_threads, resolve_device, reuse_freed_memory
 from nunet.runtime import progress as progress_bar
-from nunet.settings import PRECISIONS
+from nunet.settings import PRECISIONS, check_tile_size
 from nunet.size import TRAINED_RADIUS, Radius, image_radius, resize_planes, zoom_factor, zoomed_shape
 
 if TYPE_CHECKING:
@@ -466,6 +466,7 @@ def _tiling(height: int, width: int, tile_size: int | None, device: str) -> tupl
     if tile_size is None:
         pixels, side = AUTO_TILING["cpu" if device == "cpu" else "gpu"]
         return height * width > pixels, side
+    check_tile_size(tile_size)
     return tile_size > 0 and max(height, width) > tile_size, tile_size
 
 

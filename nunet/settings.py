@@ -15,6 +15,10 @@ from nunet.registry import DEFAULT_MODEL
 from nunet.size import Radius
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: The smallest tile side (the network halves a tile twice; nunet's tiling rounds tiles to multiples of 4).
+MIN_TILE = 8
+#: Tiles smaller than this are slow (each layer visits every tile): a warning says so.
+SLOW_TILE = 64
 OUTPUT_DTYPES = ("float32", "uint8", "uint16")
 NGFF_VERSIONS = ("0.4", "0.5")
 
@@ -80,8 +84,8 @@ class FilterSettings:
             raise UsageError(f"--ngff: '{self.ngff}' is not one of {', '.join(NGFF_VERSIONS)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"--batch-size: must be >= 1, got {self.batch_size}")
-        if self.tile_size is not None and self.tile_size < 0:
-            raise UsageError(f"--tile-size: must be >= 0 (0: never tile), got {self.tile_size}")
+        if self.tile_size is not None:
+            check_tile_size(self.tile_size)
         if self.w is not None and not self.w >= 0:
             raise UsageError(f"--w: must be a number >= 0, got {self.w}")
         if self.channel is not None and isinstance(self.channel, tuple) and not self.channel:
@@ -160,6 +164,22 @@ class FilterSettings:
         for key in ("model", "axes", "channel", "dtype", "ngff"):
             values.pop(key)
         return values
+
+
+def check_tile_size(tile_size: int) -> None:
+    """A UsageError unless ``tile_size`` is 0 (never tile) or at least :data:`MIN_TILE`; an
+    :class:`~nunet.errors.OptionWarning` under :data:`SLOW_TILE`."""
+    if tile_size < 0 or 0 < tile_size < MIN_TILE:
+        raise UsageError(f"--tile-size: must be 0 (never tile) or at least {MIN_TILE} px, got {tile_size}")
+    if 0 < tile_size < SLOW_TILE:
+        import warnings
+
+        warnings.warn(
+            f"--tile-size {tile_size}: tiles under {SLOW_TILE} px make a large plane slow (every layer visits "
+            "every tile); the default tiles only planes that need it",
+            OptionWarning,
+            stacklevel=3,
+        )
 
 
 #: The option names, for the worker protocol and the in-process Fiji bridge.

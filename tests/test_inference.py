@@ -518,3 +518,12 @@ def test_float64_values_beyond_float32_range_are_filtered(model):
     np.testing.assert_allclose(enhance(img * 1e300, model), enhance(img, model), atol=1e-4)  # the estimate too
     with pytest.raises(ValueError, match="NaN or infinite"):
         enhance_native(np.full((16, 16), np.inf), model)
+
+
+def test_tiles_smaller_than_the_minimum_are_refused_and_small_ones_warned(model):
+    from nunet.errors import OptionWarning, UsageError
+
+    with pytest.raises(UsageError, match="at least 8 px, got 3"):
+        enhance(blobs((64, 64)), model, tile_size=3)
+    with pytest.warns(OptionWarning, match="tiles under 64 px make a large plane slow"):
+        enhance(blobs((64, 64)), model, tile_size=16)

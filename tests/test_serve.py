@@ -56,7 +56,7 @@ def test_worker_protocol(model_dir):
         answer, _ = request(
             proc, {"op": "filter", "planes": 1, "height": 8, "width": 8, "tile_size": -5}, np.zeros((1, 8, 8))
         )
-        assert answer.startswith("ERR --tile-size: must be >= 0")
+        assert answer.startswith("ERR --tile-size: must be 0 (never tile) or at least 8 px")
         answer, _ = request(proc, {"op": "launch"})
         assert answer == "ERR ValueError: unknown op 'launch'"
         assert request(proc, {"op": "ping"})[0] == "OK 0 0 0"
