@@ -395,11 +395,17 @@ def models_cmd() -> None:
     from nunet.registry import ENV_VAR, list_models, model_dirs
 
     entries = list_models()
-    table = Table(title="NU-Net models")
-    for column in ("name", "w", "size", "description"):
+    table = Table(title=f"NU-Net models (default: {DEFAULT_MODEL})")
+    for column in ("name", "family", "w", "size", "description"):
         table.add_column(column)
     for e in entries:
-        table.add_row(e.name, "-" if e.w is None else f"{e.w:g}", f"{e.size_bytes / 1e6:.1f} MB", e.description)
+        table.add_row(
+            e.name + (" (default)" if e.name == DEFAULT_MODEL else ""),
+            e.family or "-",
+            "-" if e.w is None else f"{e.w:g}",
+            f"{e.size_bytes / 1e6:.1f} MB",
+            e.description,
+        )
     out.print(table)
     if not entries:
         folders = ", ".join(str(d) for d in model_dirs()) or "none"

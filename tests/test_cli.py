@@ -18,6 +18,7 @@ from conftest import blobs, sha256
 from nunet import enhance
 from nunet.cli import app
 from nunet.io import Calibration, Image, read_image, write_image
+from nunet.registry import DEFAULT_MODEL
 
 runner = CliRunner()
 
@@ -205,6 +206,7 @@ def test_console_scripts_and_models_table(folder, tmp_path, model_dir):
     bindir = Path(sys.executable).parent
     listed = subprocess.run([bindir / "nunet", "models"], capture_output=True, text=True, env=env, check=True)
     assert "nunet-test" in listed.stdout and "8" in listed.stdout and "test fixture" in listed.stdout
+    assert "family" in listed.stdout and f"default: {DEFAULT_MODEL}" in listed.stdout  # family column, default named
     done = subprocess.run(
         [bindir / "nunet-batch", folder, tmp_path / "out", "--model", "nunet-test", "--pattern", "*.png"],
         capture_output=True,
