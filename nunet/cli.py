@@ -3,7 +3,7 @@
 Exit codes: 0 every file succeeded (or was skipped), 1 some file failed, 2 usage error or
 a run that cannot start (bad option, missing input, folder or model, no matching file, an output
 that would replace an input or a file nunet did not write, an unwritable output folder or report),
-found before any image is filtered; 130 interrupted (Ctrl-C), after printing the summary and
+found before any image is filtered; 130 interrupted (Ctrl-C or SIGTERM), after printing the summary and
 writing the report for the files done.
 """
 
@@ -772,13 +772,26 @@ def _root(
     """NU-Net: a smart filter for nuclei and cells (a drop-in replacement for DoG)."""
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (sent by ``timeout``, Slurm, Kubernetes) stops a command as Ctrl-C does: the summary
+    and the report are written, claims released, scratch folders removed, exit code 130."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
     """Entry point of ``nunet``."""
+    _terminate_as_interrupt()
     app()
 
 
 def batch_main() -> None:
     """Entry point of ``nunet-batch`` (the ``batch`` command on its own)."""
+    _terminate_as_interrupt()
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     single.command()(batch)
     single()

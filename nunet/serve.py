@@ -96,4 +96,8 @@ def main() -> int:
     protocol_out = sys.stdout.buffer
     sys.stdout = sys.stderr
     print(f"nunet worker {__version__} started, pid {os.getpid()}", file=sys.stderr, flush=True)
-    return serve(sys.stdin.buffer, protocol_out)
+    try:
+        return serve(sys.stdin.buffer, protocol_out)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM when Fiji stops the worker: a quiet exit
+        print(f"nunet worker {os.getpid()} stopped by a signal", file=sys.stderr, flush=True)
+        return 0

@@ -90,3 +90,20 @@ def test_macro_options_map_to_filter_settings():
 
     assert {v for v in MACRO_OPTIONS.values() if v is not None} <= set(SETTING_NAMES)
     assert [k for k, v in MACRO_OPTIONS.items() if v is None] == ["replace"]
+
+
+def test_worker_stops_quietly_on_sigterm(model_dir):
+    """Fiji's Process.destroy() sends SIGTERM: the worker exits 0 with one line in its log, no traceback."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nunet", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout.readline().decode().startswith("READY")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert b"stopped by a signal" in stderr and b"Traceback" not in stderr
+    finally:
+        proc.kill()
