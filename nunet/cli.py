@@ -692,12 +692,16 @@ def export_cmd(
             help="Image whose first plane (centre 256x256) becomes the test input (default: synthetic nuclei)."
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a package nunet exported earlier; other files never.")
+    ] = False,
 ) -> None:
     """Package a model for bioimage.io tools (deepImageJ, JDLL, bioimageio.core); needs nunet[bioimageio]."""
     from nunet.export import export_bioimageio
 
+    formats = tuple(f.strip() for f in format.split(",") if f.strip())
     try:
-        path = export_bioimageio(model, package, tuple(f.strip() for f in format.split(",") if f.strip()), sample)
+        path = export_bioimageio(model, package, formats, sample, overwrite=overwrite)
     except NUNetError as exc:
         _usage_exit(exc)
     out.print(f"wrote {path}; check it with: bioimageio test {path}")

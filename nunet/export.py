@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,13 +121,53 @@ def _test_image(sample: Path | None) -> np.ndarray:
     return np.ascontiguousarray(plane[:height, :width])
 
 
-def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS, sample: Path | None = None) -> Path:
-    """Write ``out`` (a .zip bioimage.io package) for a registered model name or TorchScript file."""
+def check_package_path(out: Path, overwrite: bool = False) -> None:
+    """Before any work: ``out`` is a .zip in a writable folder, and an existing file is replaced only
+    with ``overwrite`` and only when it is a package nunet wrote (a UsageError naming it otherwise)."""
+    from nunet.batch import check_writable_folder
+
+    if out.suffix != ".zip":
+        raise UsageError(f"{out}: the package must be a .zip file")
+    if out.exists():
+        if not overwrite:
+            raise UsageError(f"{out}: exists; nunet never replaces it without --overwrite")
+        if not written_by_nunet_export(out):
+            raise UsageError(f"{out}: exists and is not a package nunet exported; it is never replaced")
+    check_writable_folder(out.parent)
+
+
+def written_by_nunet_export(path: Path) -> bool:
+    """Whether ``path`` is a bioimage.io package that nunet exported (its description carries nunet's tag)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n in ("rdf.yaml", "bioimageio.yaml")]
+            return bool(names) and b"- nunet" in archive.read(names[0])
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _repack(source: Path, target: str) -> None:
+    """Copy a zip with its entries sorted and a fixed timestamp: the same package gives the same bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in sorted(src.namelist()):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            dst.writestr(info, src.read(name))
+
+
+def export_bioimageio(
+    model: str, out: Path, formats: tuple[str, ...] = FORMATS, sample: Path | None = None, overwrite: bool = False
+) -> Path:
+    """Write ``out`` (a .zip bioimage.io package) for a registered model name or TorchScript file,
+    atomically; the same model and sample give the same bytes (:func:`_repack`)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or "torchscript" not in formats:
         raise UsageError(f"--format: give torchscript, optionally with onnx (got {', '.join(formats)})")
-    if out.suffix != ".zip":
-        raise UsageError(f"{out}: the package must be a .zip file")
+    check_package_path(out, overwrite)
     v0_5, save_package = _requirements()
     import tifffile
     import torch
@@ -221,9 +262,14 @@ def export_bioimageio(model: str, out: Path, formats: tuple[str, ...] = FORMATS,
                 )
             ],
             weights=v0_5.WeightsDescr(**weights),
+            timestamp=v0_5.Datetime(datetime.fromtimestamp(loaded.path.stat().st_mtime, timezone.utc)),
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(save_package(descr, output_path=out))
+        saved = Path(save_package(descr, output_path=folder / "package.zip"))
+        from nunet._atomic import atomic_path
+
+        with atomic_path(out) as tmp:
+            _repack(saved, tmp)
+        return out
 
 
 def _cover(raw: np.ndarray, filtered: np.ndarray, path: Path) -> None:

@@ -138,3 +138,28 @@ def test_without_the_extra_the_message_names_it(tmp_path, model_dir):
         env={**os.environ, "NUNET_MODEL_PATH": str(model_dir)},
     )
     assert done.returncode == 2 and "pip install 'nunet[bioimageio]'" in done.stderr
+
+
+@pytest.mark.slow
+def test_export_never_clobbers_checks_first_and_is_reproducible(package, tmp_path):
+    from nunet.export import written_by_nunet_export
+
+    assert written_by_nunet_export(package)
+    precious = tmp_path / "x.zip"
+    precious.write_text("precious")
+    result = CliRunner().invoke(app, ["export", "nunet-test", str(precious), "--format", "torchscript"])
+    assert result.exit_code == 2 and "--overwrite" in result.output and precious.read_text() == "precious"
+    result = CliRunner().invoke(app, ["export", "nunet-test", str(precious), "--overwrite"])
+    assert result.exit_code == 2 and "not a package nunet exported" in result.output
+    assert precious.read_text() == "precious"
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    result = CliRunner().invoke(app, ["export", "nunet-test", str(blocker / "p.zip")])
+    assert result.exit_code == 2 and "blocker" in result.output  # before any work
+    again = tmp_path / "again.zip"
+    result = CliRunner().invoke(app, ["export", "nunet-test", str(again)])
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == package.read_bytes()  # the same model: byte-identical packages
+    result = CliRunner().invoke(app, ["export", "nunet-test", str(again), "--overwrite"])
+    assert result.exit_code == 0 and again.read_bytes() == package.read_bytes()
+    assert not list(tmp_path.glob(".*.part"))
