@@ -10,11 +10,14 @@ cannot be created or written (a write is probed).
 
 Claims
 ------
-Each output is claimed before its input is read, by creating ``.<name>.nunet-claim`` beside it
-exclusively (holding the process id and host), and released when the batch ends. A second batch
-writing into the same folder at the same time skips what the first one claimed, so no image is
-computed twice. A claim whose process is gone (a run killed by SIGKILL) is stale: the next run
-takes it over and removes the ``.<name>.*.part`` file that run left.
+Each output is claimed before its input is read: ``.<name>.nunet-claim`` beside it, holding an
+OS lock (``fcntl.flock``) for as long as the output is being computed and written (the file names
+the process and host, for people). A second run writing into the same folder at the same time
+skips what the first one holds, so no image is computed twice. The kernel releases the lock when
+its process dies, on any host, whatever its name or process id, so a claim whose lock can be
+taken is stale (a run killed by SIGKILL or out of memory, a restarted container): it is taken
+over, and the ``.<name>.*.part`` file that run left is removed. ``nunet filter`` and
+``--overwrite`` follow the same rule.
 
 Records
 -------
@@ -273,56 +276,64 @@ def _claim_path(output: Path) -> Path:
     return output.with_name(f".{output.name}{CLAIM_SUFFIX}")
 
 
-def _owner_alive(text: str) -> bool:
-    """Whether the process named in a claim ("pid host") still runs (another host: assumed alive)."""
-    try:
-        pid, host = text.split()[:2]
-        if host != socket.gethostname():
-            return True
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, PermissionError):
-        return True
-    return True
+@dataclass(frozen=True)
+class Claim:
+    """A held claim on an output: its claim file and the open descriptor that holds the lock."""
 
+    path: Path
+    fd: int
 
-def claim(output: Path) -> bool:
-    """Claim ``output`` for this process; False when a live run holds it. A stale claim (its process
-    gone) is taken over and the ``.part`` files its run left for this output are removed."""
-    path = _claim_path(output)
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
-    for _ in range(2):
+    def release(self) -> None:
+        """Remove the claim file (if it is still this claim's) and drop the lock."""
         try:
-            fd = os.open(path, flags, 0o644)
-        except FileExistsError:
-            try:
-                owner = path.read_text()
-            except FileNotFoundError:
-                continue  # released meanwhile: try again
-            if _owner_alive(owner):
-                return False
-            stale = path.with_name(f"{path.name}.{os.getpid()}.stale")
-            try:
-                os.rename(path, stale)  # atomic: one run wins the takeover
-            except FileNotFoundError:
-                continue
-            stale.unlink()
-            for part in output.parent.glob(f".{output.name}.*.part"):
-                if part.is_dir():  # an OME-Zarr output being written
-                    shutil.rmtree(part, ignore_errors=True)
-                else:
-                    part.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
-        return True
-    return False
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.fd)
 
 
-def release(output: Path) -> None:
-    """Remove this process's claim on ``output``."""
-    _claim_path(output).unlink(missing_ok=True)
+def claim(output: Path) -> Claim | None:
+    """Claim ``output`` for this process; None when a live run holds it. A stale claim (its lock free:
+    its process is gone) is taken over and the ``.part`` files its run left for this output removed."""
+    import fcntl
+
+    path = _claim_path(output)
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # released and removed between our open and our lock: claim the new file
+    if os.fstat(fd).st_size:  # left by a run that died holding it
+        for part in output.parent.glob(f".{output.name}.*.part"):
+            if part.is_dir():  # an OME-Zarr output being written
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    return Claim(path, fd)
+
+
+@contextmanager
+def claimed(output: Path) -> Iterator[Claim | None]:
+    """:func:`claim` for the duration of a ``with`` block (None: another run holds it)."""
+    held = claim(output)
+    try:
+        yield held
+    finally:
+        if held is not None:
+            held.release()
 
 
 # ---- one file ----------------------------------------------------------------------------
@@ -418,20 +429,30 @@ def filter_file(
 
     if not (input_path.is_file() or is_zarr_store(input_path)):
         raise UsageError(f"{input_path}: no such file")
+    if output.is_dir() and output.suffix.lower() != ZARR_SUFFIX:
+        raise UsageError(f"{output}: is a folder; give an output file name (or use nunet batch for folders)")
     try:
         check_output_name(output)
     except NUNetError as exc:
         raise UsageError(str(exc)) from None
-    if output.is_dir() and output.suffix.lower() != ZARR_SUFFIX:
-        raise UsageError(f"{output}: is a folder; give an output file name (or use nunet batch for folders)")
     if output.resolve() == input_path.resolve():
         raise UsageError(f"{output}: output would overwrite the input; choose another name or folder")
     if output.exists() and overwrite and not written_by_nunet(output):
         raise UsageError(f"{output}: exists and was not written by nunet; it is never replaced")
     check_writable_folder(output.parent)
     job = Job(input_path, output)
-    record, image = _read(job, settings, overwrite, dry_run=False)
-    return _write(record, _filter(record, image, settings, model, progress), output, overwrite, settings.ngff)
+    with claimed(output) as held:
+        if held is None:
+            return _held_elsewhere(job)
+        record, image = _read(job, settings, overwrite, dry_run=False)
+        return _write(record, _filter(record, image, settings, model, progress), output, overwrite, settings.ngff)
+
+
+def _held_elsewhere(job: Job) -> FileRecord:
+    """The record of a job whose output another live run holds."""
+    return FileRecord(
+        str(job.input), str(job.output), "skipped", error="claimed by another nunet run writing into this folder"
+    )
 
 
 # ---- folders -----------------------------------------------------------------------------
@@ -522,18 +543,14 @@ def _pipeline(
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    held: list[Path] = []
+    held: list[Claim] = []
 
     def read(job: Job):
         if not dry_run:
-            if not claim(job.output):
-                return FileRecord(
-                    str(job.input),
-                    str(job.output),
-                    "skipped",
-                    error="claimed by another nunet run writing into this folder",
-                ), None
-            held.append(job.output)
+            taken = claim(job.output)
+            if taken is None:
+                return _held_elsewhere(job), None
+            held.append(taken)
         return _read(job, settings, overwrite, dry_run)
 
     records: list[FileRecord] = []
@@ -563,8 +580,8 @@ def _pipeline(
         while writes:  # results already computed are written (atomically) and recorded
             finish(writes.popleft())
         writer.shutdown(wait=True)
-        for output in held:
-            release(output)
+        for taken in held:
+            taken.release()
     return BatchResult(records, interrupted)
 
 

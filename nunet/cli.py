@@ -234,7 +234,7 @@ def filter_cmd(
     except NUNetError as exc:
         _usage_exit(exc)
     if record.status == "skipped":
-        err.print(f"skipped: {output} exists (use --overwrite to replace)")
+        err.print(f"skipped: {output}: {record.error or 'exists (use --overwrite to replace)'}")
     elif record.status == "failed":
         err.print(f"[red]error:[/red] {escape(str(record.error))}")
         if verbose and record.traceback:

@@ -295,3 +295,42 @@ def test_no_output_with_a_non_finite_pixel_is_written(tmp_path):
     result = run("batch", src, tmp_path / "out", "-m", path, "--radius", "off")
     assert result.exit_code == 1 and "NaN or infinite pixels" in result.output
     assert not (tmp_path / "out" / "x.tif").exists()
+
+
+def test_claims_are_os_locks_stale_ones_are_taken_over_live_ones_respected(tmp_path, model_dir):
+    """A leftover claim (another host's name, a live unrelated pid, a SIGKILLed holder) never blocks an
+    output; a claim whose lock a live process holds is respected by batch, --overwrite and filter."""
+    src = _folder(tmp_path, 2, side=48)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".img00.tif.nunet-claim").write_text("4242 another-host-that-restarted\n")
+    (out / ".img01.tif.nunet-claim").write_text(f"{os.getppid()} {os.uname().nodename}\n")  # alive, not nunet
+    (out / ".img01.tif.abc.part").write_bytes(b"left by the dead run")
+    assert _batch(src, out, model_dir).wait(timeout=300) == 0
+    assert {p.name for p in out.iterdir()} == {"img00.tif", "img01.tif"}  # outputs written, claims gone
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(out / '.img00.tif.nunet-claim')!r}, os.O_CREAT | os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (out / "img00.tif").read_bytes()
+        proc = _batch(src, out, model_dir, "--overwrite")
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "claimed by another nunet run" in stderr
+        assert (out / "img00.tif").read_bytes() == before  # held elsewhere: not recomputed
+        single = run("filter", src / "img00.tif", out / "img00.tif", "-m", "nunet-test", "--overwrite")
+        assert "claimed by another nunet run" in single.output
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    single = run("filter", src / "img00.tif", out / "img00.tif", "-m", "nunet-test", "--overwrite")
+    assert single.exit_code == 0 and "claimed" not in single.output
+    assert not list(out.glob(".*"))
