@@ -445,6 +445,13 @@ def filter_file(
         if held is None:
             return _held_elsewhere(job)
         record, image = _read(job, settings, overwrite, dry_run=False)
+        if image is not None and settings.channel is not None:  # one file: a bad channel is a usage error
+            from nunet.preprocess import channel_picks
+
+            try:
+                channel_picks(image.axes, image.data.shape, settings.channel)
+            except NUNetError as exc:
+                raise UsageError(f"{input_path}: --channel: {exc}") from None
         return _write(record, _filter(record, image, settings, model, progress), output, overwrite, settings.ngff)
 
 

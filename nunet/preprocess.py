@@ -52,6 +52,18 @@ def to_grey(data: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
     return grey, axes[:-1]
 
 
+def channel_picks(axes: str, shape: tuple[int, ...], channel: int | Sequence[int]) -> list[int]:
+    """The channel indices ``channel`` asks for, checked against an image's axes and shape (an
+    AxesError naming the problem: no C axis, or an index out of range)."""
+    if "C" not in axes:
+        raise AxesError(f"channel={channel} given but the image has no C axis (axes '{axes}')")
+    picks = [channel] if isinstance(channel, int) else list(channel)
+    n = shape[axes.index("C")]
+    if not picks or any(not -n <= p < n for p in picks):
+        raise AxesError(f"channel {channel} out of range: the image has {n} channel(s) (0..{n - 1})")
+    return picks
+
+
 def select_channels(data: np.ndarray, axes: str, channel: int | Sequence[int] | None) -> tuple[np.ndarray, str]:
     """Keep the chosen channel(s) of the ``C`` axis (None: all; a single int drops the axis).
 
@@ -59,14 +71,8 @@ def select_channels(data: np.ndarray, axes: str, channel: int | Sequence[int] | 
     """
     if channel is None:
         return data, axes
-    if "C" not in axes:
-        raise AxesError(f"channel={channel} given but the image has no C axis (axes '{axes}')")
+    picks = channel_picks(axes, data.shape, channel)
     c = axes.index("C")
-    picks = [channel] if isinstance(channel, int) else list(channel)
-    n = data.shape[c]
-    bad = [p for p in picks if not -n <= p < n]
-    if bad or not picks:
-        raise AxesError(f"channel {channel} out of range: the image has {n} channel(s) (0..{n - 1})")
     data = np.take(data, picks, axis=c)
     if isinstance(channel, int):
         return np.squeeze(data, axis=c), axes.replace("C", "")

@@ -334,3 +334,13 @@ def test_claims_are_os_locks_stale_ones_are_taken_over_live_ones_respected(tmp_p
     single = run("filter", src / "img00.tif", out / "img00.tif", "-m", "nunet-test", "--overwrite")
     assert single.exit_code == 0 and "claimed" not in single.output
     assert not list(out.glob(".*"))
+
+
+def test_a_channel_the_file_lacks_is_a_usage_error_before_any_compute(tmp_path):
+    from nunet.io import Image, write_image
+
+    src = tmp_path / "two.tif"
+    write_image(Image(blobs((2, 20, 20)).astype(np.float32), "CYX"), src)
+    result = run("filter", src, tmp_path / "o.tif", "-m", "nunet-test", "--channel", "5")
+    assert result.exit_code == 2 and "two.tif: --channel: channel 5 out of range" in result.output
+    assert not (tmp_path / "o.tif").exists() and not list(tmp_path.glob(".*"))
