@@ -221,6 +221,7 @@ def plan_batch(
 
     if not input_dir.is_dir():
         raise UsageError(f"{input_dir}: input folder not found")
+    input_dir, output_dir = input_dir.absolute(), output_dir.absolute()  # the report's paths: all absolute
     same = input_dir.resolve() == output_dir.resolve()
     if output_format not in FORMAT_SUFFIXES:
         raise UsageError(f"--format: '{output_format}' is not one of {', '.join(FORMAT_SUFFIXES)}")

@@ -296,3 +296,12 @@ def test_bf16_on_a_cpu_without_native_bf16_is_a_warning(folder, tmp_path):
     assert result.exit_code == 0, result.output
     # the warning names the cause where bf16 is emulated, and is absent where it is native
     assert ("warning: --precision bf16: this CPU has no native bf16" in result.output) != cpu_info().native_bf16
+
+
+def test_the_report_gives_absolute_paths_for_relative_folders(folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("batch", "in", "out", "--model", "nunet-test", "--pattern", "*.png", "--report", "report.json")
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads((tmp_path / "report.json").read_text())
+    assert Path(record["input"]).is_absolute() and Path(record["output"]).is_absolute()
+    assert Path(record["output"]) == tmp_path / "out" / "photo.tif"
