@@ -356,7 +356,7 @@ def _stage(record: FileRecord) -> Iterator[None]:
 
 
 def _read(job: Job, settings: FilterSettings, overwrite: bool, dry_run: bool):
-    from nunet.io import read_image, with_data
+    from nunet.io import read_image
 
     record, image = FileRecord(str(job.input), str(job.output), "ok"), None
     with _stage(record):
@@ -365,9 +365,7 @@ def _read(job: Job, settings: FilterSettings, overwrite: bool, dry_run: bool):
         elif dry_run:
             record.status = "dry-run"
         else:
-            image = read_image(job.input)
-            if settings.axes:
-                image = with_data(image, image.data, settings.axes)
+            image = read_image(job.input, settings.axes)
             record.shape, record.axes = list(image.data.shape), image.axes
     return record, image
 

@@ -787,15 +787,33 @@ def _terminate_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _show_option_warnings() -> None:
+    """Print nunet's :class:`~nunet.errors.OptionWarning` (a guess it made, a slow choice) as one
+    ``warning:`` line; other warnings as Python shows them."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, OptionWarning):
+            err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     """Entry point of ``nunet``."""
     _terminate_as_interrupt()
+    _show_option_warnings()
     app()
 
 
 def batch_main() -> None:
     """Entry point of ``nunet-batch`` (the ``batch`` command on its own)."""
     _terminate_as_interrupt()
+    _show_option_warnings()
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     single.command()(batch)
     single()

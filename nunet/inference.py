@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nunet.autotune import DEFAULT_TUNER, default_batch_size
-from nunet.errors import ImageValueError, ModelError
+from nunet.errors import ImageValueError, ModelError, OptionWarning
 from nunet.io import Calibration, Image, check_axes, guess_axes, with_data
 from nunet.preprocess import (
     FULL_SCALE,
@@ -247,6 +247,15 @@ def enhance(
         if np.iscomplexobj(data) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
             raise TypeError(f"unsupported image dtype {data.dtype}")
         img = Image(data, check_axes(axes, data.shape, "image") if axes else guess_axes(data.shape))
+        if axes is None and img.axes.endswith("S") and data.ndim == 3:  # (Y, X, 3|4): RGB, or 3-4 planes?
+            import warnings
+
+            warnings.warn(
+                f"an array of shape {data.shape} is read as one RGB(A) image (axes 'YXS', made grey); "
+                f"to filter its {data.shape[-1]} planes as channels, pass axes='YXC'",
+                OptionWarning,
+                stacklevel=2,
+            )
     return filter_image(
         img,
         model,

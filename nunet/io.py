@@ -19,7 +19,7 @@ import numpy as np
 
 from nunet._atomic import atomic_path
 from nunet._version import __version__
-from nunet.errors import AxesError, ImageReadError, ImageWriteError
+from nunet.errors import AxesError, ImageReadError, ImageWriteError, OptionWarning
 from nunet.settings import OUTPUT_DTYPES
 
 IMAGEJ_ORDER = "TZCYXS"
@@ -157,8 +157,13 @@ def _float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def read_image(path: str | os.PathLike) -> Image:
+def read_image(path: str | os.PathLike, axes: str | None = None) -> Image:
     """Read a TIFF (ImageJ hyperstack, OME-TIFF, multi-page), PNG, JPEG or (O)ME-Zarr image.
+
+    ``axes`` (letters of ``TZCYXS``) names the stored array's axes and overrides what the file says.
+    Without it, a TIFF stored with its samples first (planar ``SYX``, as ``tifffile.imwrite`` writes a
+    (3, H, W) or (4, H, W) array) is read as RGB with the samples moved last, and an
+    :class:`~nunet.errors.OptionWarning` says so and how to read the planes as channels instead.
 
     Raises
     ------
@@ -170,17 +175,19 @@ def read_image(path: str | os.PathLike) -> Image:
     if suffix == ZARR_SUFFIX:
         from nunet.zarr_io import read_zarr
 
-        return read_zarr(path)
-    if not path.is_file():
+        image = read_zarr(path)
+    elif not path.is_file():
         raise ImageReadError(f"{path}: no such file")
-    if suffix in TIFF_SUFFIXES:
-        return _read_tiff(path)
-    if suffix in OTHER_SUFFIXES:
-        return _read_other(path)
-    raise ImageReadError(f"{path}: unsupported file type '{suffix}' (use .tif, .tiff, .png, .jpg, .zarr)")
+    elif suffix in TIFF_SUFFIXES:
+        return _read_tiff(path, axes)
+    elif suffix in OTHER_SUFFIXES:
+        image = _read_other(path)
+    else:
+        raise ImageReadError(f"{path}: unsupported file type '{suffix}' (use .tif, .tiff, .png, .jpg, .zarr)")
+    return image if axes is None else with_data(image, image.data, check_axes(axes, image.data.shape, str(path)))
 
 
-def _read_tiff(path: Path) -> Image:
+def _read_tiff(path: Path, given: str | None = None) -> Image:
     import tifffile
 
     try:
@@ -189,7 +196,7 @@ def _read_tiff(path: Path) -> Image:
                 raise ImageReadError(f"{path}: TIFF file without image data")
             series = tif.series[0]
             data = series.asarray()
-            axes = _normalise_axes(series.axes)
+            axes = given.upper() if given else _normalise_axes(series.axes)
             calibration = _tiff_calibration(tif)
         if warnings:
             raise ImageReadError(f"{path}: corrupt or truncated TIFF ({warnings[0]})")
@@ -200,6 +207,16 @@ def _read_tiff(path: Path) -> Image:
     except Exception as exc:  # tifffile raises many types for corrupt or truncated files
         raise ImageReadError(f"{path}: not a readable TIFF ({type(exc).__name__}: {_first_line(exc)})") from exc
     data = _check_dtype(data, str(path))
+    if not given and "S" in axes[:-1]:  # planar RGB: the samples stored before the planes
+        data, axes = np.moveaxis(data, axes.index("S"), -1), axes.replace("S", "") + "S"
+        import warnings as python_warnings
+
+        python_warnings.warn(
+            f"{path}: read as planar RGB ({data.shape[-1]} samples stored first, made grey); to filter them "
+            f"as channels, give --axes {axes[:-1].replace('YX', 'CYX')} (axes=...)",
+            OptionWarning,
+            stacklevel=3,
+        )
     return Image(data, check_axes(axes, data.shape, str(path)), calibration, path)
 
 

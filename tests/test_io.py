@@ -134,3 +134,45 @@ def test_unsupported_suffix(tmp_path):
     path.write_bytes(b"BM")
     with pytest.raises(ImageReadError, match="unsupported file type"):
         read_image(path)
+
+
+@pytest.mark.parametrize("samples", [3, 4])
+def test_planar_tiffs_are_read_with_a_warning_and_axes_decide(tmp_path, samples):
+    """tifffile writes a (3|4, H, W) array as planar RGB ('SYX'): read as RGB with a warning naming
+    the override; with axes= (the CLI's --axes) the stored planes are what the caller says."""
+    from nunet.errors import OptionWarning
+
+    data = np.random.default_rng(samples).random((samples, 24, 28)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "planar.tif", data)
+    with pytest.warns(OptionWarning, match="read as planar RGB.*--axes CYX"):
+        rgb = read_image(tmp_path / "planar.tif")
+    assert rgb.axes == "YXS" and rgb.data.shape == (24, 28, samples)
+    np.testing.assert_array_equal(rgb.data, np.moveaxis(data, 0, -1))
+    channels = read_image(tmp_path / "planar.tif", axes="CYX")
+    assert channels.axes == "CYX" and channels.data.shape == data.shape
+    np.testing.assert_array_equal(channels.data, data)
+
+
+def test_cli_axes_decide_for_a_planar_tiff(tmp_path, model):
+    from typer.testing import CliRunner
+
+    from nunet import enhance
+    from nunet.cli import app
+
+    data = np.random.default_rng(0).random((3, 24, 28)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "planar.tif", data)
+    out = tmp_path / "o.tif"
+    result = CliRunner().invoke(
+        app, ["filter", str(tmp_path / "planar.tif"), str(out), "-m", "nunet-test", "--axes", "CYX"]
+    )
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read_image(out).data, enhance(data, model, axes="CYX"))
+
+
+def test_enhance_warns_when_it_guesses_rgb():
+    from nunet import enhance
+    from nunet.errors import OptionWarning
+
+    with pytest.warns(OptionWarning, match="read as one RGB.*axes='YXC'"):
+        out = enhance(np.random.default_rng(1).random((24, 28, 3)), "nunet-test")
+    assert out.shape == (24, 28)
