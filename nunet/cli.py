@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nunet.batch import DEFAULT_PATTERNS, FileRecord
-from nunet.errors import NUNetError, OptionWarning
+from nunet.errors import NUNetError, OptionWarning, PlaneReadError
 from nunet.registry import DEFAULT_MODEL
 from nunet.settings import OUTPUT_DTYPES, PRECISIONS, FilterSettings
 
@@ -265,6 +265,9 @@ def _filter_zarr(
                 overwrite=overwrite,
                 on_plane=lambda done, total: bar.update(task, completed=done, total=total),
             )
+    except PlaneReadError as exc:  # mid-run: the finished planes are kept, a rerun resumes
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
     except NUNetError as exc:
         _usage_exit(exc)
     except KeyboardInterrupt:

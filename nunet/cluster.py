@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nunet.errors import UsageError
+from nunet.errors import PlaneReadError, UsageError
 from nunet.io import Calibration
 from nunet.settings import FilterSettings
 from nunet.size import sample_indices
@@ -81,7 +81,12 @@ def read_plane(source: ZarrSource, plane: Plane, array=None) -> np.ndarray:
     array = source.open_array() if array is None else array
     lead = iter(plane.source)
     index = tuple(slice(None) if a in "YX" else next(lead) for a in source.axes)
-    data = np.asarray(array[index])
+    try:
+        data = np.asarray(array[index])
+    except Exception as exc:  # zarr and its codecs raise many types for a corrupt or missing chunk
+        where = ", ".join(f"{a}={i}" for a, i in zip((a for a in source.axes if a not in "YX"), plane.source))
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlaneReadError(f"{source.path}: plane {where or 0}: cannot read its pixels ({first})") from None
     return data.T if source.axes.index("X") < source.axes.index("Y") else data
 
 

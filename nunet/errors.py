@@ -9,6 +9,11 @@ class ImageReadError(NUNetError):
     """An input file cannot be read as an image (names the file and the problem)."""
 
 
+class PlaneReadError(ImageReadError):
+    """The pixels of one plane cannot be read mid-run (a corrupt or missing chunk): exit code 1,
+    where a problem found before the compute exits 2."""
+
+
 class ImageWriteError(NUNetError):
     """An output file cannot be written (names the file and the problem)."""
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from nunet.errors import AxesError, ImageReadError, ImageWriteError, NUNetError
+from nunet.errors import AxesError, ImageReadError, ImageWriteError, NUNetError, OptionWarning
 from nunet.io import Calibration, Image, check_axes, guess_axes
 from nunet.settings import NGFF_VERSIONS
 
@@ -146,19 +146,33 @@ def open_zarr(path: str | os.PathLike, axes: str | None = None) -> ZarrSource:
     if isinstance(node, zarr.Array):
         array, name = node, ""
         letters = axes or guess_axes(node.shape)
+        if axes is None and node.ndim > 2:  # a bare array names no axes: say what was guessed
+            import warnings
+
+            warnings.warn(
+                f"{path}: a bare zarr array names no axes; read as '{letters}' for shape {tuple(node.shape)} "
+                "(give --axes to say otherwise)",
+                OptionWarning,
+                stacklevel=2,
+            )
     else:
         found = _multiscales(dict(node.attrs))
         if not found:
             raise ImageReadError(f"{path}: a zarr group without OME-Zarr multiscales metadata")
         multiscales, ngff = found
-        image = multiscales[0]
-        name = image["datasets"][0]["path"]
-        array = node[name]
-        names = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
-        letters = "".join(n.upper() for n in names)
-        if set(letters) - set(NGFF_ORDER) or len(names) != array.ndim:
-            raise ImageReadError(f"{path}: axes {names} are not NGFF's t, c, z, y, x")
-        calibration = _calibration(image, letters)
+        try:
+            image = multiscales[0]
+            name = image["datasets"][0]["path"]
+            array = node[name]
+            names = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
+            letters = "".join(n.upper() for n in names)
+            if set(letters) - set(NGFF_ORDER) or len(names) != array.ndim:
+                raise ImageReadError(f"{path}: axes {names} are not NGFF's t, c, z, y, x")
+            calibration = _calibration(image, letters)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise ImageReadError(
+                f"{path}: broken OME-Zarr multiscales metadata ({type(exc).__name__}: {exc}); nothing was computed"
+            ) from None
         letters = axes or letters
     try:
         letters = check_axes(letters, array.shape, str(path))

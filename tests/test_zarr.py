@@ -249,3 +249,43 @@ def test_one_radius_for_the_whole_volume_as_enhance_estimates_it(tmp_path, model
     np.testing.assert_array_equal(cluster.filter_dask(lazy, _settings(model_path)).compute(), expected)
     microns = cluster.filter_dask(lazy, _settings(model_path, radius="5um"), CAL).compute()  # 0.25 um pixels: 20 px
     np.testing.assert_array_equal(microns, enhance(data, model_path, axes="ZYX", device="cpu", radius=20))
+
+
+def test_zarr_faults_are_one_line_metadata_before_any_compute(tmp_path, model_dir):
+    """A corrupt chunk: one line naming the store and the plane, exit 1, the planes done before kept;
+    broken multiscales metadata: one line naming the store, exit 2, nothing written."""
+    import json
+
+    src = tmp_path / "in.ome.zarr"
+    _volume(src, shape=(3, 32, 36), axes="ZYX")
+    (src / "s0" / "c" / "2" / "0" / "0").write_bytes(b"not a compressed chunk")
+    env_models = {"NUNET_MODEL_PATH": str(model_dir)}
+    out = tmp_path / "out.ome.zarr"
+    done = subprocess.run(
+        [sys.executable, "-m", "nunet", "filter", str(src), str(out), "-m", "nunet-test"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env_models},
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "in.ome.zarr: plane Z=2: cannot read its pixels" in done.stderr and "Traceback" not in done.stderr
+    broken = tmp_path / "broken.ome.zarr"
+    _volume(broken, shape=(2, 32, 36), axes="ZYX")
+    meta = json.loads((broken / "zarr.json").read_text())
+    del meta["attributes"]["ome"]["multiscales"][0]["datasets"]
+    (broken / "zarr.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["filter", str(broken), str(tmp_path / "b-out.ome.zarr"), "-m", "nunet-test"])
+    assert result.exit_code == 2 and "broken OME-Zarr multiscales metadata" in result.output
+    assert not (tmp_path / "b-out.ome.zarr").exists()
+
+
+def test_a_bare_array_says_which_axes_were_guessed(tmp_path, model_path):
+    from nunet.errors import OptionWarning
+
+    store = tmp_path / "bare.zarr"
+    zarr.create_array(str(store), data=blobs((2, 3, 2, 24, 28)).astype(np.float32))
+    with pytest.warns(OptionWarning, match="bare zarr array names no axes; read as 'TZCYX'"):
+        source = zarr_io.open_zarr(store)
+    assert source.axes == "TZCYX"
+    assert zarr_io.open_zarr(store, "TCZYX").axes == "TCZYX"  # --axes decides
