@@ -47,7 +47,8 @@ case "$choice" in
         echo "NUNET_TORCH must be cpu, cuda or keep, not '$choice'" >&2
         exit 2 ;;
 esac
-"$PYTHON" -c 'import torch; print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")'
+# -W: torch warns that NumPy is missing when it is not installed yet (nunet brings it next)
+"$PYTHON" -W ignore::UserWarning -c 'import torch; print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")'
 
 if [ "${1:-}" = "--test" ]; then
     step "installing nunet with the test, bioimageio and zarr extras and the stardist package's test images (no dependencies)"

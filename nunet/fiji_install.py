@@ -52,9 +52,12 @@ def install(root: Path, python: str = sys.executable, jython_jar: Path = DEFAULT
     Raises
     ------
     NUNetError
-        If ``root`` is not a folder, or a plain ImageJ lacks what the Jython shim needs.
+        If ``root`` is not a folder (a missing one is created when its parent exists), or a plain
+        ImageJ lacks what the Jython shim needs.
     """
     root = Path(root)
+    if not root.exists() and root.parent.is_dir():
+        root.mkdir()  # a new ImageJ folder (its parent must exist: a mistyped path is not created)
     if not root.is_dir():
         raise NUNetError(f"{root}: not a folder (give the Fiji.app or ImageJ folder)")
     written: list[Path] = []

@@ -513,6 +513,17 @@ def test_install_and_uninstall(tmp_path):
     ]
 
 
+def test_install_creates_a_new_folder_but_not_a_mistyped_path(tmp_path):
+    bindir = Path(sys.executable).parent
+    new = tmp_path / "my-imagej"
+    done = subprocess.run([bindir / "nunet", "fiji", "install", new], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (new / "plugins" / "NU-Net" / "NU-Net_Filter.py").is_file()
+    typo = tmp_path / "no-such-parent" / "ImageJ"
+    done = subprocess.run([bindir / "nunet", "fiji", "install", typo], capture_output=True, text=True)
+    assert done.returncode == 2 and "not a folder" in done.stderr and not typo.parent.exists()
+
+
 def test_documented_snippet_starts_without_a_folder_and_macro_errors_raise(display, model_dir, tmp_path):
     """README's pyimagej/scyjava snippet as written: fiji.start() with no folder installs the plugin in a
     per-user folder, run("NU-Net Filter") is served in-process, and a macro error raises at once instead
