@@ -433,13 +433,13 @@ def _prepare(
 
     On a CUDA device the raw planes are uploaded and prepared there (:func:`_prepare_torch`),
     so the CPU only copies; elsewhere, and for planes under 8 px, batches too large for
-    ``torch.quantile`` or float64 values beyond float32's range, with NumPy on the CPU.
+    ``torch.quantile`` or float64 data, with NumPy on the CPU.
     """
     import torch
 
     height, width = planes.shape[1:]
-    fits = planes.dtype != np.float64 or np.abs(planes).max(initial=0.0) <= np.finfo(np.float32).max
-    if device.startswith("cuda") and min(height, width) >= 8 and planes.size <= QUANTILE_LIMIT and fits:
+    single = planes.dtype != np.float64  # float64 is normalised in float64 (its range may exceed float32's)
+    if device.startswith("cuda") and min(height, width) >= 8 and planes.size <= QUANTILE_LIMIT and single:
         return _prepare_torch(planes, percentiles, invert, frame, device)
     normalised = (normalise_plane(p, percentiles) for p in planes)
     prepared = [

@@ -80,11 +80,13 @@ def select_channels(data: np.ndarray, axes: str, channel: int | Sequence[int] | 
 
 
 def normalise_plane(plane: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
-    """Map a plane's percentiles to 0..255 (clipped), as float32 (see module docstring). Values beyond
-    float32's range (float64 data) are mapped in float64 first."""
+    """Map a plane's percentiles to 0..255 (clipped), as float32 (see module docstring). float64 data
+    is mapped in float64 first: values beyond float32's range, huge or tiny, keep their contrast."""
     plane = np.asarray(plane)
-    if plane.dtype == np.float64 and np.abs(plane).max(initial=0.0) > np.finfo(np.float32).max:
+    if plane.dtype == np.float64:
         lo, hi = np.percentile(plane, percentiles)
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            raise ValueError("plane contains NaN or infinite values")
         if hi <= lo:
             return np.zeros(plane.shape, np.float32)
         return np.clip((plane - lo) * (FULL_SCALE / (hi - lo)), 0.0, FULL_SCALE).astype(np.float32)

@@ -92,3 +92,71 @@ def test_an_axes_string_that_does_not_fit_is_a_nunet_error():
     for axes in ("ZYX", "YXQ", "YYX", "TX"):
         with pytest.raises(NUNetError):
             enhance(np.zeros((4, 5)), "nunet-test", axes=axes)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    shape=st.tuples(st.integers(4, 20), st.integers(4, 20)),
+    scale=st.sampled_from([1e-300, 1e-30, 1.0, 1e30, 1e300]),
+    offset=st.sampled_from([0.0, -1.0, 1e6]),
+)
+def test_float64_data_of_any_magnitude_filters_like_its_scaled_copy(seed, shape, scale, offset):
+    """Finite float64 data, tiny or beyond float32's range: a finite output in [0, 1], the same as
+    for the data scaled to ordinary values (the filter is invariant to gain and offset)."""
+    from nunet import enhance
+
+    base = np.random.default_rng(seed).random(shape)
+    data = base * scale + offset * scale
+    if not np.isfinite(data).all() or np.ptp(data) == 0:  # offset x scale overflowed, or the gain vanished
+        return
+    out = enhance(data, "nunet-test", radius="off", device="cpu")
+    assert np.isfinite(out).all() and 0.0 <= out.min() and out.max() <= 1.0
+    np.testing.assert_allclose(out, enhance(base, "nunet-test", radius="off", device="cpu"), atol=2e-3)
+
+
+@st.composite
+def tiffs(draw):
+    """A TIFF as other software writes it: planar or interleaved RGB, an ImageJ hyperstack, plain pages."""
+    kind = draw(st.sampled_from(["planar", "rgb", "imagej", "pages"]))
+    h, w = draw(st.integers(5, 24)), draw(st.integers(5, 24))
+    samples = draw(st.sampled_from([3, 4]))
+    shape = {
+        "planar": (samples, h, w),
+        "rgb": (h, w, samples),
+        "imagej": (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w),
+        "pages": (draw(st.integers(2, 5)), h, w),
+    }[kind]
+    dtype = draw(st.sampled_from(["uint8", "uint16", "float32"]))
+    data = (np.random.default_rng(draw(st.integers(0, 2**31 - 1))).random(shape) * 200).astype(dtype)
+    return kind, data
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=tiffs())
+def test_read_image_reads_generated_tiffs_or_says_why(tmp_path, case):
+    """Every generated TIFF reads with all its pixels and valid axes (S last; a planar file with a
+    warning), and filters; --axes decides for a planar one."""
+    import warnings
+
+    from nunet.errors import OptionWarning
+
+    kind, data = case
+    path = tmp_path / "t.tif"
+    options = {
+        "planar": {"photometric": "rgb", "planarconfig": "separate"},  # what tifffile writes for (3|4, H, W)
+        "rgb": {"photometric": "rgb"},
+        "imagej": {"imagej": True, "metadata": {"axes": "ZCYX"}},
+        "pages": {"photometric": "minisblack"},
+    }[kind]
+    tifffile.imwrite(path, data, **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = read_image(path)
+    assert image.data.size == data.size and ("S" not in image.axes or image.axes.endswith("S"))
+    assert (kind == "planar") == any(issubclass(w.category, OptionWarning) for w in caught)
+    result = filter_image(image, "nunet-test", device="cpu", radius="off")
+    yx = tuple(image.data.shape[image.axes.index(a)] for a in "YX")
+    assert np.isfinite(result.data).all() and result.data.shape[-2:] == yx
+    if kind == "planar":
+        assert read_image(path, axes="CYX").data.shape == data.shape
