@@ -371,8 +371,6 @@ def _read(job: Job, settings: FilterSettings, overwrite: bool, dry_run: bool):
 
 
 def _filter(record: FileRecord, image, settings: FilterSettings, model, progress: bool):
-    from dataclasses import replace
-
     from nunet.inference import filter_image, nucleus_radius
     from nunet.io import convert_dtype, with_data
 
@@ -380,7 +378,7 @@ def _filter(record: FileRecord, image, settings: FilterSettings, model, progress
     if image is not None:
         with _stage(record):
             record.radius = nucleus_radius(image, settings.radius, channel=settings.channel, invert=settings.invert)
-            fixed = replace(settings, radius="off" if record.radius is None else f"{record.radius:.6g}")
+            fixed = settings.with_radius_pixels(record.radius)
             result = filter_image(
                 image,
                 model if model is not None else settings.model,

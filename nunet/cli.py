@@ -10,6 +10,7 @@ writing the report for the files done.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +25,8 @@ from nunet.settings import OUTPUT_DTYPES, PRECISIONS, FilterSettings
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
+#: Python's own way of showing a warning, for the warnings that are not nunet's (:func:`_show_warning`).
+_PYTHON_SHOWWARNING = warnings.showwarning
 
 app = typer.Typer(
     help="NU-Net: a smart filter for nuclei and cells (a drop-in replacement for DoG).",
@@ -115,8 +118,6 @@ def _settings(
 ) -> FilterSettings:
     """The command's FilterSettings, checked against the hardware; a bad option exits 2, a doubtful
     one (bf16 emulated on this CPU) is printed as a warning."""
-    import warnings
-
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", OptionWarning)
@@ -138,10 +139,7 @@ def _settings(
     except NUNetError as exc:
         _usage_exit(exc)
     for warning in caught:
-        if issubclass(warning.category, OptionWarning):
-            err.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}")
-        else:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        _show_warning(warning.message, warning.category, warning.filename, warning.lineno)
     return settings
 
 
@@ -790,20 +788,18 @@ def _terminate_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """nunet's :class:`~nunet.errors.OptionWarning` (a guess it made, a slow choice) as one ``warning:``
+    line; other warnings as Python shows them."""
+    if issubclass(category, OptionWarning):
+        err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
 def _show_option_warnings() -> None:
-    """Print nunet's :class:`~nunet.errors.OptionWarning` (a guess it made, a slow choice) as one
-    ``warning:`` line; other warnings as Python shows them."""
-    import warnings
-
-    default = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, OptionWarning):
-            err.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
-        else:
-            default(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
+    """Every warning of the command goes through :func:`_show_warning`."""
+    warnings.showwarning = _show_warning
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -275,7 +275,7 @@ def with_radius(
 
     calibration = calibration or Calibration()
     pixels = image_radius(settings.radius, sample, settings.invert, calibration.pixel_width, calibration.unit)
-    return replace(settings, radius="off" if pixels is None else f"{pixels:.6g}")
+    return settings.with_radius_pixels(pixels)
 
 
 def filter_dask(array, settings: FilterSettings | None = None, calibration: "Calibration | None" = None):

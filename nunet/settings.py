@@ -157,6 +157,13 @@ class FilterSettings:
                 )
         return replace(self, device=device)
 
+    def with_radius_pixels(self, pixels: float | None) -> "FilterSettings":
+        """These settings with the nucleus radius fixed as ``pixels`` (None: ``off``, the image's own
+        scale), for faces that resolve the radius once and filter piecewise."""
+        from dataclasses import replace
+
+        return replace(self, radius="off" if pixels is None else f"{pixels:.6g}")
+
     def plane_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`nunet.inference.filter_planes`: all but model, axes, channel,
         dtype and ngff (which concern the whole image)."""
