@@ -57,6 +57,8 @@ if [ "${1:-}" = "--test" ]; then
     step "checking the code with ruff (lint and format)"
     "$PYTHON" -m ruff check .
     "$PYTHON" -m ruff format --check .
+    step "checking the architecture's layers with import-linter (pyproject.toml: tool.importlinter)"
+    "$PYTHON" -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())'
     step "running the tests"
     exec "$PYTHON" -m pytest
 fi

@@ -1,7 +1,7 @@
 """Per-call overhead of Fiji's "NU-Net Filter" next to the filter's own time, on a 512x512 plane.
 
 Three figures, measured in one run with the same model:
-- the filter itself (``nunet.inference.filter_planes``), the baseline;
+- the filter itself (``nunet.api.filter_planes``), the baseline;
 - the in-process path: a macro ``run("NU-Net Filter", ...)`` in this Python's JVM after
   ``nunet.fiji.register()`` (a pyimagej-like session);
 - the worker path: a standalone ``java -jar ij.jar -batch`` macro calling the command in a loop;
@@ -9,7 +9,7 @@ Three figures, measured in one run with the same model:
 Overhead = call time - filter time; target: < 20% of the filter time once the worker is warm.
 
 Needs ImageJ (Debian's libij-java, or NUNET_IJ_JAR) and a display: on a server run
-``xvfb-run -a python benchmarks/bench_fiji.py [--calls 10] [--model nunet-untrained]``.
+``xvfb-run -a python benchmarks/bench_fiji.py [--calls 10] [--model nunet-v8]``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SIZE = 512
 
 
 def filter_ms(model: str, calls: int) -> float:
-    from nunet.inference import filter_planes
+    from nunet.api import filter_planes
 
     plane = np.random.default_rng(0).random((1, SIZE, SIZE), dtype=np.float32)
     filter_planes(plane, model, device="cpu")
@@ -103,12 +103,12 @@ for (i = 0; i < {calls + 1}; i++) {{
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--model", default="nunet-untrained")
+    parser.add_argument("--model", default="nunet-v8")
     args = parser.parse_args()
     if not os.environ.get("DISPLAY"):
         sys.exit("needs a display for ImageJ 1.53's run(): use xvfb-run -a python benchmarks/bench_fiji.py")
 
-    from nunet.fiji_install import install
+    from nunet.integrations.fiji_install import install
 
     with tempfile.TemporaryDirectory() as tmp:
         imagej_dir = Path(tmp)

@@ -1,6 +1,6 @@
 """ms/plane of each classical filter and of NU-Net on the same synthetic planes.
 
-Usage: ``python benchmarks/bench_filters.py [--size 400] [--planes 5] [--model nunet-untrained]``
+Usage: ``python benchmarks/bench_filters.py [--size 400] [--planes 5] [--model nunet-v8]``
 Prints each filter's median time per plane and its ratio to the DoG, measured in the same run.
 """
 
@@ -10,19 +10,18 @@ import argparse
 import statistics
 import time
 
-from nunet import baselines
-from nunet.synth import synth_image
+from nunet.data.synth import synth_image
+from nunet.evaluation import baselines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--planes", type=int, default=5)
-    parser.add_argument("--model", default="nunet-untrained")
+    parser.add_argument("--model", default="nunet-v8")
     args = parser.parse_args()
 
-    from nunet.inference import enhance
-    from nunet.registry import load_model
+    from nunet import enhance, load_model
 
     planes = [synth_image("sparse", (args.size, args.size), seed=i) for i in range(args.planes)]
     model = load_model(args.model, "cpu")

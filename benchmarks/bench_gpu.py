@@ -50,9 +50,9 @@ def main() -> None:
     import torch
 
     from nunet import enhance, load_model
-    from nunet.model import untrained
-    from nunet.preprocess import normalise_plane
-    from nunet.synth import synth_image
+    from nunet.core.model import untrained
+    from nunet.core.preprocess import normalise_plane
+    from nunet.data.synth import synth_image
 
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu: no CUDA device")
@@ -119,8 +119,8 @@ def main() -> None:
                 f"(wall, incl. normalisation and transfers), peak GPU memory {peak:.2f} GiB (paper: 1.3 GB)"
             )
 
-    from nunet.autotune import Tuner
-    from nunet.registry import load_model
+    from nunet import load_model
+    from nunet.core.autotune import Tuner
 
     loaded = load_model(model_ref, "cuda")
     start = time.perf_counter()
@@ -143,7 +143,7 @@ def output_layer(size: int, batch: int, precision: str, repeats: int) -> None:
     """The 32->1 9x9 output conv as cuDNN runs it against nunet's row convolutions (used on all devices)."""
     import torch
 
-    from nunet.model import single_output_conv
+    from nunet.core.model import single_output_conv
 
     padded = torch.rand(batch, 32, size + 8, size + 8, device="cuda")
     weight, bias = torch.randn(1, 32, 9, 9, device="cuda") * 0.05, torch.zeros(1, device="cuda")
@@ -164,7 +164,7 @@ def _saved_untrained() -> str:
     import tempfile
 
     from nunet import save_model
-    from nunet.model import untrained
+    from nunet.core.model import untrained
 
     path = os.path.join(tempfile.gettempdir(), "nunet-bench-untrained.pt")
     if not os.path.exists(path):

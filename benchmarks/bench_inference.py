@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from nunet.options import DEFAULT_MODEL
+
 
 def best_ms(fn, repeats: int) -> float:
     """Best wall time of ``fn()`` in milliseconds over ``repeats`` runs (after one warm-up)."""
@@ -49,7 +51,7 @@ def nunet_gflop(height: int, width: int) -> float:
     """Nominal cost of the published network: multiply-adds x 2 of each convolution at its output size.
 
     nunet computes the decoder with fewer operations (upsampling convolutions on the low-res
-    grid, :func:`nunet.model.upsample_conv3x3`), so GFLOP/s derived from this are effective rates.
+    grid, :func:`nunet.core.model.upsample_conv3x3`), so GFLOP/s derived from this are effective rates.
     """
     layers = (
         [(1, 32, 9, 1), (32, 64, 3, 2), (64, 128, 3, 4)]
@@ -62,16 +64,16 @@ def nunet_gflop(height: int, width: int) -> float:
 def tiling_cost(size: int, plane_ms: float) -> None:
     """One large plane whole and with the default tiling, against the 400x400 per-pixel rate."""
     from nunet import enhance
-    from nunet.inference import AUTO_TILING
-    from nunet.synth import synth_image
+    from nunet.core.planes import AUTO_TILING
+    from nunet.data.synth import synth_image
 
     tile = AUTO_TILING["cpu"][1]
     plane = synth_image("sparse", (size, size), seed=2).image
-    whole = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", tile_size=0), 1) / 1e3
-    tiled = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", tile_size=tile), 1) / 1e3
+    whole = best_ms(lambda: enhance(plane, DEFAULT_MODEL, device="cpu", tile_size=0), 1) / 1e3
+    tiled = best_ms(lambda: enhance(plane, DEFAULT_MODEL, device="cpu", tile_size=tile), 1) / 1e3
     ideal = plane_ms / 1e3 * size * size / 400**2
     print(
-        f"\n{size}x{size} plane, nunet-w8 fp32: whole {whole:.1f} s, tiled ({tile}-px tiles) {tiled:.1f} s; "
+        f"\n{size}x{size} plane, {DEFAULT_MODEL} fp32: whole {whole:.1f} s, tiled ({tile}-px tiles) {tiled:.1f} s; "
         f"400x400 rate scaled up: {ideal:.1f} s (tiled / scaled = {tiled / ideal:.2f})"
     )
 
@@ -84,7 +86,7 @@ def tiled_peak_memory(size: int, tile: int) -> dict:
     code = f"""
 import json, time, numpy as np
 from nunet import enhance
-from nunet.model import untrained
+from nunet.core.model import untrained
 from nunet import save_model
 import tempfile, os
 path = os.path.join(tempfile.mkdtemp(), "m.pt")
@@ -107,22 +109,22 @@ print(json.dumps({{"seconds": time.perf_counter() - start,
 def precision_rows(size: int, repeats: int) -> float:
     """ms/plane of the full ``enhance`` path per precision, and the ratio to fp32; returns fp32's."""
     from nunet import enhance, load_model
-    from nunet.autotune import Tuner
-    from nunet.synth import synth_image
+    from nunet.core.autotune import Tuner
+    from nunet.data.synth import synth_image
 
     plane = synth_image("dense", (size, size), seed=3).image
-    loaded = load_model("nunet-w8", device="cpu")
+    loaded = load_model(DEFAULT_MODEL, device="cpu")
     tuner = Tuner()
     chosen = tuner.precision(loaded, "cpu")
     batch = tuner.batch_size(loaded, "cpu", chosen)
     threads = tuner.thread_count(loaded, chosen, batch)
     print(
-        f"\nenhance() on one {size}x{size} plane, nunet-w8, CPU "
+        f"\nenhance() on one {size}x{size} plane, {DEFAULT_MODEL}, CPU "
         f"(auto picks {chosen}, batch {batch}, {threads} threads):"
     )
     base = None
     for precision in ("fp32", "bf16", "auto"):
-        ms = best_ms(lambda: enhance(plane, "nunet-w8", device="cpu", precision=precision), repeats)
+        ms = best_ms(lambda: enhance(plane, DEFAULT_MODEL, device="cpu", precision=precision), repeats)
         base = base or ms
         print(f"  {precision:<5} {ms:8.1f} ms/plane  {base / ms:5.2f}x fp32  (target <= 150 ms with auto)")
     return base
@@ -135,11 +137,11 @@ def batch_overhead(files: int, size: int) -> None:
 
     import tifffile
 
-    from nunet.batch import run_batch
-    from nunet.inference import filter_image
+    from nunet import filter_image
+    from nunet.batch.run import run_batch
+    from nunet.data.synth import synth_image
     from nunet.io import read_image
-    from nunet.settings import FilterSettings
-    from nunet.synth import synth_image
+    from nunet.options import FilterSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
@@ -148,15 +150,16 @@ def batch_overhead(files: int, size: int) -> None:
             stack = np.stack([synth_image("sparse", (size, size), seed=50 + 2 * i + z).image for z in range(2)])
             tifffile.imwrite(src / f"img{i:02d}.tif", stack.astype(np.uint16), imagej=True, metadata={"axes": "ZYX"})
         images = [read_image(p) for p in sorted(src.glob("*.tif"))]
-        filter_image(images[0], "nunet-w8", device="cpu")  # warm-up
+        filter_image(images[0], DEFAULT_MODEL, device="cpu")  # warm-up
         computes, walls = [], []
         for round_ in range(3):  # alternate, keep the best of each: this machine is noisy
             start = time.perf_counter()
             for image in images:
-                filter_image(image, "nunet-w8", device="cpu")
+                filter_image(image, DEFAULT_MODEL, device="cpu")
             computes.append(time.perf_counter() - start)
             start = time.perf_counter()
-            records = run_batch(src, Path(tmp) / f"out{round_}", FilterSettings(model="nunet-w8", device="cpu")).records
+            settings = FilterSettings(model=DEFAULT_MODEL, device="cpu")
+            records = run_batch(src, Path(tmp) / f"out{round_}", settings).records
             walls.append(time.perf_counter() - start)
         compute, wall = min(computes), min(walls)
     assert all(r.status == "ok" for r in records)
@@ -184,12 +187,12 @@ def main() -> None:
     import scipy.ndimage as ndi
     import torch
 
-    from nunet.model import untrained
+    from nunet.core.model import untrained
 
     threads_max = torch.get_num_threads()
     ceiling = matmul_gflops(args.repeats)
     gflop = nunet_gflop(args.size, args.size)
-    from nunet.runtime import cpu_info
+    from nunet.core.runtime import cpu_info
 
     print(f"torch {torch.__version__}, {threads_max} threads, CPU: {cpu_info().describe()}")
     print(

@@ -42,7 +42,7 @@ def int8_net(state):
     """An eager NUNet whose encoder 3x3 and residual convolutions run :func:`fake_int8`."""
     import torch
 
-    from nunet.model import ENCODER, RESIDUAL, RESIDUAL_BLOCKS, NUNet
+    from nunet.core.model import ENCODER, RESIDUAL, RESIDUAL_BLOCKS, NUNet
 
     class FakeInt8(torch.nn.Module):
         def __init__(self, layer):
@@ -66,12 +66,12 @@ def int8_net(state):
 def planes():
     import numpy as np
 
-    from nunet.preprocess import normalise_plane
-    from nunet.synth import MODALITIES, synth_image
+    from nunet.core.preprocess import normalise_plane
+    from nunet.data.synth import MODALITIES, synth_image
 
     found = {m: normalise_plane(synth_image(m, (256, 256), seed=7).image) for m in MODALITIES}
     try:
-        from nunet.realdata import load_real_images
+        from nunet.data.real import load_real_images
 
         real = load_real_images()
         found["real 2D"] = normalise_plane(real.image2d.astype(np.float32))
@@ -99,13 +99,14 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from nunet.registry import DEFAULT_MODEL, load_model
-    from nunet.runtime import cpu_info
+    from nunet import load_model
+    from nunet.core.runtime import cpu_info
+    from nunet.options import DEFAULT_MODEL
 
     print(f"CPU: {cpu_info().describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     images = planes()
     print("1. best-case int8 error against fp32, on [0, 1] (max / mean abs)")
-    for name in args.model or [DEFAULT_MODEL, "nunet-w8"]:
+    for name in args.model or [DEFAULT_MODEL]:
         loaded = load_model(name, "cpu")
         net = int8_net(loaded.module.state_dict())
         cells = []

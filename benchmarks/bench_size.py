@@ -24,8 +24,8 @@ def _score(pairs: list[tuple[float, float | None]]) -> str:
 
 
 def dsb_pairs(data: str | None) -> dict[str, list]:
-    from nunet.evaluate import dsb_items
-    from nunet.size import estimate_radius
+    from nunet.core.size import estimate_radius
+    from nunet.evaluation.suites import dsb_items
 
     pairs: dict[str, list] = {}
     for item in dsb_items(data):
@@ -37,9 +37,9 @@ def dsb_pairs(data: str | None) -> dict[str, list]:
 def synthetic_pairs() -> dict[str, list]:
     from scipy import ndimage as ndi
 
+    from nunet.core.size import estimate_radius
     from nunet.data.dsb import median_radius
-    from nunet.evaluate import degraded_synthetic_items, synthetic_items
-    from nunet.size import estimate_radius
+    from nunet.evaluation.suites import degraded_synthetic_items, synthetic_items
 
     pairs: dict[str, list] = {}
     for item in synthetic_items() + degraded_synthetic_items():
@@ -52,10 +52,9 @@ def timing(model: str) -> None:
     import torch
     from scipy import ndimage as ndi
 
+    from nunet import enhance, load_model
     from nunet.data.dsb import median_radius
-    from nunet.inference import enhance
-    from nunet.registry import load_model
-    from nunet.synth import synth_image
+    from nunet.data.synth import synth_image
 
     loaded = load_model(model, "cpu")
     source = synth_image("sparse", (180, 180), seed=1)

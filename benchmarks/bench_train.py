@@ -21,7 +21,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from nunet.train import load_config, train
+    from nunet.training.config import load_config
+    from nunet.training.loop import train
 
     results = {}
     for backbone in ("random-vgg19", "random-multiscale"):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 def _load(model: str) -> str:
     """Load ``model`` in a worker's cache (the module itself cannot travel back)."""
-    from nunet.registry import load_model
+    from nunet import load_model
 
     return load_model(model, "cpu").name
 
@@ -37,10 +37,10 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from nunet.cluster import filter_zarr
+    from nunet.core.runtime import cpu_info
+    from nunet.data.synth import synth_image
     from nunet.io import Calibration, Image, write_image
-    from nunet.runtime import cpu_info
-    from nunet.settings import FilterSettings
-    from nunet.synth import synth_image
+    from nunet.options import FilterSettings
 
     info = cpu_info()
     print(f"CPU: {info.describe()}; {args.planes} planes of {args.size}^2 px, model {args.model}")

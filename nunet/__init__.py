@@ -14,13 +14,13 @@ from typing import Any
 from nunet._version import __version__
 
 _EXPORTS = {
-    "NUNet": "nunet.model",
-    "save_model": "nunet.modelfile",
-    "LoadedModel": "nunet.modelfile",
+    "NUNet": "nunet.core.model",
+    "save_model": "nunet.core.modelfile",
+    "LoadedModel": "nunet.core.modelfile",
     "load_model": "nunet.registry",
     "list_models": "nunet.registry",
-    "enhance": "nunet.inference",
-    "filter_image": "nunet.inference",
+    "enhance": "nunet.api",
+    "filter_image": "nunet.api",
     "Image": "nunet.io",
     "Calibration": "nunet.io",
     "read_image": "nunet.io",

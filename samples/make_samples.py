@@ -39,9 +39,6 @@ def main() -> None:
     import skimage
     import tifffile
 
-    from nunet import save_model
-    from nunet.model import untrained
-
     tifffile.imwrite(
         HERE / "synthetic_nuclei_TZYX.tif",
         synthetic_nuclei((3, 3, 128, 128)),
@@ -52,13 +49,6 @@ def main() -> None:
     ihc = iio.imread(Path(skimage.__file__).parent / "data" / "ihc.png")
     iio.imwrite(HERE / "ihc_nuclei_rgb.png", ihc[:256, :256])
     tifffile.imwrite(HERE / "synthetic_nuclei_2d_uint16.tif", synthetic_nuclei((1, 1, 192, 160), seed=1)[0, 0])
-    save_model(
-        untrained(0),
-        HERE.parent / "models" / "nunet-untrained.pt",
-        name="nunet-untrained",
-        w=None,
-        description="UNTRAINED seeded random init: exercises pipelines, does not filter",
-    )
 
 
 if __name__ == "__main__":

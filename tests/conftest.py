@@ -15,7 +15,7 @@ TEST_MODEL = "nunet-test"
 def model_dir(tmp_path_factory) -> Path:
     """A model folder holding ``nunet-test``: a seeded random NU-Net saved with save_model."""
     from nunet import save_model
-    from nunet.model import untrained
+    from nunet.core.model import untrained
 
     folder = tmp_path_factory.mktemp("models")
     save_model(
@@ -36,9 +36,12 @@ def model_path(model_dir) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _registry(model_dir, monkeypatch):
-    """Every test sees the fixture model through NUNET_MODEL_PATH."""
+def _registry(model_dir, tmp_path_factory, monkeypatch):
+    """Every test sees the fixture model through NUNET_MODEL_PATH, and an empty download folder
+    (``nunet models fetch``'s) instead of the user's."""
     monkeypatch.setenv("NUNET_MODEL_PATH", str(model_dir))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.getbasetemp() / "xdg-data"))
+    monkeypatch.delenv("NUNET_MODEL_URL", raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +74,8 @@ def held_out_training_loss(config, backbone, scale: float, seed: int):
     with ``seed``, as a function of the network: a tiny run's before/after check."""
     import torch
 
-    from nunet.losses import TargetGrams, content_loss, morphological_loss
-    from nunet.train import content_batch, content_datasets, mask_bank
+    from nunet.training.data import content_batch, content_datasets, mask_bank
+    from nunet.training.losses import TargetGrams, content_loss, morphological_loss
 
     rng = np.random.default_rng(seed)
     grams = TargetGrams.from_masks(backbone, torch.from_numpy(mask_bank(config, rng)[:, None]))

@@ -18,7 +18,7 @@ from conftest import blobs, sha256
 from nunet import enhance
 from nunet.cli import app
 from nunet.io import Calibration, Image, read_image, write_image
-from nunet.registry import DEFAULT_MODEL
+from nunet.registry.models import DEFAULT_MODEL
 
 runner = CliRunner()
 
@@ -220,8 +220,8 @@ def test_console_scripts_and_models_table(folder, tmp_path, model_dir):
 
 
 def test_batch_pipeline_keeps_order_and_matches_single_file_results(tmp_path, model):
-    from nunet.batch import run_batch
-    from nunet.settings import FilterSettings
+    from nunet.batch.run import run_batch
+    from nunet.options import FilterSettings
 
     src = tmp_path / "in"
     src.mkdir()
@@ -246,7 +246,7 @@ def test_batch_pipeline_keeps_order_and_matches_single_file_results(tmp_path, mo
 def test_radius_in_microns_on_a_calibrated_tiff_is_converted_printed_and_reported(tmp_path, model):
     from scipy import ndimage as ndi
 
-    from nunet.synth import synth_image
+    from nunet.data.synth import synth_image
 
     src = tmp_path / "in"
     src.mkdir()
@@ -290,7 +290,7 @@ def test_the_default_patterns_take_jpeg_files(tmp_path):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_is_a_warning(folder, tmp_path):
-    from nunet.runtime import cpu_info
+    from nunet.core.runtime import cpu_info
 
     result = run("filter", folder / "plane.tif", tmp_path / "o.tif", "--model", "nunet-test", "--precision", "bf16")
     assert result.exit_code == 0, result.output

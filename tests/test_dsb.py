@@ -84,7 +84,9 @@ def test_a_tiny_fine_tune_on_the_committed_dsb_images_lowers_its_loss(tmp_path, 
     import torch
 
     from nunet import load_model
-    from nunet.train import load_config, real_bank, supervised_bank, supervised_batch, train
+    from nunet.training.config import load_config
+    from nunet.training.data import real_bank, supervised_bank, supervised_batch
+    from nunet.training.loop import train
 
     config = load_config(
         None,
@@ -140,7 +142,7 @@ def test_a_tiny_fine_tune_on_the_committed_dsb_images_lowers_its_loss(tmp_path, 
 def test_the_dsb_suite_has_clean_and_degraded_validation_images_with_kinds_and_bands(tmp_path):
     from dataclasses import replace
 
-    from nunet import evaluate
+    from nunet import evaluation as evaluate
 
     items = evaluate.dsb_items(seed=3)
     validation = dsb.load_split("validation")

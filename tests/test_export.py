@@ -63,7 +63,7 @@ def test_the_package_passes_bioimageio_test_offline(package):
 
 
 def test_onnx_weights_equal_torchscript(tmp_path, model):
-    from nunet.export import ONNX_TOLERANCE, export_onnx
+    from nunet.integrations.bioimageio import ONNX_TOLERANCE, export_onnx
 
     worst = export_onnx(model.module, tmp_path / "m.onnx", sizes=((8, 8), (36, 52), (96, 64)))
     assert worst <= ONNX_TOLERANCE
@@ -93,8 +93,8 @@ def test_a_framed_model_is_exported_with_its_frame(tmp_path, fill):
     from bioimageio.core import create_prediction_pipeline, load_description, predict
 
     from nunet import enhance, load_model, save_model
-    from nunet.export import export_bioimageio
-    from nunet.model import untrained
+    from nunet.core.model import untrained
+    from nunet.integrations.bioimageio import export_bioimageio
 
     path = tmp_path / "framed.pt"
     save_model(untrained(seed=1), path, name="framed", w=None, frame_pad=8, frame_fill=fill)
@@ -137,12 +137,12 @@ def test_without_the_extra_the_message_names_it(tmp_path, model_dir):
         text=True,
         env={**os.environ, "NUNET_MODEL_PATH": str(model_dir)},
     )
-    assert done.returncode == 2 and "pip install 'nunet[bioimageio]'" in done.stderr
+    assert done.returncode == 2 and "pip install 'nunet-filter[bioimageio]'" in done.stderr
 
 
 @pytest.mark.slow
 def test_export_never_clobbers_checks_first_and_is_reproducible(package, tmp_path):
-    from nunet.export import written_by_nunet_export
+    from nunet.integrations.bioimageio import written_by_nunet_export
 
     assert written_by_nunet_export(package)
     precious = tmp_path / "x.zip"

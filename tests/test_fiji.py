@@ -176,8 +176,8 @@ def test_macro_radius_in_microns_uses_the_images_calibration(jvm):
     from scipy import ndimage as ndi
 
     from nunet import fiji
+    from nunet.data.synth import synth_image
     from nunet.io import Calibration
-    from nunet.synth import synth_image
 
     data = ndi.zoom(synth_image("sparse", (48, 48), seed=5).image, 3.0, order=1).astype(np.float32)
     imp = fiji.to_imageplus(Image(data, "YX", Calibration(0.5, 0.5, "micron")), "big nuclei")
@@ -427,7 +427,7 @@ def test_macro_errors_are_clear_and_stop_the_macro(display, imagej_dir, model_di
 def test_worker_that_cannot_start(display, model_dir, tmp_path):
     root = tmp_path / "ImageJ"
     root.mkdir()
-    from nunet.fiji_install import install
+    from nunet.integrations.fiji_install import install
 
     install(root, python=str(tmp_path / "no-python-here"))
     macro = write_macro(
@@ -449,7 +449,7 @@ def test_killed_worker_is_a_clear_error(display, model_dir, tmp_path):
     wrapper = tmp_path / "python-wrapper"
     wrapper.write_text(f'#!/bin/sh\necho $$ > {pidfile}\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
-    from nunet.fiji_install import install
+    from nunet.integrations.fiji_install import install
 
     install(root, python=str(wrapper))
     macro = write_macro(

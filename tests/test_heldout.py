@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nunet import baselines, metrics
 from nunet.cli import app
-from nunet.degrade import Ranges, degrade
+from nunet.data.degrade import Ranges, degrade
+from nunet.data.synth import EVAL_SEED_LIMIT, evaluation_seed, synth_image, training_seed
 from nunet.errors import NUNetError
-from nunet.synth import EVAL_SEED_LIMIT, evaluation_seed, synth_image, training_seed
+from nunet.evaluation import baselines, metrics
 
 
 def test_degradation_is_seeded_and_keeps_the_truth_exact():
@@ -86,7 +86,7 @@ def test_blob_candidates_detect_what_blob_log_detects():
 
 
 def test_real_images_are_found_or_the_error_names_the_path(tmp_path):
-    from nunet.realdata import load_real_images
+    from nunet.data.real import load_real_images
 
     with pytest.raises(NUNetError, match="missing.whl: not the stardist wheel"):
         load_real_images(tmp_path / "missing.whl")
@@ -97,8 +97,8 @@ def test_real_images_are_found_or_the_error_names_the_path(tmp_path):
 
 @pytest.mark.slow
 def test_heldout_suite_is_deterministic_and_reports_shared_thresholds(tmp_path):
-    from nunet import evaluate
-    from nunet.realdata import load_real_images
+    from nunet import evaluation as evaluate
+    from nunet.data.real import load_real_images
 
     real = load_real_images()
     first = evaluate.real_items(real, degraded_2d=2, degraded_planes=2)
@@ -122,7 +122,7 @@ def test_heldout_suite_is_deterministic_and_reports_shared_thresholds(tmp_path):
 
 def test_eval_suite_option_is_checked(tmp_path):
     bad = CliRunner().invoke(app, ["eval", str(tmp_path / "o"), "--suite", "nope"])
-    assert bad.exit_code == 2 and "unknown suite 'nope'" in bad.output
+    assert bad.exit_code == 2 and "'nope' is not one of" in bad.output
     missing = CliRunner().invoke(app, ["eval", str(tmp_path / "o"), "--real-data", str(tmp_path / "none.whl")])
     assert missing.exit_code == 2 and "none.whl" in missing.output
 
@@ -132,8 +132,10 @@ def test_supervised_route_lowers_its_loss_and_exports_a_model(tmp_path):
     import torch
 
     from nunet import enhance, load_model
-    from nunet.model import NUNet
-    from nunet.train import load_config, supervised_bank, supervised_batch, train
+    from nunet.core.model import NUNet
+    from nunet.training.config import load_config
+    from nunet.training.data import supervised_bank, supervised_batch
+    from nunet.training.loop import train
 
     config = load_config(
         None,
@@ -174,8 +176,9 @@ def test_supervised_route_lowers_its_loss_and_exports_a_model(tmp_path):
 
 
 def test_dome_target_peaks_once_per_nucleus_with_gaps_between_touching_ones():
-    from nunet.metrics import detect_blobs
-    from nunet.train import DOME_FLOOR, dome_mask, soft_mask
+    from nunet.evaluation.metrics import detect_blobs
+    from nunet.training.config import DOME_FLOOR
+    from nunet.training.targets import dome_mask, soft_mask
 
     yy, xx = np.mgrid[0:64, 0:96]
     labels = np.zeros((64, 96), np.int32)
@@ -191,7 +194,7 @@ def test_dome_target_peaks_once_per_nucleus_with_gaps_between_touching_ones():
 
 
 def test_dome_target_of_a_nucleus_cut_by_the_frame_peaks_inside_with_inside_frame():
-    from nunet.train import dome_mask
+    from nunet.training.targets import dome_mask
 
     yy, xx = np.mgrid[0:64, 0:64]
     labels = np.zeros((64, 64), np.int32)
@@ -204,8 +207,9 @@ def test_dome_target_of_a_nucleus_cut_by_the_frame_peaks_inside_with_inside_fram
 
 
 def test_cone_target_has_one_maximum_on_an_elongated_nucleus_at_its_centroid():
-    from nunet.metrics import detect_blobs
-    from nunet.train import DOME_FLOOR, cone_mask, dome_mask
+    from nunet.evaluation.metrics import detect_blobs
+    from nunet.training.config import DOME_FLOOR
+    from nunet.training.targets import cone_mask, dome_mask
 
     yy, xx = np.mgrid[0:64, 0:96]
     labels = np.zeros((64, 96), np.int32)
@@ -223,7 +227,8 @@ def test_cone_target_has_one_maximum_on_an_elongated_nucleus_at_its_centroid():
 def test_frame_pad_frames_each_crop_and_its_target_with_zeros():
     from dataclasses import replace
 
-    from nunet.train import load_config, supervised_bank, supervised_batch
+    from nunet.training.config import load_config
+    from nunet.training.data import supervised_bank, supervised_batch
 
     config = load_config(
         None,
@@ -253,7 +258,8 @@ def test_frame_pad_frames_each_crop_and_its_target_with_zeros():
 def test_crop_min_draws_one_side_per_batch_between_the_bounds():
     """crop_min: each supervised batch has one side, a multiple of 4 in [crop_min, crop] (plus the frame),
     its targets alike; sides vary between batches; a bad crop_min is refused."""
-    from nunet.train import load_config, supervised_bank, supervised_batch
+    from nunet.training.config import load_config
+    from nunet.training.data import supervised_bank, supervised_batch
 
     config = load_config(
         None,
@@ -296,7 +302,9 @@ def test_dome_and_cone_fine_tunes_from_a_model_lower_their_loss(tmp_path, model_
     import torch
 
     from nunet import load_model
-    from nunet.train import initial_weights, load_config, supervised_bank, supervised_batch, train
+    from nunet.training.config import load_config
+    from nunet.training.data import supervised_bank, supervised_batch
+    from nunet.training.loop import initial_weights, train
 
     config = load_config(
         None,
@@ -347,7 +355,8 @@ def test_dome_and_cone_fine_tunes_from_a_model_lower_their_loss(tmp_path, model_
 def test_supervised_strength_mixes_the_target_with_the_input():
     from dataclasses import replace
 
-    from nunet.train import load_config, supervised_bank, supervised_batch
+    from nunet.training.config import load_config
+    from nunet.training.data import supervised_bank, supervised_batch
 
     config = load_config(
         None,
@@ -363,7 +372,8 @@ def test_supervised_strength_mixes_the_target_with_the_input():
 
 
 def test_supervised_stacks_add_every_plane_of_3d_stacks_to_the_bank():
-    from nunet.train import STACK_DEPTH, load_config, supervised_bank
+    from nunet.training.config import STACK_DEPTH, load_config
+    from nunet.training.data import supervised_bank
 
     base = {"supervised_weight": 1.0, "supervised_images": 1, "crop": 32, "synthetic_content": 1}
     flat = supervised_bank(load_config(None, {**base, "synthetic_modalities": ["sparse"]}))
@@ -382,7 +392,7 @@ def test_supervised_stacks_add_every_plane_of_3d_stacks_to_the_bank():
 def test_defocus_spreads_the_light_of_a_point_wider_with_its_distance_from_the_plane():
     from scipy import ndimage as ndi
 
-    from nunet.train import defocus
+    from nunet.training.data import defocus
 
     stack = np.random.default_rng(0).random((12, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(defocus(stack, 2.0, 0.0), ndi.gaussian_filter(stack, (2.0, 0, 0)))
@@ -399,7 +409,8 @@ def test_defocus_spreads_the_light_of_a_point_wider_with_its_distance_from_the_p
 
 
 def test_stack_z_step_makes_the_nuclei_of_the_bank_stacks_flatter():
-    from nunet.train import STACK_DEPTH, load_config, supervised_bank
+    from nunet.training.config import STACK_DEPTH, load_config
+    from nunet.training.data import supervised_bank
 
     base = {
         "supervised_weight": 1.0,
@@ -423,7 +434,8 @@ def test_aspect_max_makes_the_nuclei_of_the_bank_longer_and_is_checked():
     from skimage.measure import regionprops
 
     from nunet.errors import NUNetError
-    from nunet.train import load_config, supervised_bank
+    from nunet.training.config import load_config
+    from nunet.training.data import supervised_bank
 
     base = {"supervised_weight": 1.0, "supervised_images": 6, "crop": 64, "synthetic_content": 1}
     base["synthetic_modalities"] = ["sparse"]

@@ -11,10 +11,10 @@ import torch
 
 from conftest import blobs
 from nunet import enhance
+from nunet.core.preprocess import LUMA, normalise_plane, pad_plane
+from nunet.core.tiling import tiled_forward
 from nunet.errors import AxesError, ModelError
 from nunet.io import Image
-from nunet.preprocess import LUMA, normalise_plane, pad_plane
-from nunet.tiling import tiled_forward
 
 #: The filter at the image's own scale (no resize to the model's nucleus radius): the tests that
 #: compare the output with the network's own forward pass, orientations or tiles.
@@ -164,7 +164,7 @@ def test_naive_tiling_would_show_seams(model):
 
 
 def test_blend_weights_picks_bracketing_models():
-    from nunet.registry import blend_weights
+    from nunet.registry.models import blend_weights
 
     family = [("w10", 10.0), ("w5", 5.0), ("w8", 8.0)]
     assert blend_weights(8.0, family) == [("w8", 1.0)]
@@ -176,7 +176,7 @@ def test_blend_weights_picks_bracketing_models():
 
 def test_w_blends_registered_models(tmp_path, monkeypatch):
     from nunet import save_model
-    from nunet.model import untrained
+    from nunet.core.model import untrained
 
     # w values above the shipped models' (5..10), so the bracketing pair is these two
     for seed, w in ((2, 11.0), (3, 21.0)):
@@ -195,8 +195,8 @@ def test_w_blends_only_within_the_models_family(tmp_path, monkeypatch):
 
     from nunet import save_model
     from nunet.cli import app
-    from nunet.model import untrained
-    from nunet.registry import family_of
+    from nunet.core.model import untrained
+    from nunet.registry.models import family_of
 
     for seed, w, family in ((2, 0.5, "new"), (3, 1.0, "new"), (4, 11.0, None)):
         name = f"{family or 'old'}-{w:g}"
@@ -216,23 +216,23 @@ def test_w_blends_only_within_the_models_family(tmp_path, monkeypatch):
 
 def test_auto_precision_stays_within_tolerance_of_fp32():
     from nunet import load_model
-    from nunet.autotune import AUTO_TOLERANCE, Tuner, precision_candidates
-    from nunet.synth import MODALITIES, synth_image
+    from nunet.core.autotune import AUTO_TOLERANCE, Tuner, precision_candidates
+    from nunet.data.synth import MODALITIES, synth_image
 
-    chosen = Tuner().precision(load_model("nunet-w8"), "cpu")
+    chosen = Tuner().precision(load_model("nunet-v8"), "cpu")
     assert chosen in precision_candidates("cpu")
     for k, modality in enumerate(MODALITIES):
         image = synth_image(modality, (200, 184), seed=40 + k).image
-        reference = enhance(image, "nunet-w8", device="cpu", precision="fp32")
-        auto = enhance(image, "nunet-w8", device="cpu", precision="auto")
+        reference = enhance(image, "nunet-v8", device="cpu", precision="fp32")
+        auto = enhance(image, "nunet-v8", device="cpu", precision="auto")
         assert np.abs(auto - reference).max() <= AUTO_TOLERANCE, modality
 
 
 def test_auto_times_only_what_the_cpu_runs_natively(model, tuner):
     """Emulated bf16 is never a candidate; only the candidates are timed (how long the measurement
     takes is a benchmark's figure, not a test's: a loaded machine is slow)."""
-    from nunet.autotune import precision_candidates
-    from nunet.runtime import cpu_info
+    from nunet.core.autotune import precision_candidates
+    from nunet.core.runtime import cpu_info
 
     info = cpu_info()
     print(f"CPU: {info.describe()}")
@@ -245,7 +245,7 @@ def test_auto_times_only_what_the_cpu_runs_natively(model, tuner):
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
-    from nunet.runtime import cpu_flags
+    from nunet.core.runtime import cpu_flags
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\n")
@@ -260,7 +260,7 @@ def test_invert_filters_the_flipped_image(model):
 
 
 def test_smallest_within_prefers_the_smallest_setting_within_tolerance():
-    from nunet.autotune import smallest_within
+    from nunet.core.autotune import smallest_within
 
     assert smallest_within({1: 0.30, 2: 0.32, 4: 0.40}) == 1
     assert smallest_within({1: 0.30, 4: 0.20, 8: 0.195, 16: 0.21}) == 4
@@ -268,7 +268,7 @@ def test_smallest_within_prefers_the_smallest_setting_within_tolerance():
 
 
 def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, tuner, monkeypatch):
-    from nunet import inference
+    from nunet.core import planes
 
     before = torch.get_num_threads()
     img = blobs((40, 36))
@@ -281,13 +281,13 @@ def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, tune
     np.testing.assert_allclose(out, enhance_native(img, model, precision=precision), atol=1e-5)
     seen = []
     tuner.threads[key] = 1  # a cached choice is used, not measured again
-    monkeypatch.setattr(inference, "crop_plane", lambda y, *_, **__: (seen.append(torch.get_num_threads()), y)[1])
+    monkeypatch.setattr(planes, "crop_plane", lambda y, *_, **__: (seen.append(torch.get_num_threads()), y)[1])
     enhance_native(img, model, precision="auto")
     assert seen == [1] and torch.get_num_threads() == before
 
 
 def test_auto_uses_a_cached_batch_size_and_keeps_the_output(model, tuner):
-    from nunet.autotune import BATCH_CANDIDATES
+    from nunet.core.autotune import BATCH_CANDIDATES
 
     img = blobs((3, 40, 36))
     out = enhance_native(img, model, precision="auto")
@@ -307,9 +307,9 @@ def test_auto_uses_a_cached_batch_size_and_keeps_the_output(model, tuner):
 def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatch):
     """A plane above the CPU tiling threshold: auto probes each candidate tile side once, runs the
     plane with the chosen one, and later calls reuse the choice without probing again."""
-    from nunet import autotune, inference, tiling
+    from nunet.core import autotune, planes, tiling
 
-    monkeypatch.setitem(inference.AUTO_TILING, "cpu", (300 * 300, 256))  # smaller sizes, same logic, faster
+    monkeypatch.setitem(planes.AUTO_TILING, "cpu", (300 * 300, 256))  # smaller sizes, same logic, faster
     monkeypatch.setattr(autotune, "TILE_PROBE_SIDE", 512)
     img = blobs((320, 320))
     sides, real = [], tiling.tiled_forward
@@ -331,7 +331,7 @@ def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatc
 
 def test_device_side_normalisation_equals_numpy():
     """The CUDA path's normalisation (run here on CPU tensors) matches normalise_plane plane by plane."""
-    from nunet.preprocess import normalise_planes_torch
+    from nunet.core.preprocess import normalise_planes_torch
 
     planes = np.stack([blobs((40, 36), seed=s) * (s + 1) + 7 * s for s in range(3)] + [np.full((40, 36), 5.0)])
     got = normalise_planes_torch(torch.from_numpy(planes.astype(np.float32))).numpy()
@@ -344,7 +344,7 @@ def test_device_side_normalisation_equals_numpy():
 
 
 def test_automatic_tiling_depends_on_the_device():
-    from nunet.inference import _tiling
+    from nunet.core.planes import _tiling
 
     assert _tiling(2000, 2000, None, "cpu") == (True, 256)
     assert _tiling(1200, 1200, None, "cpu") == (False, 256)
@@ -357,7 +357,7 @@ def test_automatic_tiling_depends_on_the_device():
 @pytest.fixture
 def tuner():
     """The tuner enhance uses, empty before and after the test."""
-    from nunet.autotune import DEFAULT_TUNER
+    from nunet.core.autotune import DEFAULT_TUNER
 
     DEFAULT_TUNER.clear()
     yield DEFAULT_TUNER
@@ -368,8 +368,8 @@ def tuner():
 @pytest.mark.parametrize(("frame", "fill"), [(0, "zero"), (6, "zero"), (6, "edge"), (6, "mean")])
 def test_device_side_preparation_equals_the_numpy_path(invert, frame, fill):
     """What CUDA runs (normalise, invert, reflect-pad or frame in torch), here on the CPU, equals the NumPy path."""
-    from nunet.inference import _prepare, _prepare_torch
-    from nunet.preprocess import Frame
+    from nunet.core.planes import _prepare, _prepare_torch
+    from nunet.core.preprocess import Frame
 
     planes = np.stack([blobs((37, 42), seed=s) for s in range(3)])
     expected = _prepare(planes, (0.1, 99.9), invert, Frame(frame, fill), "cpu")
@@ -379,7 +379,7 @@ def test_device_side_preparation_equals_the_numpy_path(invert, frame, fill):
 
 
 def test_scratch_dir_avoids_a_ram_backed_tmp(tmp_path, monkeypatch):
-    from nunet.tiling import _fs_type, scratch_dir
+    from nunet.core.tiling import _fs_type, scratch_dir
 
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n")
@@ -395,7 +395,7 @@ def test_scratch_dir_avoids_a_ram_backed_tmp(tmp_path, monkeypatch):
 
 
 def test_tiled_forward_reports_every_pass(model):
-    from nunet.tiling import TILED_PASSES
+    from nunet.core.tiling import TILED_PASSES
 
     x = torch.from_numpy(pad_plane(normalise_plane(blobs((40, 40)))))[None, None]
     calls = []
@@ -412,20 +412,20 @@ def test_repeated_cpu_passes_reuse_memory_instead_of_faulting_it_in():
     import subprocess
     import sys
 
-    from nunet.autotune import precision_candidates
+    from nunet.core.autotune import precision_candidates
 
     precision = precision_candidates("cpu")[-1]  # what auto can pick here: bf16 only where it is native
     print(f"measured at {precision}")
     script = (
         "import resource, numpy as np\n"
         "from nunet import enhance\n"
-        "from nunet.synth import synth_image\n"
+        "from nunet.data.synth import synth_image\n"
         "img = synth_image('dense', (400, 400), seed=1).image\n"
-        f"for _ in range(2): enhance(img, 'nunet-w8', device='cpu', precision='{precision}')\n"
+        f"for _ in range(2): enhance(img, 'nunet-v8', device='cpu', precision='{precision}')\n"
         "faults = []\n"
         "for _ in range(3):\n"
         "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        f"    enhance(img, 'nunet-w8', device='cpu', precision='{precision}')\n"
+        f"    enhance(img, 'nunet-v8', device='cpu', precision='{precision}')\n"
         "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
         "print(min(faults))\n"
     )
@@ -436,8 +436,8 @@ def test_repeated_cpu_passes_reuse_memory_instead_of_faulting_it_in():
 def test_a_model_file_carries_its_own_normalisation(tmp_path):
     """The percentiles a model was trained with are read from its metadata and used."""
     from nunet import load_model, save_model
-    from nunet.model import untrained
-    from nunet.modelfile import NORMALISATION
+    from nunet.core.model import untrained
+    from nunet.core.modelfile import NORMALISATION
 
     img = blobs((40, 44))
     path = save_model(
@@ -478,7 +478,7 @@ def test_augment_with_tiles_equals_augment_on_the_whole_plane(model):
 def _framed_model(folder, fill: str):
     """The fixture network saved as a model trained with an 8-px frame (metadata ``frame_pad``, ``frame_fill``)."""
     from nunet import load_model, save_model
-    from nunet.model import untrained
+    from nunet.core.model import untrained
 
     path = folder / f"framed-{fill}.pt"
     save_model(untrained(seed=1), path, name="framed", w=None, frame_pad=8, frame_fill=fill)
@@ -488,7 +488,7 @@ def _framed_model(folder, fill: str):
 @pytest.mark.parametrize("invert", [False, True])
 @pytest.mark.parametrize("fill", ["zero", "edge", "mean"])
 def test_a_framed_model_sees_the_plane_inside_its_frame(model, tmp_path, fill, invert):
-    from nunet.preprocess import Frame, crop_plane, frame_plane, invert_normalised
+    from nunet.core.preprocess import Frame, crop_plane, frame_plane, invert_normalised
 
     framed_model = _framed_model(tmp_path, fill)
     img = blobs((37, 45), seed=2)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nunet import baselines, metrics
 from nunet.cli import app
-from nunet.synth import MODALITIES, PRESETS, fibres, synth_image, synth_suite
+from nunet.data.synth import MODALITIES, PRESETS, fibres, synth_image, synth_suite
+from nunet.evaluation import baselines, metrics
 
 
 def test_contrast_ratio_of_a_two_level_image():
@@ -131,7 +131,7 @@ def test_eval_command_end_to_end(tmp_path):
             for m in ("dog", "dog-tuned")
         }
         assert f1["dog-tuned"] >= f1["dog"] - 1e-9
-    from nunet.evaluate import DOG_SCALES
+    from nunet.evaluation.run import DOG_SCALES
 
     assert {float(r["radius_scale"]) for r in rows if r["method"] == "dog-tuned"} <= set(DOG_SCALES)
     raw = [r for r in rows if r["method"] == "raw"]
@@ -144,7 +144,7 @@ def test_eval_command_end_to_end(tmp_path):
 
 
 def test_spread_over_draws_is_the_mean_with_a_student_t_interval():
-    from nunet.evaluate import Spread
+    from nunet.evaluation.stats import Spread
 
     spread = Spread.of([0.1, 0.2, 0.3])  # sd 0.1, t(0.975, 2 dof) = 4.3027
     assert spread.mean == pytest.approx(0.2)

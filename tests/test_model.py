@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from nunet import NUNet, load_model, save_model
+from nunet.core.model import count_parameters
+from nunet.core.modelfile import read_metadata
 from nunet.errors import ModelError
-from nunet.model import count_parameters
-from nunet.modelfile import read_metadata
 
 
 def test_parameter_count_matches_published_net():
@@ -73,7 +73,7 @@ def test_save_and_load_round_trip(tmp_path):
 def test_metadata_is_readable_without_torch(model_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from nunet.modelfile import read_metadata\n"
+        "from nunet.core.modelfile import read_metadata\n"
         f"print(read_metadata({str(model_path)!r})['name'])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -98,7 +98,7 @@ def test_non_model_file_is_refused(tmp_path):
 
 
 def test_scripted_model_equals_eager(model, model_path):
-    from nunet.model import untrained
+    from nunet.core.model import untrained
 
     net = untrained(seed=1)
     x = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (1, 1, 48, 64)).astype(np.float32))
@@ -109,7 +109,7 @@ def test_scripted_model_equals_eager(model, model_path):
 @pytest.mark.parametrize("shape", [(1, 5, 6, 7), (2, 3, 1, 2), (1, 4, 9, 4)])
 def test_upsample_conv_on_the_low_res_grid_equals_upsampling_first(shape):
     """The decoder's sub-pixel form equals nearest x2 + reflection pad 1 + 3x3 conv, borders included."""
-    from nunet.model import upsample_conv3x3
+    from nunet.core.model import upsample_conv3x3
 
     torch.manual_seed(0)
     x, weight, bias = torch.randn(shape), torch.randn(6, shape[1], 3, 3), torch.randn(6)
@@ -120,7 +120,7 @@ def test_upsample_conv_on_the_low_res_grid_equals_upsampling_first(shape):
 
 
 def test_single_output_conv_equals_conv2d():
-    from nunet.model import single_output_conv
+    from nunet.core.model import single_output_conv
 
     torch.manual_seed(1)
     x, weight, bias = torch.randn(2, 32, 21, 17), torch.randn(1, 32, 9, 9), torch.randn(1)
@@ -136,7 +136,7 @@ def test_single_output_conv_equals_conv2d():
 def test_instance_norm_of_low_precision_input_matches_fp32(dtype):
     """For bf16/fp16 inputs the output, in the input's dtype, is instance_norm of the fp32 copy rounded:
     statistics in fp32 (a low-precision mean of +-200 would be off by a whole standard deviation)."""
-    from nunet.model import InstanceNorm
+    from nunet.core.model import InstanceNorm
 
     torch.manual_seed(2)
     norm = InstanceNorm(8)
@@ -154,7 +154,7 @@ def test_saved_archive_is_named_after_the_model_file(tmp_path):
     import zipfile
 
     from nunet import save_model
-    from nunet.model import NUNet
+    from nunet.core.model import NUNet
 
     path = save_model(NUNet(), tmp_path / "nunet-wx.pt", name="nunet-wx", w=1.0)
     assert {name.split("/")[0] for name in zipfile.ZipFile(path).namelist()} == {"nunet-wx"}
@@ -165,7 +165,7 @@ def test_the_layer_sequence_matches_the_network():
     """The specs tiling walks (model.ENCODER ... OUTPUT) name NU-Net's real convolutions and norms."""
     from functools import reduce
 
-    from nunet.model import DECODER, ENCODER, OUTPUT, RESIDUAL, RESIDUAL_BLOCKS, NUNet
+    from nunet.core.model import DECODER, ENCODER, OUTPUT, RESIDUAL, RESIDUAL_BLOCKS, NUNet
 
     net = NUNet()
 

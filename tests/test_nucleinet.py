@@ -8,10 +8,13 @@ import torch
 
 from conftest import held_out_training_loss
 from nunet import load_model
+from nunet.core.model import NUNet
 from nunet.errors import NUNetError
-from nunet.model import NUNet
-from nunet.nucleinet import BackboneTraining, NucleiNet, find_weights, load_backbone, targets, train_backbone
-from nunet.train import TrainConfig, degraded_crop, load_config, train
+from nunet.training.backbones.nucleinet import NucleiNet, find_weights, load_backbone
+from nunet.training.config import TrainConfig, load_config
+from nunet.training.data import degraded_crop
+from nunet.training.loop import train
+from nunet.training.nuclei_vgg import BackboneTraining, targets, train_backbone
 
 
 def test_targets_mark_foreground_with_gaps_boundaries_and_centres():
@@ -41,7 +44,7 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tiny_backbone_training_lowers_its_loss_and_loads_frozen(tiny_weights):
-    from nunet.train import supervised_bank
+    from nunet.training.data import supervised_bank
 
     options, path, summary = tiny_weights
     assert summary["steps"] == 40 and len(summary["log"]) == 40
@@ -53,7 +56,7 @@ def test_tiny_backbone_training_lowers_its_loss_and_loads_frozen(tiny_weights):
     trained.load_state_dict(torch.load(path, weights_only=True)["state"])
     assert _held_out_loss(trained.eval(), crops) < before
     backbone = load_backbone(path)
-    assert backbone.name == "nuclei-vgg" and backbone.weights.startswith("nunet.synth sha256:")
+    assert backbone.name == "nuclei-vgg" and backbone.weights.startswith("nunet.data.synth sha256:")
     assert not any(p.requires_grad for p in backbone.parameters())
     grey = torch.rand(2, 1, 32, 40) * 255
     features = backbone(grey)
@@ -88,13 +91,13 @@ def test_nunet_trains_through_nuclei_vgg_and_exports(tiny_weights, tmp_path):
     total_loss = held_out_training_loss(config, load_backbone(weights), scale, seed=5)
     torch.manual_seed(config.seed)
     assert total_loss(model.module) < total_loss(NUNet().eval())
-    assert "nuclei-vgg (nunet.synth sha256:" in (tmp_path / "run" / "nunet-nv.md").read_text()
+    assert "nuclei-vgg (nunet.data.synth sha256:" in (tmp_path / "run" / "nunet-nv.md").read_text()
 
 
 def test_shipped_weights_find_nuclei_in_a_held_out_degraded_image():
-    from nunet.degrade import Ranges, degrade
-    from nunet.preprocess import normalise_plane
-    from nunet.synth import synth_image
+    from nunet.core.preprocess import normalise_plane
+    from nunet.data.degrade import Ranges, degrade
+    from nunet.data.synth import synth_image
 
     path = find_weights()
     assert path.parent.name == "backbones"

@@ -12,8 +12,8 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nunet.api import filter_image
 from nunet.errors import NUNetError
-from nunet.inference import filter_image
 from nunet.io import Calibration, Image, read_image, write_image
 
 DTYPES = ("uint8", "uint16", "int16", "float32", "float64")

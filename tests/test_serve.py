@@ -86,7 +86,8 @@ def test_worker_ends_cleanly_when_the_pipe_closes_mid_payload(model_dir):
 def test_macro_options_map_to_filter_settings():
     """The "NU-Net Filter" macro keys (written into nunet.properties for the plugin) each set a
     FilterSettings option, or are the plugin's own ("replace")."""
-    from nunet.settings import MACRO_OPTIONS, SETTING_NAMES
+    from nunet.integrations.fiji_install import MACRO_OPTIONS
+    from nunet.options import SETTING_NAMES
 
     assert {v for v in MACRO_OPTIONS.values() if v is not None} <= set(SETTING_NAMES)
     assert [k for k, v in MACRO_OPTIONS.items() if v is None] == ["replace"]

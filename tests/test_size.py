@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from nunet import enhance
+from nunet.core.size import estimate_radius, resize_planes, zoom_factor, zoomed_shape
 from nunet.data.dsb import median_radius
+from nunet.data.synth import synth_image
 from nunet.errors import UsageError
-from nunet.size import Radius, estimate_radius, resize_planes, zoom_factor, zoomed_shape
-from nunet.synth import synth_image
+from nunet.options import Radius
 
 
 @pytest.mark.parametrize(("modality", "zoom"), [("sparse", 1.0), ("sparse", 3.0), ("low_snr", 1.0), ("uneven", 2.0)])

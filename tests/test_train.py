@@ -10,12 +10,15 @@ import torch
 
 from conftest import held_out_training_loss
 from nunet import load_model
+from nunet.core.model import NUNet
+from nunet.data.synth import synth_image
 from nunet.errors import NUNetError
-from nunet.losses import TargetGrams, content_loss, gram, morphological_loss
-from nunet.model import NUNet
-from nunet.synth import synth_image
-from nunet.train import content_datasets, load_config, train
-from nunet.vgg import HED_BLOCKS, HED_MEMBER, VGG16_CFG, BackboneSpec, build_backbone, vgg_features
+from nunet.training.backbones.build import BackboneSpec, build_backbone
+from nunet.training.backbones.vgg import HED_BLOCKS, HED_MEMBER, VGG16_CFG, vgg_features
+from nunet.training.config import load_config
+from nunet.training.data import content_datasets
+from nunet.training.loop import train
+from nunet.training.losses import TargetGrams, content_loss, gram, morphological_loss
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def test_gram_gradient_matches_autograd_of_the_plain_product():
 
 @pytest.mark.parametrize("name", ["random-vgg19", "random-multiscale", "hed-vgg16"])
 def test_backbone_sees_grey_as_three_normalised_channels(name, hed_wheel):
-    """The grey-channel shortcut (nunet.vgg.grey_conv) equals running the 3-channel normalised copy
+    """The grey-channel shortcut (nunet.training.backbones.vgg.grey_conv) equals running the 3-channel normalised copy
     through the layers; content_features equals the full forward's content tap."""
     backbone = _backbone(name, hed_wheel)
     grey = torch.rand(2, 1, 48, 40) * 255
@@ -207,7 +210,7 @@ def test_config_validation(tmp_path):
 
 
 def test_synthetic_content_modalities_are_chosen_by_name(tmp_path):
-    from nunet.synth import MODALITIES
+    from nunet.data.synth import MODALITIES
 
     default = content_datasets(tiny(tmp_path))
     assert sorted(default) == sorted(f"synthetic-{m}" for m in MODALITIES)
@@ -282,7 +285,7 @@ def test_time_limit_stops_early_checkpoints_and_says_so(tmp_path):
 
 
 def test_update_ema_moves_each_weight_by_one_minus_decay_towards_the_net():
-    from nunet.train import update_ema
+    from nunet.training.loop import update_ema
 
     net = torch.nn.Conv2d(1, 2, 3)
     ema = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
@@ -309,7 +312,7 @@ def test_ema_run_exports_the_moving_average_and_resumes_it(tmp_path):
 def test_binary_mask_can_cut_touching_labels_apart():
     from scipy import ndimage as ndi
 
-    from nunet.train import binary_mask
+    from nunet.training.targets import binary_mask
 
     labels = np.zeros((12, 20), dtype=np.int32)
     labels[2:10, 2:10], labels[2:10, 10:18] = 1, 2  # two touching squares

@@ -23,8 +23,9 @@ import zarr  # noqa: E402
 from ome_zarr.io import parse_url  # noqa: E402
 from ome_zarr.reader import Reader  # noqa: E402
 
-from nunet import cluster, zarr_io  # noqa: E402
-from nunet.settings import FilterSettings  # noqa: E402
+from nunet.batch import cluster
+from nunet.io import zarr as zarr_io  # noqa: E402
+from nunet.options import FilterSettings  # noqa: E402
 
 runner = CliRunner()
 CAL = Calibration(0.25, 0.25, "micron", 1.5, 30.0, "sec")
@@ -89,16 +90,16 @@ def test_level0_equals_enhance_exactly_and_the_pyramid_is_made_from_it(tmp_path,
 
 
 def test_local_cluster_one_task_per_plane_model_loaded_on_workers_only(tmp_path, model_path, dask_cluster):
-    from nunet.registry import _load_file
+    from nunet.registry.models import _load_file
 
     c, client = dask_cluster
     src, out = tmp_path / "in.ome.zarr", tmp_path / "out.ome.zarr"
     data = _volume(src, shape=(2, 4, 48, 56), axes="CZYX")
-    client.run(lambda: __import__("nunet.registry").registry.clear_cache())
+    client.run(lambda: __import__("nunet.registry.models").registry.models.clear_cache())
     loads_here = _load_file.cache_info()
     run = cluster.filter_zarr(src, out, _settings(model_path, channel=1), scheduler=c.scheduler_address)
     assert run.filtered == 4  # channel 1 of C=2: 4 planes
-    calls = client.run(lambda: __import__("nunet.registry").registry._load_file.cache_info())
+    calls = client.run(lambda: __import__("nunet.registry.models").registry.models._load_file.cache_info())
     assert sum(i.hits + i.misses for i in calls.values()) == 4  # one model call per plane
     assert all(i.misses <= 1 for i in calls.values())  # loaded once per worker
     assert _load_file.cache_info() == loads_here  # never on the client
@@ -124,7 +125,7 @@ def test_split_chunks_are_rechunked_to_planes_and_the_naive_way_differs(tmp_path
     expected = enhance(data, model_path, axes="ZYX", device="cpu")
     cluster.filter_zarr(src, tmp_path / "out.ome.zarr", _settings(model_path))
     np.testing.assert_array_equal(read_image(tmp_path / "out.ome.zarr").data, expected)
-    from nunet.registry import _load_file
+    from nunet.registry.models import _load_file
 
     lazy = da.from_zarr(zarr_io.open_zarr(src).open_array())
     _load_file.cache_clear()
@@ -225,9 +226,9 @@ def test_batch_format_zarr_takes_zarr_stores_as_inputs(tmp_path, model_path):
 
 
 def test_without_the_extra_a_clear_message(tmp_path):
-    code = "import sys; sys.modules['zarr'] = None\nfrom nunet.zarr_io import open_zarr\nopen_zarr('x.zarr')"
+    code = "import sys; sys.modules['zarr'] = None\nfrom nunet.io.zarr import open_zarr\nopen_zarr('x.zarr')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert "pip install 'nunet[zarr]'" in done.stderr
+    assert "pip install 'nunet-filter[zarr]'" in done.stderr
 
 
 def test_one_radius_for_the_whole_volume_as_enhance_estimates_it(tmp_path, model_path):
@@ -235,7 +236,7 @@ def test_one_radius_for_the_whole_volume_as_enhance_estimates_it(tmp_path, model
     plane is filtered at the model's scale, as enhance does for the whole array; a length uses the scale."""
     from scipy import ndimage as ndi
 
-    from nunet.synth import synth_image
+    from nunet.data.synth import synth_image
 
     planes = [ndi.zoom(synth_image("sparse", (40, 40), seed=s).image, 3.0, order=1) for s in range(3)]
     data = np.stack(planes).astype(np.float32)  # ZYX, nuclei of ~21 px

@@ -56,14 +56,21 @@ def read_config():
     return props
 
 
+def macro_map():
+    """The macro options and the nunet setting each one sets ("" for the plugin's own, replace), as
+    'nunet fiji install' wrote them into nunet.properties from nunet.integrations.fiji_install.MACRO_OPTIONS:
+    the one list of them."""
+    pairs = [p.split(":", 1) for p in read_config().getProperty("macro_map", "").split(",") if ":" in p]
+    if not pairs:
+        raise Failure("nunet.properties is missing or old: run 'nunet fiji install' for this Fiji again")
+    return dict(pairs)
+
+
 def check_option_keys(options):
-    """Reject misspelt macro options (GenericDialog would silently ignore them). The known keys are
-    nunet's (nunet.settings.MACRO_OPTIONS), written into nunet.properties by 'nunet fiji install'."""
+    """Reject misspelt macro options (GenericDialog would silently ignore them)."""
     if options is None:
         return
-    known = [k for k in read_config().getProperty("macro_keys", "").split(",") if k]
-    if not known:
-        raise Failure("nunet.properties is missing or old: run 'nunet fiji install' for this Fiji again")
+    known = sorted(macro_map())
     stripped = re.sub(r"\[[^\]]*\]", "", options)
     for token in stripped.split():
         key = token.split("=")[0]
@@ -135,12 +142,15 @@ def float_planes(imp, channels):
 
 
 def request_fields(options, imp):
+    """The request's settings, named by macro_map(), and the image's calibration."""
+    settings = macro_map()
+    values = [("model", options["model"] or None), ("w", options["w"] if options["w"] > 0 else None),
+              ("tile", options["tile"] if options["tile"] > 0 else None), ("device", options["device"]),
+              ("invert", True if options["invert"] else None),
+              ("augment", True if options["augment"] else None), ("radius", options["radius"])]
     calibration = imp.getCalibration()
-    return [("model", options["model"] or None), ("w", options["w"] if options["w"] > 0 else None),
-            ("tile_size", options["tile"] if options["tile"] > 0 else None), ("device", options["device"]),
-            ("invert", True if options["invert"] else None),
-            ("augment", True if options["augment"] else None), ("radius", options["radius"]),
-            ("pixel_width", calibration.pixelWidth), ("unit", calibration.getUnit())]
+    return [(settings[key], value) for key, value in values] + [
+        ("pixel_width", calibration.pixelWidth), ("unit", calibration.getUnit())]
 
 
 def filter_inprocess(function, planes, imp, options):

@@ -1,0 +1,257 @@
+"""The NU-Net network: Johnson et al.'s TransformerNet with one grey channel in and out.
+
+The layer sequence below (``ENCODER``, ``RESIDUAL_BLOCKS`` with ``RESIDUAL``, ``DECODER``,
+``OUTPUT``: module paths, kernels, strides and the InstanceNorm after each convolution) is part
+of the model format: :mod:`nunet.core.tiling` walks it to run seam-free tiled inference on any
+TorchScript model saved from :class:`NUNet`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One convolution of NU-Net: its module path, kernel, stride, whether nearest x2 upsampling
+    comes before it, and the path of the InstanceNorm that follows it (None: none)."""
+
+    path: str
+    kernel: int
+    stride: int = 1
+    upsample: bool = False
+    norm: Optional[str] = None
+
+
+ENCODER = (
+    ConvSpec("conv1.conv", 9, norm="in1"),
+    ConvSpec("conv2.conv", 3, 2, norm="in2"),
+    ConvSpec("conv3.conv", 3, 2, norm="in3"),
+)
+RESIDUAL_BLOCKS = ("res1", "res2", "res3", "res4", "res5")
+#: The two convolutions of each residual block, relative to the block.
+RESIDUAL = (ConvSpec("conv1.conv", 3, norm="in1"), ConvSpec("conv2.conv", 3, norm="in2"))
+DECODER = (
+    ConvSpec("deconv1.conv.conv", 3, upsample=True, norm="in4"),
+    ConvSpec("deconv2.conv.conv", 3, upsample=True, norm="in5"),
+)
+OUTPUT = ConvSpec("deconv3.conv", 9)
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """Affine InstanceNorm2d computed as a GroupNorm with one group per channel (the same function).
+
+    GroupNorm's kernels take the statistics in fp32 for bf16/fp16 inputs too and return the
+    input's dtype, so under autocast the next convolution needs no cast; on a CPU they are
+    several times faster than ``instance_norm``. Under CUDA autocast ``group_norm`` runs in fp32.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+
+
+class ConvLayer(nn.Module):
+    """Reflection padding of ``kernel_size // 2`` followed by a convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+        super().__init__()
+        self.pad = nn.ReflectionPad2d(kernel_size // 2)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(x))
+
+
+class UpsampleConvLayer(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 3x3 :class:`ConvLayer`.
+
+    Computed on the low-resolution grid by :func:`upsample_conv3x3` (same result, 2.25x
+    fewer multiply-adds than upsampling first).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = ConvLayer(in_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = nn.functional.pad(x, [1, 1, 1, 1], mode="replicate")
+        return upsample_conv3x3(padded, self.conv.conv.weight, self.conv.conv.bias)
+
+
+class OutputLayer(ConvLayer):
+    """The last :class:`ConvLayer` (one output channel), run by :func:`single_output_conv`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return single_output_conv(self.pad(x), self.conv.weight, self.conv.bias)
+
+
+def upsample_conv3x3(padded: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Nearest x2 upsampling, reflection padding by 1 and a 3x3 convolution, on the low-res grid.
+
+    Parameters
+    ----------
+    padded : torch.Tensor
+        The low-resolution input ``(N, C, h + 2, w + 2)``, padded by 1 pixel with
+        *replicated* borders (the reflection of the upsampled image at its border repeats
+        the border pixel of the low-resolution one).
+    weight, bias : torch.Tensor
+        The 3x3 convolution's parameters.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C_out, 2h, 2w)``. Output row ``2i`` reads upsampled rows ``2i-1, 2i, 2i+1``,
+        i.e. low-res rows ``i-1, i, i``; row ``2i+1`` reads ``i, i, i+1``. Each of the four
+        output phases is therefore a 2x2 convolution with summed taps; the four are
+        interleaved into the output.
+    """
+    n, h, w = padded.shape[0], padded.shape[-2] - 2, padded.shape[-1] - 2
+    rows = [
+        torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
+        torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2),
+    ]
+    phases: list[torch.Tensor] = []
+    for a in range(2):
+        r = rows[a]
+        columns = [
+            torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3),
+            torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3),
+        ]
+        for b in range(2):
+            phases.append(nn.functional.conv2d(padded[:, :, a : a + h + 1, b : b + w + 1], columns[b], bias))
+    out = torch.empty((n, phases[0].shape[1], h, 2, w, 2), dtype=phases[0].dtype, device=padded.device)
+    for a in range(2):
+        for b in range(2):
+            out[:, :, :, a, :, b] = phases[2 * a + b]
+    return out.view(n, out.shape[1], 2 * h, 2 * w)
+
+
+def single_output_conv(padded: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A ``k x k`` convolution with one output channel (no padding), as ``k`` row convolutions.
+
+    oneDNN runs a 32->1 9x9 convolution at a small fraction of the CPU's speed. Here one
+    convolution with ``k`` output channels (``1 x k`` kernels, one per kernel row) gives each
+    row's contribution, and the output is the sum of those planes shifted by their row
+    offsets (accumulated in fp32).
+    """
+    k = weight.shape[-1]
+    h, w = padded.shape[-2] - k + 1, padded.shape[-1] - k + 1
+    rows = nn.functional.conv2d(padded, weight[0].permute(1, 0, 2).unsqueeze(2))
+    out = torch.zeros((padded.shape[0], h, w), dtype=torch.float32, device=padded.device)
+    if bias is not None:
+        out += bias.float()
+    for r in range(k):
+        out += rows[:, r, r : r + h]
+    return out[:, None]
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3-IN-ReLU-conv3x3-IN plus the input, with no activation after the sum."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3)
+        self.in1 = InstanceNorm(channels)
+        self.conv2 = ConvLayer(channels, channels, 3)
+        self.in2 = InstanceNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu_(self.in1(self.conv1(x)))
+        return x + self.in2(self.conv2(y))
+
+
+class NUNet(nn.Module):
+    """The NU-Net filter (1,668,865 parameters).
+
+    Input: a batch of grey planes ``(N, 1, H, W)`` in the training range 0..255, with
+    ``H`` and ``W`` multiples of 4. Output: the same shape, unclipped; clip to 0..255
+    and divide by 255 to get the filtered image (:func:`nunet.enhance` does this).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = ConvLayer(1, 32, 9)
+        self.in1 = InstanceNorm(32)
+        self.conv2 = ConvLayer(32, 64, 3, stride=2)
+        self.in2 = InstanceNorm(64)
+        self.conv3 = ConvLayer(64, 128, 3, stride=2)
+        self.in3 = InstanceNorm(128)
+        self.res1 = ResidualBlock(128)
+        self.res2 = ResidualBlock(128)
+        self.res3 = ResidualBlock(128)
+        self.res4 = ResidualBlock(128)
+        self.res5 = ResidualBlock(128)
+        self.deconv1 = UpsampleConvLayer(128, 64)
+        self.in4 = InstanceNorm(64)
+        self.deconv2 = UpsampleConvLayer(64, 32)
+        self.in5 = InstanceNorm(32)
+        self.deconv3 = OutputLayer(32, 1, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu_(self.in1(self.conv1(x)))
+        y = torch.relu_(self.in2(self.conv2(y)))
+        y = torch.relu_(self.in3(self.conv3(y)))
+        y = self.res5(self.res4(self.res3(self.res2(self.res1(y)))))
+        y = torch.relu_(self.in4(self.deconv1(y)))
+        y = torch.relu_(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
+
+
+class Framed(nn.Module):
+    """``net`` run as nunet runs a model trained with a frame: the input framed by ``pad`` px of
+    ``fill``, the output cropped back (:func:`nunet.core.preprocess.frame_plane`), as one module for tools
+    that only run weights (bioimage.io packages). Input sides are multiples of 4 and ``pad`` is even."""
+
+    def __init__(self, net: nn.Module, pad: int, fill: str) -> None:
+        super().__init__()
+        self.net = net
+        self.pad = pad
+        self.fill = fill
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width, pad = x.shape[-2], x.shape[-1], self.pad
+        framed = frame_tensor(x, [pad, pad, pad, pad], self.fill)
+        return self.net(framed)[:, :, pad : pad + height, pad : pad + width]
+
+
+def frame_tensor(x: torch.Tensor, pads: List[int], fill: str) -> torch.Tensor:
+    """``x`` (N, C, H, W) padded by ``pads`` (left, right, top, bottom) with ``fill``: ``mean`` (each
+    plane's), ``edge`` (its border pixels repeated) or ``zero``; :func:`nunet.core.preprocess.frame_plane`
+    in torch."""
+    if fill == "edge":
+        return nn.functional.pad(x, pads, mode="replicate")
+    if fill == "mean":
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return nn.functional.pad(x - mean, pads) + mean
+    return nn.functional.pad(x, pads)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Return the number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def untrained(seed: int = 0) -> NUNet:
+    """A seeded, randomly initialised NU-Net whose output spans the display range.
+
+    Not a filter: it exercises pipelines (tests, demos) before trained weights are at hand.
+    The last convolution is rescaled so that, on seeded noise, the output has mean 128
+    and standard deviation 60 (a raw random init gives an almost constant output).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = NUNet().eval()
+    probe = torch.rand((1, 1, 64, 64), generator=generator) * 255.0
+    with torch.no_grad():
+        raw = net(probe)
+        scale = 60.0 / float(raw.std().clamp_min(1e-6))
+        net.deconv3.conv.weight.mul_(scale)
+        net.deconv3.conv.bias.mul_(scale).add_(128.0 - float(raw.mean()) * scale)
+    return net

@@ -1,0 +1,69 @@
+"""NU-Net in the published layers' plain form, for exporters (ONNX) that reject nunet's CPU-fast forms.
+
+:class:`nunet.core.model.NUNet` computes InstanceNorm as a GroupNorm, each upsampling convolution on
+the low-resolution grid and the output convolution as row convolutions: the same function, but
+ONNX's exporter rejects ``group_norm(x, x.shape[1])``. :class:`PlainNUNet` has the same parameter
+names and computes the published layers directly (instance norm, nearest x2 upsampling then a
+3x3 convolution, a 9x9 output convolution), so the state dict of any nunet model, TorchScript
+included, loads into it strictly and gives the same output up to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nunet.core.model import ConvLayer  # reflection padding + convolution: already the plain form
+
+
+class _Upsample(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = ConvLayer(in_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _norm(channels: int) -> nn.InstanceNorm2d:
+    return nn.InstanceNorm2d(channels, affine=True)
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.in1 = ConvLayer(channels, channels, 3), _norm(channels)
+        self.conv2, self.in2 = ConvLayer(channels, channels, 3), _norm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.in2(self.conv2(torch.relu(self.in1(self.conv1(x)))))
+
+
+class PlainNUNet(nn.Module):
+    """The published NU-Net layers in plain form (see module docstring); input (N, 1, H, W) in 0..255."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.in1 = ConvLayer(1, 32, 9), _norm(32)
+        self.conv2, self.in2 = ConvLayer(32, 64, 3, stride=2), _norm(64)
+        self.conv3, self.in3 = ConvLayer(64, 128, 3, stride=2), _norm(128)
+        self.res1, self.res2, self.res3, self.res4, self.res5 = (_Residual(128) for _ in range(5))
+        self.deconv1, self.in4 = _Upsample(128, 64), _norm(64)
+        self.deconv2, self.in5 = _Upsample(64, 32), _norm(32)
+        self.deconv3 = ConvLayer(32, 1, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.in1(self.conv1(x)))
+        y = torch.relu(self.in2(self.conv2(y)))
+        y = torch.relu(self.in3(self.conv3(y)))
+        y = self.res5(self.res4(self.res3(self.res2(self.res1(y)))))
+        y = torch.relu(self.in4(self.deconv1(y)))
+        y = torch.relu(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
+
+
+def plain_twin(module: torch.nn.Module) -> PlainNUNet:
+    """A :class:`PlainNUNet` holding ``module``'s parameters (loaded strictly), in eval mode on the CPU."""
+    twin = PlainNUNet()
+    twin.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()}, strict=True)
+    return twin.eval()

@@ -1,0 +1,164 @@
+"""Object size: estimate the typical nucleus radius of an image, and resize planes to a radius.
+
+NU-Net models are trained on nuclei of one size (the radius their metadata records, ``radius``;
+about 7 px for every shipped model); nuclei much larger come out as rings. As with Cellpose's
+``diameter``, nunet shrinks an image of larger nuclei so they have that radius, filters, and
+resizes the output back to the exact input shape (:func:`zoom_factor`, :func:`resize_planes`).
+
+The estimate (:func:`estimate_radius`) is classical scale space: the scale-normalised
+Laplacian of Gaussian, ``-sigma^2 LoG``, peaks at the centre of a disc of radius r at sigma =
+r / sqrt(2) whatever r, so the local maxima over (y, x, sigma) of a plane's response are its
+blobs and their sizes. Octaves of a pyramid keep large scales cheap. The plane is first smoothed
+by a Gaussian of :data:`SMOOTH` px (pixel noise); the blobs whose response is at least :data:`KEEP`
+of the strongest ones' (the 99.9th percentile of the responses) vote, each by its response times
+its radius (so the many small maxima of noise, debris and texture do not outvote the nuclei); the
+estimate is the weighted median of their radii, sigma x sqrt(2). Tuned on the DSB training kinds
+(docs/experiments/), measured on the validation kinds and the synthetic suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from nunet.options import Radius
+
+#: Scales per octave, in the octave's own pixels (six, and one beyond each end: the local maxima of the middle six).
+OCTAVE_SIGMAS = 2.0 ** (np.arange(-1, 7) / 6)
+#: Share of the strongest blobs' response (the 99.9th percentile) a blob needs to vote.
+KEEP = 0.5
+#: Gaussian smoothing (px) of the plane before the scale space: pixel noise makes no blobs.
+SMOOTH = 1.0
+#: The radius range the estimate covers (px).
+RADIUS_RANGE = (1.5, 64.0)
+
+
+def _downsample(x: np.ndarray, factor: int) -> np.ndarray:
+    """Block means over ``factor`` x ``factor`` pixels (the bottom and right remainders dropped)."""
+    if factor == 1:
+        return x
+    h, w = (n // factor * factor for n in x.shape)
+    return x[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def blobs(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The scale-space blobs of a plane normalised to 0..1 (bright blobs): their responses and radii
+    (px of the plane)."""
+    from scipy import ndimage as ndi
+
+    responses, radii = [], []
+    octave = 0
+    while True:
+        factor = 2**octave
+        x = _downsample(plane, factor)
+        if min(x.shape) < 16 or OCTAVE_SIGMAS[1] * factor * np.sqrt(2) > RADIUS_RANGE[1]:
+            break
+        stack = np.stack([-(s**2) * ndi.gaussian_laplace(x, s) for s in OCTAVE_SIGMAS])
+        peaks = (stack == ndi.maximum_filter(stack, size=3, mode="nearest")) & (stack > 0)
+        peaks[[0, -1]] = False
+        scales = np.nonzero(peaks)[0]
+        responses.append(stack[peaks])
+        radii.append(OCTAVE_SIGMAS[scales] * factor * np.sqrt(2))
+        octave += 1
+    if not responses:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(responses), np.concatenate(radii)
+
+
+def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 4) -> float | None:
+    """The typical nucleus radius (px) of a stack of planes ``(P, H, W)`` (one estimate for all of
+    them, from at most ``max_planes`` spread evenly); None where no blob stands out (a flat plane).
+
+    Each plane is normalised to its 0.1 / 99.9 percentiles (inverted with ``invert``: dark nuclei)."""
+    from scipy import ndimage as ndi
+
+    from nunet.core.preprocess import normalise_plane
+
+    picked = np.asarray(planes)[sample_indices(len(planes), max_planes)]
+    responses, radii = [], []
+    for plane in picked:
+        data = plane if plane.dtype == np.float64 else plane.astype(np.float32)  # float64: its range kept
+        x = normalise_plane(ndi.gaussian_filter(data, SMOOTH)) / 255.0
+        r, s = blobs(1.0 - x if invert else x)
+        responses.append(r)
+        radii.append(s)
+    responses, radii = np.concatenate(responses), np.concatenate(radii)
+    if not len(responses) or not responses.max() > 0:
+        return None
+    strong = responses >= KEEP * np.percentile(responses, 99.9)
+    radius = weighted_median(radii[strong], responses[strong] * radii[strong])
+    return radius if RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1] else None
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value at which the cumulative weight (values in increasing order) reaches half the total."""
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+#: The radius the shipped models were trained for (px), for model files whose metadata records none.
+TRAINED_RADIUS = 7.0
+#: No resize while the zoom factor is within this of 1 (the estimate's own steps are 12%).
+TOLERANCE = 0.15
+#: The zoom factor's bounds: at most 8x smaller (nuclei of 56 px), never larger. The models were trained on
+#: nuclei down to ~2.5 px (synthetic radii 4-9 px rescaled 0.5-2x), and enlarging planes whose estimate is
+#: small measured worse: on noisy planes the estimate errs low, and small planes of stacks got blown up
+#: (docs/experiments/, eleventh session).
+ZOOM_RANGE = (1 / 8, 1.0)
+
+
+def image_radius(
+    radius: "str | float | Radius | None",
+    planes: "np.ndarray | Callable[[], np.ndarray]",
+    invert: bool = False,
+    pixel_width: float = 1.0,
+    unit: str | None = None,
+) -> float | None:
+    """The nucleus radius of an image in pixels, as the ``radius`` option asks: given (a length is
+    converted with the calibration), estimated from ``planes`` (``auto``; None where no blob stands
+    out), or None (``off``). ``planes`` may be a function that reads them, called only to estimate."""
+    spec = Radius.parse(radius)
+    if spec.off:
+        return None
+    given = spec.pixels(pixel_width, unit)
+    if given is not None:
+        return given
+    return estimate_radius(planes() if callable(planes) else planes, invert)
+
+
+def sample_indices(count: int, most: int = 4) -> list[int]:
+    """At most ``most`` indices of ``count`` planes, spread evenly (the planes an estimate reads)."""
+    return sorted({int(i) for i in np.linspace(0, count - 1, min(most, count)).round()})
+
+
+def zoom_factor(radius: float | None, trained: float) -> float:
+    """The zoom that gives nuclei of ``radius`` px the ``trained`` radius: 1 for an unknown radius, one
+    within :data:`TOLERANCE` or a smaller one, else bounded by :data:`ZOOM_RANGE` (only shrinking)."""
+    if radius is None:
+        return 1.0
+    factor = trained / radius
+    if abs(factor - 1.0) <= TOLERANCE:
+        return 1.0
+    return float(np.clip(factor, *ZOOM_RANGE))
+
+
+def zoomed_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
+    """A plane's shape zoomed by ``factor`` (at least 8 px a side)."""
+    return tuple(max(8, int(round(n * factor))) for n in shape)
+
+
+def resize_planes(planes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Planes ``(P, H, W)`` resized to ``(P, *shape)`` float32: bilinear, with a Gaussian
+    anti-aliasing filter when shrinking (scikit-image's ``resize``)."""
+    from skimage.transform import resize
+
+    planes = np.asarray(planes, np.float32)
+    if planes.shape[1:] == tuple(shape):
+        return planes
+    shrink = shape[0] < planes.shape[1] or shape[1] < planes.shape[2]
+    out = np.empty((len(planes), *shape), np.float32)
+    for i, plane in enumerate(planes):
+        out[i] = resize(plane, shape, order=1, anti_aliasing=shrink, preserve_range=True)
+    return out
