@@ -10,7 +10,7 @@
 # CPU, about 0.1 s per batch of eight 144-px crops on one core, so each run gets one core
 # (OMP_NUM_THREADS=1) and up to one run per core fits; a run first draws its banks (about 3 min on
 # one core). Runs anywhere (on a CPU a step takes ~2 s). Each config's model is RUN_DIR/NAME/NAME.pt
-# (NAME: the config's file name, given to `nunet train --name`); logs in RUN_DIR/logs.
+# (NAME: the config's file name, given to `nunet train --set name=...`); logs in RUN_DIR/logs.
 #   DEVICE  passed to every `nunet train` (default auto)
 #   EVAL=0  train only (e.g. to bring the models back from a lent machine and evaluate them here)
 #   DRAWS  draws of the held-out suite for the comparison (default 10)
@@ -32,8 +32,8 @@ names=()
 for config in "$@"; do
     name=$(basename "$config" .toml)
     names+=("$name")
-    python3 -m nunet train --config "$config" --name "$name" --time-limit "$seconds" --output-dir "$run/$name" \
-        --device "${DEVICE:-auto}" >"$run/logs/train-$name.log" 2>&1 &
+    python3 -m nunet train --config "$config" --set name="$name" --set time_limit_s="$seconds" \
+        --set output_dir="$run/$name" --set device="${DEVICE:-auto}" >"$run/logs/train-$name.log" 2>&1 &
 done
 wait
 models=(-m nunet-v8 -m nunet-v7 -m nunet-v5)  # the default, the one before, and the parent of the sweep's runs

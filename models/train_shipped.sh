@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped models and the backbone comparison on one machine, then evaluate them.
 #
-# Usage: models/train_shipped.sh RUN_DIR [TRAIN_SECONDS] [extra `nunet train` options...]
+# Usage: models/train_shipped.sh RUN_DIR [TRAIN_SECONDS] [extra `nunet train` options, e.g. --set seed=1...]
 #
 # Trains, in parallel, w in {5, 6, 7, 8, 10} for both download-free backbones (random-vgg19 and
 # random-multiscale) with models/train.toml, each stopped after TRAIN_SECONDS of training (default
@@ -23,8 +23,8 @@ ws=${WS:-5 6 7 8 10}
 mkdir -p "$run/logs" "$run/eval"
 for backbone in $backbones; do
     for w in $ws; do
-        python3 -m nunet train --config models/train.toml --backbone "$backbone" --w "$w" --name "nunet-w$w" \
-            --time-limit "$seconds" --output-dir "$run/$backbone/nunet-w$w" "$@" \
+        python3 -m nunet train --config models/train.toml --set backbone="$backbone" --set w="$w" \
+            --set name="nunet-w$w" --set time_limit_s="$seconds" --set output_dir="$run/$backbone/nunet-w$w" "$@" \
             >"$run/logs/train-$backbone-w$w.log" 2>&1 &
     done
 done

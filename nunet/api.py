@@ -43,106 +43,14 @@ import numpy as np
 from nunet.core.planes import run_planes
 from nunet.core.preprocess import select_channels, to_grey
 from nunet.core.runtime import resolve_device
-from nunet.core.size import TRAINED_RADIUS, image_radius, resize_planes, zoom_factor, zoomed_shape
+from nunet.core.size import TRAINED_RADIUS, Zoom, image_radius, zoom_factor
 from nunet.errors import ImageValueError, OptionWarning, UsageError
 from nunet.io import Calibration, Image, check_axes, guess_axes, with_data
-from nunet.options import DEFAULT_MODEL, PRECISIONS, FilterSettings, Radius, check_tile_size
-from nunet.registry.models import load_model
+from nunet.options import DEFAULT_MODEL, FilterSettings, Radius
+from nunet.registry import blend_weights, family_of, load_model
 
 if TYPE_CHECKING:
     from nunet.core.modelfile import LoadedModel
-
-
-def filter_image(
-    image: Image,
-    model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL,
-    *,
-    w: float | None = None,
-    channel: int | Sequence[int] | None = None,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    percentiles: tuple[float, float] | None = None,
-    invert: bool = False,
-    augment: bool = False,
-    radius: "str | float | Radius | None" = "auto",
-    progress: bool = False,
-) -> Image:
-    """Filter every YX plane of an :class:`~nunet.io.Image`; keep its calibration.
-
-    Returns
-    -------
-    Image
-        float32 data in [0, 1]; axes as the input's, without ``S`` (RGB becomes grey) and
-        without ``C`` when ``channel`` is a single int.
-
-    See :func:`enhance` for the parameters.
-    """
-    planes, lead_shape, axes, order = _planes_of(image, channel)
-    out = filter_planes(
-        planes,
-        model,
-        w=w,
-        radius=radius,
-        calibration=image.calibration,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        percentiles=percentiles,
-        invert=invert,
-        augment=augment,
-        progress=progress,
-    )
-    out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
-    return with_data(image, out, axes)
-
-
-def _planes_of(image: Image, channel: int | Sequence[int] | None) -> tuple[np.ndarray, tuple[int, ...], str, list[int]]:
-    """An image's grey planes of ``channel`` as ``(P, Y, X)``, checked finite; with the shape of the
-    axes before YX, the axes (after grey and channel selection) and the transposition that moved
-    YX last."""
-    axes = check_axes(image.axes, image.data.shape)
-    data, axes = to_grey(image.data, axes)
-    data, axes = select_channels(data, axes, channel)
-    other = [i for i, a in enumerate(axes) if a not in "YX"]
-    order = other + [axes.index("Y"), axes.index("X")]
-    moved = np.transpose(data, order)
-    planes = moved.reshape((-1,) + moved.shape[-2:])
-    _check_finite(planes, "".join(axes[i] for i in other), moved.shape[:-2])
-    return planes, moved.shape[:-2], axes, order
-
-
-def nucleus_radius(
-    image: Image,
-    radius: "str | float | Radius | None" = "auto",
-    *,
-    channel: int | Sequence[int] | None = None,
-    invert: bool = False,
-) -> float | None:
-    """The nucleus radius (px) that :func:`filter_image` uses for ``image`` with these options: given,
-    converted from a length with the image's calibration, or estimated (``auto``) from its planes;
-    None for ``off`` or where no blob stands out (then the image is filtered at its own scale)."""
-    calibration = image.calibration
-    return image_radius(
-        radius,
-        lambda: _planes_of(image, channel)[0],
-        invert,
-        calibration.pixel_width,
-        calibration.unit,
-    )
-
-
-def _check_finite(planes: np.ndarray, lead_axes: str, lead_shape: tuple[int, ...]) -> None:
-    """Refuse NaN or infinite pixels before any compute, naming the first bad plane by its axes."""
-    if np.issubdtype(planes.dtype, np.integer) or planes.dtype == bool:
-        return
-    bad = np.flatnonzero(~np.isfinite(planes).all(axis=(1, 2)))
-    if len(bad):
-        where = ", ".join(f"{a}={i}" for a, i in zip(lead_axes, np.unravel_index(bad[0], lead_shape))) or "the plane"
-        more = f" (and {len(bad) - 1} more plane(s))" if len(bad) > 1 else ""
-        raise ImageValueError(f"{where}{more}: contains NaN or infinite values")
 
 
 def enhance(
@@ -214,25 +122,73 @@ def enhance(
         float32 in [0, 1], with exactly the input's spatial (Y, X) shape and its other
         axes, minus ``S`` and minus ``C`` for a single-int ``channel``.
     """
+    settings = FilterSettings(
+        model=model,
+        w=w,
+        axes=axes,
+        channel=channel,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        percentiles=percentiles,
+        invert=invert,
+        augment=augment,
+        radius=radius,
+    )
     if isinstance(image, Image):
         img = image if axes is None else with_data(image, image.data, axes)
     else:
-        data = np.asarray(image)
-        if np.iscomplexobj(data) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
-            raise TypeError(f"unsupported image dtype {data.dtype}")
-        img = Image(data, check_axes(axes, data.shape, "image") if axes else guess_axes(data.shape))
-        if axes is None and img.axes.endswith("S") and data.ndim == 3:  # (Y, X, 3|4): RGB, or 3-4 planes?
-            import warnings
+        img = _array_image(image, axes)
+    return filter_image_with(img, resolve_settings(settings), progress=progress).data
 
-            warnings.warn(
-                f"an array of shape {data.shape} is read as one RGB(A) image (axes 'YXS', made grey); "
-                f"to filter its {data.shape[-1]} planes as channels, pass axes='YXC'",
-                OptionWarning,
-                stacklevel=2,
-            )
-    return filter_image(
-        img,
-        model,
+
+def _array_image(image: np.ndarray, axes: str | None) -> Image:
+    """A bare array as an :class:`Image` with the given axes, or guessed ones (saying so for RGB)."""
+    data = np.asarray(image)
+    if np.iscomplexobj(data) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise TypeError(f"unsupported image dtype {data.dtype}")
+    img = Image(data, check_axes(axes, data.shape, "image") if axes else guess_axes(data.shape))
+    if axes is None and img.axes.endswith("S") and data.ndim == 3:  # (Y, X, 3|4): RGB, or 3-4 planes?
+        import warnings
+
+        warnings.warn(
+            f"an array of shape {data.shape} is read as one RGB(A) image (axes 'YXS', made grey); "
+            f"to filter its {data.shape[-1]} planes as channels, pass axes='YXC'",
+            OptionWarning,
+            stacklevel=3,
+        )
+    return img
+
+
+def filter_image(
+    image: Image,
+    model: "str | os.PathLike | LoadedModel" = DEFAULT_MODEL,
+    *,
+    w: float | None = None,
+    channel: int | Sequence[int] | None = None,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    percentiles: tuple[float, float] | None = None,
+    invert: bool = False,
+    augment: bool = False,
+    radius: "str | float | Radius | None" = "auto",
+    progress: bool = False,
+) -> Image:
+    """Filter every YX plane of an :class:`~nunet.io.Image`; keep its calibration.
+
+    Returns
+    -------
+    Image
+        float32 data in [0, 1]; axes as the input's, without ``S`` (RGB becomes grey) and
+        without ``C`` when ``channel`` is a single int.
+
+    See :func:`enhance` for the parameters.
+    """
+    settings = FilterSettings(
+        model=model,
         w=w,
         channel=channel,
         tile_size=tile_size,
@@ -243,8 +199,63 @@ def enhance(
         invert=invert,
         augment=augment,
         radius=radius,
-        progress=progress,
-    ).data
+    )
+    return filter_image_with(image, resolve_settings(settings), progress=progress)
+
+
+def filter_image_with(image: Image, settings: FilterSettings, *, progress: bool = False) -> Image:
+    """:func:`filter_image` with settings already built and resolved (:func:`resolve_settings`), for
+    faces that build them once (the batch runner)."""
+    planes, lead_shape, axes, order = _planes_of(image, settings.channel)
+    out = filter_planes_with(planes, settings, image.calibration, progress=progress)
+    out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
+    return with_data(image, out, axes)
+
+
+def _planes_of(image: Image, channel: int | Sequence[int] | None) -> tuple[np.ndarray, tuple[int, ...], str, list[int]]:
+    """An image's grey planes of ``channel`` as ``(P, Y, X)``, checked finite; with the shape of the
+    axes before YX, the axes (after grey and channel selection) and the transposition that moved
+    YX last."""
+    axes = check_axes(image.axes, image.data.shape)
+    data, axes = to_grey(image.data, axes)
+    data, axes = select_channels(data, axes, channel)
+    other = [i for i, a in enumerate(axes) if a not in "YX"]
+    order = other + [axes.index("Y"), axes.index("X")]
+    moved = np.transpose(data, order)
+    planes = moved.reshape((-1,) + moved.shape[-2:])
+    _check_finite(planes, "".join(axes[i] for i in other), moved.shape[:-2])
+    return planes, moved.shape[:-2], axes, order
+
+
+def nucleus_radius(
+    image: Image,
+    radius: "str | float | Radius | None" = "auto",
+    *,
+    channel: int | Sequence[int] | None = None,
+    invert: bool = False,
+) -> float | None:
+    """The nucleus radius (px) that :func:`filter_image` uses for ``image`` with these options: given,
+    converted from a length with the image's calibration, or estimated (``auto``) from its planes;
+    None for ``off`` or where no blob stands out (then the image is filtered at its own scale)."""
+    calibration = image.calibration
+    return image_radius(
+        radius,
+        lambda: _planes_of(image, channel)[0],
+        invert,
+        calibration.pixel_width,
+        calibration.unit,
+    )
+
+
+def _check_finite(planes: np.ndarray, lead_axes: str, lead_shape: tuple[int, ...]) -> None:
+    """Refuse NaN or infinite pixels before any compute, naming the first bad plane by its axes."""
+    if np.issubdtype(planes.dtype, np.integer) or planes.dtype == bool:
+        return
+    bad = np.flatnonzero(~np.isfinite(planes).all(axis=(1, 2)))
+    if len(bad):
+        where = ", ".join(f"{a}={i}" for a, i in zip(lead_axes, np.unravel_index(bad[0], lead_shape))) or "the plane"
+        more = f" (and {len(bad) - 1} more plane(s))" if len(bad) > 1 else ""
+        raise ImageValueError(f"{where}{more}: contains NaN or infinite values")
 
 
 def filter_planes(
@@ -254,6 +265,7 @@ def filter_planes(
     w: float | None = None,
     radius: "str | float | Radius | None" = "auto",
     calibration: "Calibration | None" = None,
+    progress: bool = False,
     **options,
 ) -> np.ndarray:
     """Filter a stack of planes ``(P, H, W)``; return float32 ``(P, H, W)`` in [0, 1].
@@ -262,26 +274,36 @@ def filter_planes(
     (estimated once from these planes) or ``off``; the planes are resized to the model's radius and
     the output back (module docstring).
     With ``w``, the output blends the two members of ``model``'s family whose w brackets the
-    requested one (see :func:`nunet.registry.models.family_of`, :func:`nunet.registry.models.blend_weights`).
-    Other options as in :func:`enhance`.
+    requested one (see :func:`nunet.registry.family_of`, :func:`nunet.registry.blend_weights`).
+    Other options (``tile_size``, ``device``...) as in :func:`enhance`.
     """
-    calibration = calibration or Calibration()
-    pixels = image_radius(radius, planes, options.get("invert", False), calibration.pixel_width, calibration.unit)
-    shape = planes.shape[1:]
-    factor = zoom_factor(pixels, model_radius(model))
-    if factor != 1.0:
-        planes = resize_planes(planes, zoomed_shape(shape, factor))
-    if w is None:
-        out = _filter_planes(planes, model, **options)
-    else:
-        from nunet.core.modelfile import LoadedModel
-        from nunet.registry.models import blend_weights, family_of
+    settings = resolve_settings(FilterSettings(model=model, w=w, radius=radius, **options))
+    return filter_planes_with(planes, settings, calibration, progress=progress)
 
-        family = family_of(model.path if isinstance(model, LoadedModel) else model)
+
+def filter_planes_with(
+    planes: np.ndarray, settings: FilterSettings, calibration: "Calibration | None" = None, *, progress: bool = False
+) -> np.ndarray:
+    """:func:`filter_planes` with settings already built and resolved: the radius zoom around one
+    model's plane loop, or around the blend of two members of its family."""
+    calibration = calibration or Calibration()
+    pixels = image_radius(settings.radius, planes, settings.invert, calibration.pixel_width, calibration.unit)
+    zoom = Zoom(planes.shape[1:], zoom_factor(pixels, model_radius(settings.model)))
+    planes = zoom.before(planes)
+    if settings.w is None:
+        out = run_planes(planes, load_model(settings.model, settings.device), settings, progress=progress)
+    else:
         out = np.zeros(planes.shape, dtype=np.float32)
-        for name, weight in blend_weights(float(w), family):
-            out += np.float32(weight) * _filter_planes(planes, name, **options)
-    return np.clip(resize_planes(out, shape), 0.0, 1.0) if factor != 1.0 else out
+        for name, weight in blend_weights(float(settings.w), family_of(_model_file(settings.model))):
+            member = load_model(name, settings.device)
+            out += np.float32(weight) * run_planes(planes, member, settings, progress=progress)
+    return zoom.after(out)
+
+
+def _model_file(model: "str | os.PathLike | LoadedModel") -> "str | os.PathLike":
+    from nunet.core.modelfile import LoadedModel
+
+    return model.path if isinstance(model, LoadedModel) else model
 
 
 def model_radius(model: "str | os.PathLike | LoadedModel") -> float:
@@ -294,40 +316,19 @@ def model_radius(model: "str | os.PathLike | LoadedModel") -> float:
     return float(metadata.get("radius", TRAINED_RADIUS))
 
 
-def _filter_planes(
-    planes: np.ndarray,
-    model: "str | os.PathLike | LoadedModel",
-    *,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    **options,
-) -> np.ndarray:
-    """One model's output for ``planes``: the options checked once, the model loaded, the plane loop run."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-    device = resolve_device(device)
-    if precision == "fp16" and device == "cpu":
-        raise ValueError("precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on the CPU")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if tile_size is not None:
-        check_tile_size(tile_size)
-    loaded = load_model(model, device)
-    return run_planes(
-        planes, loaded, tile_size=tile_size, batch_size=batch_size, device=device, precision=precision, **options
-    )
-
-
 def resolve_settings(settings: FilterSettings) -> FilterSettings:
     """``settings`` with the device resolved and checked against the hardware, and a strength
-    checked against the model's family (before any compute)."""
+    checked against the model's family: the checks that need the machine or the registry, done once
+    by every face before any compute (the values themselves were checked by :class:`FilterSettings`).
+
+    Raises
+    ------
+    UsageError
+        Naming the option: an unknown or absent device, fp16 on a CPU, a w outside the family.
+    """
     from dataclasses import replace
 
-    from nunet.core.runtime import resolve_device
     from nunet.errors import ModelError
-    from nunet.registry.models import blend_weights, family_of
 
     try:
         device = resolve_device(settings.device)
@@ -335,7 +336,7 @@ def resolve_settings(settings: FilterSettings) -> FilterSettings:
         raise UsageError(f"--device: {exc}") from None
     if settings.w is not None:
         try:
-            blend_weights(settings.w, family_of(settings.model))
+            blend_weights(settings.w, family_of(_model_file(settings.model)))
         except ModelError as exc:
             raise UsageError(f"--w: {exc}") from None
     if settings.precision == "fp16" and device == "cpu":
@@ -350,6 +351,6 @@ def resolve_settings(settings: FilterSettings) -> FilterSettings:
                 "--precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); it is emulated and "
                 "about 14x slower than fp32 here. 'auto' picks the fastest precision.",
                 OptionWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
     return replace(settings, device=device)

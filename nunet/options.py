@@ -8,20 +8,48 @@ raised before any image is read.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from enum import Enum
 from typing import Any
 
 from nunet.errors import OptionWarning, UsageError
 
 #: The model filtered with when none is named.
 DEFAULT_MODEL = "nunet-v8"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class Precision(str, Enum):
+    """``--precision``: fp32 (the reference), bf16, fp16 (GPU only) or auto (the fastest within 1e-2)."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class OutputDtype(str, Enum):
+    """``--dtype``: float32 in [0, 1], or an integer type over its full range."""
+
+    FLOAT32 = "float32"
+    UINT8 = "uint8"
+    UINT16 = "uint16"
+
+
+class NgffVersion(str, Enum):
+    """``--ngff``: the NGFF version of OME-Zarr outputs."""
+
+    V04 = "0.4"
+    V05 = "0.5"
+
+
+PRECISIONS = tuple(p.value for p in Precision)
 #: The smallest tile side (the network halves a tile twice; nunet's tiling rounds tiles to multiples of 4).
 MIN_TILE = 8
 #: Tiles smaller than this are slow (each layer visits every tile): a warning says so.
 SLOW_TILE = 64
-OUTPUT_DTYPES = ("float32", "uint8", "uint16")
-NGFF_VERSIONS = ("0.4", "0.5")
+OUTPUT_DTYPES = tuple(d.value for d in OutputDtype)
+NGFF_VERSIONS = tuple(v.value for v in NgffVersion)
 
 
 @dataclass(frozen=True)
@@ -30,8 +58,8 @@ class FilterSettings:
 
     Attributes
     ----------
-    model : str
-        Registered model name or TorchScript file.
+    model : str, path-like or LoadedModel
+        Registered model name, TorchScript file, or a model from :func:`nunet.load_model`.
     w : float, optional
         Filtering strength: blend the two members of ``model``'s family whose w brackets it.
     axes : str, optional
@@ -46,6 +74,8 @@ class FilterSettings:
         ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : str
         One of ``PRECISIONS``; ``fp16`` needs a GPU.
+    percentiles : (float, float), optional
+        Input percentiles mapped to 0 and 255 (default: those of the model's metadata).
     invert : bool
         Dark nuclei on a bright background: flip each plane first.
     augment : bool
@@ -59,7 +89,7 @@ class FilterSettings:
         NGFF version of OME-Zarr outputs, one of ``NGFF_VERSIONS`` (default: a zarr input's, else 0.5).
     """
 
-    model: str = DEFAULT_MODEL
+    model: Any = DEFAULT_MODEL
     w: float | None = None
     axes: str | None = None
     channel: int | tuple[int, ...] | None = None
@@ -67,6 +97,7 @@ class FilterSettings:
     batch_size: int | None = None
     device: str = "auto"
     precision: str = "fp32"
+    percentiles: tuple[float, float] | None = None
     invert: bool = False
     augment: bool = False
     radius: str = "auto"
@@ -74,8 +105,11 @@ class FilterSettings:
     ngff: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.channel, list):
-            object.__setattr__(self, "channel", tuple(self.channel))
+        object.__setattr__(self, "channel", parse_channel(self.channel))
+        for name in ("precision", "dtype", "ngff"):  # an Enum member (a CLI choice) is kept as its value
+            value = getattr(self, name)
+            if isinstance(value, Enum):
+                object.__setattr__(self, name, value.value)
         object.__setattr__(self, "radius", str(Radius.parse(self.radius)))  # a UsageError naming --radius
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision: '{self.precision}' is not one of {', '.join(PRECISIONS)}")
@@ -89,8 +123,6 @@ class FilterSettings:
             check_tile_size(self.tile_size)
         if self.w is not None and not self.w >= 0:
             raise UsageError(f"--w: must be a number >= 0, got {self.w}")
-        if self.channel is not None and isinstance(self.channel, tuple) and not self.channel:
-            raise UsageError("--channel: give at least one channel index")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "FilterSettings":
@@ -115,7 +147,6 @@ class FilterSettings:
             "batch_size": int,
             "invert": flag,
             "augment": flag,
-            "channel": lambda t: tuple(int(v) for v in t.split(",")) if "," in t else int(t),
         }
         try:
             return cls.from_mapping({k: casts.get(k, str)(str(v)) for k, v in values.items()})
@@ -130,14 +161,6 @@ class FilterSettings:
         from dataclasses import replace
 
         return replace(self, radius="off" if pixels is None else f"{pixels:.6g}")
-
-    def plane_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`nunet.api.filter_planes`: all but model, axes, channel,
-        dtype and ngff (which concern the whole image)."""
-        values = asdict(self)
-        for key in ("model", "axes", "channel", "dtype", "ngff"):
-            values.pop(key)
-        return values
 
 
 def check_tile_size(tile_size: int) -> None:
@@ -219,3 +242,22 @@ class Radius:
 def _micrometres(unit: str) -> float | None:
     """Micrometres per ``unit`` (ImageJ writes micron(s), um or µm), or None for a unit that is no length."""
     return UNITS.get(unit.strip().lower().removesuffix("s"))
+
+
+def parse_channel(value: "str | int | Sequence[int] | None") -> int | tuple[int, ...] | None:
+    """The ``channel`` option: ``0`` or ``"0"`` (one channel: its axis is dropped), ``"0,2"`` or a
+    sequence (those channels), None (all); negative indices count from the last. Else a UsageError."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        try:
+            values = tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            values = ()
+        if not values:
+            raise UsageError(f"--channel: '{value}' is not a channel index or a comma-separated list of them")
+        return values[0] if len(values) == 1 and "," not in value else values
+    values = tuple(value)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise UsageError(f"--channel: give one or more channel indices, got {value!r}")
+    return values

@@ -13,7 +13,7 @@ from conftest import blobs
 from nunet import enhance
 from nunet.core.preprocess import LUMA, normalise_plane, pad_plane
 from nunet.core.tiling import tiled_forward
-from nunet.errors import AxesError, ModelError
+from nunet.errors import AxesError, ModelError, UsageError
 from nunet.io import Image
 
 #: The filter at the image's own scale (no resize to the model's nucleus radius): the tests that
@@ -186,7 +186,7 @@ def test_w_blends_registered_models(tmp_path, monkeypatch):
     a, b = enhance(img, "test-w11"), enhance(img, "test-w21")
     np.testing.assert_allclose(enhance(img, "test-w11", w=13.0), 0.8 * a + 0.2 * b, atol=1e-5)
     np.testing.assert_allclose(enhance(img, "test-w21", w=21), b, atol=1e-6)
-    with pytest.raises(ModelError, match="w=22 is outside"):
+    with pytest.raises(UsageError, match="--w: w=22 is outside"):
         enhance(img, "test-w11", w=22)
 
 
@@ -208,7 +208,7 @@ def test_w_blends_only_within_the_models_family(tmp_path, monkeypatch):
     img = blobs((32, 40))
     a, b = enhance(img, "new-0.5"), enhance(img, "new-1")
     np.testing.assert_allclose(enhance(img, "new-1", w=0.75), 0.5 * a + 0.5 * b, atol=1e-5)
-    with pytest.raises(ModelError, match="'single' has no family of strengths"):
+    with pytest.raises(UsageError, match="--w: model 'single' has no family of strengths"):
         enhance(img, "single", w=0.75)
     result = CliRunner().invoke(app, ["filter", "x.tif", str(tmp_path / "o.tif"), "-m", "new-1", "--w", "3"])
     assert result.exit_code == 2 and "--w: w=3 is outside the range" in result.output

@@ -87,8 +87,8 @@ def test_a_file_nunet_did_not_write_is_never_replaced(pair, tmp_path):
     "option, message",
     [
         (["--precision", "fp16", "--device", "cpu"], "'fp16' needs a GPU"),
-        (["--batch-size", "0"], "--batch-size: must be >= 1"),
-        (["--tile-size", "-5"], "--tile-size: must be 0 (never tile) or at least 8 px"),
+        (["--batch-size", "0"], "greater than or equal to 1"),
+        (["--tile-size", "-5"], "greater than or equal to 0"),
         (["--tile-size", "3"], "--tile-size: must be 0 (never tile) or at least 8 px, got 3"),
         (["--precision", "fp8"], "'fp8' is not one of"),
         (["--device", "tpu"], "unknown device 'tpu'"),

@@ -342,3 +342,24 @@ def test_every_recipe_in_models_loads_and_names_its_file():
         config = load_config(path, {})
         if path.parent.name == "gpu_sweep":
             assert config.name == path.stem and config.init_model == "nunet-v5"
+
+
+def test_train_set_overrides_the_recipe_with_typed_values(tmp_path):
+    from typer.testing import CliRunner
+
+    from nunet.cli import app
+    from nunet.training.config import load_config, parse_overrides
+
+    values = parse_overrides(["w=0.5", "steps=3", "name=my-model", 'content_dirs=["a", "b"]', "ema_decay=0"])
+    assert values == {"w": 0.5, "steps": 3, "name": "my-model", "content_dirs": ["a", "b"], "ema_decay": 0}
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "from-recipe"\nsynthetic_content = 2\nsteps = 10\n')
+    config = load_config(recipe, parse_overrides(["steps=4"]))
+    assert (config.name, config.steps, config.synthetic_content) == ("from-recipe", 4, 2)
+    for bad, message in [
+        (["--set", "steps"], "'steps' is not KEY=VALUE"),
+        (["--set", "stepz=3"], "unknown key(s) stepz"),
+        (["--set", "steps=many"], "'steps' must be int, got 'many'"),
+    ]:
+        result = CliRunner().invoke(app, ["train", "-c", str(recipe), *bad])
+        assert result.exit_code == 2 and message in result.output, result.output

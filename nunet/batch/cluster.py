@@ -94,13 +94,13 @@ def filter_plane(source: ZarrSource, output: str, plane: Plane, settings: Filter
     """One task: read, filter, write one plane, then its completion record; returns its number."""
     import zarr
 
-    from nunet.api import filter_planes
+    from nunet.api import filter_planes_with, resolve_settings
     from nunet.core.runtime import num_threads
     from nunet.io import convert_dtype
 
     with num_threads(1):
         data = read_plane(source, plane)
-        out = filter_planes(data[None], settings.model, **settings.plane_kwargs())[0]
+        out = filter_planes_with(data[None], resolve_settings(settings))[0]  # resolved on the worker
     zarr.open_group(output, mode="r+")["s0"][plane.target] = convert_dtype(out, settings.dtype)
     (Path(output) / DONE_DIR / str(plane.number)).touch()
     return plane.number
@@ -256,13 +256,13 @@ def filter_zarr(
 
 def filter_block(block: np.ndarray, settings: FilterSettings) -> np.ndarray:
     """Filter a block whose last two axes are Y and X, plane by plane (a dask ``map_blocks`` function)."""
-    from nunet.api import filter_planes
+    from nunet.api import filter_planes_with, resolve_settings
     from nunet.core.runtime import num_threads
 
     if block.size == 0:
         return np.zeros(block.shape, np.float32)
     with num_threads(1):
-        planes = filter_planes(block.reshape((-1,) + block.shape[-2:]), settings.model, **settings.plane_kwargs())
+        planes = filter_planes_with(block.reshape((-1,) + block.shape[-2:]), resolve_settings(settings))
     return planes.reshape(block.shape)
 
 

@@ -10,6 +10,7 @@ import fnmatch
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from nunet.errors import NUNetError, UsageError
@@ -25,7 +26,16 @@ SAME_FOLDER_TEMPLATE = "{stem}_nunet.tif"
 
 
 #: The default templates' file type per output format (``nunet-batch --format``).
-FORMAT_SUFFIXES = {"tiff": ".tif", "zarr": ".ome.zarr"}
+
+
+class OutputFormat(str, Enum):
+    """``--format``: the file type of a batch's default output names."""
+
+    TIFF = "tiff"
+    ZARR = "zarr"
+
+
+FORMAT_SUFFIXES = {OutputFormat.TIFF.value: ".tif", OutputFormat.ZARR.value: ".ome.zarr"}
 
 
 @dataclass

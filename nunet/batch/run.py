@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nunet.batch.claims import Claim, claim, claimed
@@ -62,7 +62,7 @@ def _read(job: Job, settings: FilterSettings, overwrite: bool, dry_run: bool):
 
 
 def _filter(record: FileRecord, image, settings: FilterSettings, model, progress: bool):
-    from nunet.api import filter_image, nucleus_radius
+    from nunet.api import filter_image_with, nucleus_radius
     from nunet.io import convert_dtype, with_data
 
     result = None
@@ -70,13 +70,9 @@ def _filter(record: FileRecord, image, settings: FilterSettings, model, progress
         with _stage(record):
             record.radius = nucleus_radius(image, settings.radius, channel=settings.channel, invert=settings.invert)
             fixed = settings.with_radius_pixels(record.radius)
-            result = filter_image(
-                image,
-                model if model is not None else settings.model,
-                channel=settings.channel,
-                progress=progress,
-                **fixed.plane_kwargs(),
-            )
+            if model is not None:
+                fixed = replace(fixed, model=model)
+            result = filter_image_with(image, fixed, progress=progress)
             result = with_data(result, convert_dtype(result.data, settings.dtype), result.axes)
     return result if record.status == "ok" else None
 
@@ -113,8 +109,10 @@ def filter_file(
         Before reading, when the input is missing, the output is a folder or the input itself, an
         existing output was not written by nunet, or the output folder cannot be written.
     """
+    from nunet.api import resolve_settings
     from nunet.io import ZARR_SUFFIX, check_output_name, written_by_nunet
 
+    settings = resolve_settings(settings)  # a no-op for settings already resolved (run_batch's)
     if not (input_path.is_file() or is_zarr_store(input_path)):
         raise UsageError(f"{input_path}: no such file")
     if output.is_dir() and output.suffix.lower() != ZARR_SUFFIX:

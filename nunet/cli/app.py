@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from nunet.errors import OptionWarning
-from nunet.options import OUTPUT_DTYPES, PRECISIONS
+from nunet.options import NgffVersion, OutputDtype, Precision
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -31,56 +31,45 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Registered model name or TorchScript .pt file.")]
-
 
 StrengthOpt = Annotated[
     Optional[float],
     typer.Option("--w", help="Filtering strength: blend the two members of --model's family whose w brackets it."),
 ]
 
-
 AxesOpt = Annotated[Optional[str], typer.Option(help="Axes of the input, letters of TZCYXS (default: from the file).")]
-
 
 ChannelOpt = Annotated[
     Optional[str], typer.Option(help="Channel(s) to filter, e.g. 0 or 0,2; -1 is the last (default: all).")
 ]
 
-
 TileOpt = Annotated[
     Optional[int],
     typer.Option(
+        min=0,
         help="Tile planes larger than this many pixels (0: never; "
         "default: CPU planes over 1280x1280 in 256-px tiles, "
-        "GPU over 2048x2048)."
+        "GPU over 2048x2048).",
     ),
 ]
-
 
 BatchOpt = Annotated[
     Optional[int],
-    typer.Option(help="Planes per forward pass (default: measured with --precision auto, else 1 on CPU, 8 on GPU)."),
-]
-
-
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-
-
-PrecisionOpt = Annotated[
-    str, typer.Option(help=f"{', '.join(PRECISIONS)} (fp16: GPU only; auto: the fastest within 1e-2 of fp32).")
-]
-
-
-DtypeOpt = Annotated[
-    str,
     typer.Option(
-        help=f"Output pixel type, one of {', '.join(OUTPUT_DTYPES)} (float32 in "
-        "[0, 1]; integers over their full range)."
+        min=1, help="Planes per forward pass (default: measured with --precision auto, else 1 on CPU, 8 on GPU)."
     ),
 ]
 
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+
+PrecisionOpt = Annotated[
+    Precision, typer.Option(help="fp16: GPU only; auto: the fastest within 1e-2 of fp32 on this device.")
+]
+
+DtypeOpt = Annotated[
+    OutputDtype, typer.Option(help="Output pixel type: float32 in [0, 1]; integers over their full range.")
+]
 
 InvertOpt = Annotated[
     bool,
@@ -89,7 +78,6 @@ InvertOpt = Annotated[
     ),
 ]
 
-
 AugmentOpt = Annotated[
     bool,
     typer.Option(
@@ -97,7 +85,6 @@ AugmentOpt = Annotated[
         help="Test-time augmentation: average each plane's 8 rotations and mirror images (steadier; 8x the time).",
     ),
 ]
-
 
 RadiusOpt = Annotated[
     str,
@@ -108,7 +95,6 @@ RadiusOpt = Annotated[
     ),
 ]
 
-
 OverwriteOpt = Annotated[
     bool,
     typer.Option(
@@ -116,30 +102,16 @@ OverwriteOpt = Annotated[
     ),
 ]
 
-
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Per-file lines and tracebacks.")]
 
-
 NgffOpt = Annotated[
-    Optional[str], typer.Option(help="NGFF version of OME-Zarr outputs: 0.4 or 0.5 (default: the input's, else 0.5).")
+    Optional[NgffVersion], typer.Option(help="NGFF version of OME-Zarr outputs (default: the input's, else 0.5).")
 ]
 
 
 def usage_exit(exc: Exception) -> None:
     err.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(2)
-
-
-def parse_channel(text: str | None) -> int | list[int] | None:
-    if text is None:
-        return None
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(
-            f"'{text}' is not a channel index or comma-separated list", param_hint="--channel"
-        ) from None
-    return values[0] if len(values) == 1 and "," not in text else values
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +11,14 @@ import typer
 
 from nunet.cli.app import err, out, usage_exit
 from nunet.errors import NUNetError
+
+
+class Suite(str, Enum):
+    """``--suite``: the built-in suites of :data:`nunet.evaluation.suites.SUITES`."""
+
+    HELDOUT = "heldout"
+    SYNTHETIC = "synthetic"
+    DSB = "dsb"
 
 
 def eval_cmd(
@@ -23,12 +32,12 @@ def eval_cmd(
         ),
     ] = None,
     suite: Annotated[
-        str,
+        Suite,
         typer.Option(
             help="Built-in suite: heldout (synthetic, degraded synthetic, real and degraded real images), synthetic, "
             "or dsb (the 2018 Data Science Bowl's validation kinds, clean and degraded, per kind and size band)."
         ),
-    ] = "heldout",
+    ] = Suite.HELDOUT,
     data: Annotated[
         Optional[Path],
         typer.Option(
@@ -84,7 +93,7 @@ def eval_cmd(
 
     try:
         plan = EvalPlan(
-            suite=suite,
+            suite=suite.value,
             models=tuple(model) if model else None,
             data=data,
             real_data=real_data,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from nunet.batch.plan import DEFAULT_PATTERNS, FileRecord
+from nunet.batch.plan import DEFAULT_PATTERNS, FileRecord, OutputFormat
 from nunet.cli.app import (
     AugmentOpt,
     AxesOpt,
@@ -27,54 +27,23 @@ from nunet.cli.app import (
     TileOpt,
     VerboseOpt,
     err,
-    parse_channel,
     show_warning,
     usage_exit,
 )
 from nunet.errors import NUNetError, OptionWarning, PlaneReadError
-from nunet.options import DEFAULT_MODEL, FilterSettings
+from nunet.options import DEFAULT_MODEL, FilterSettings, OutputDtype, Precision
 
 
-def _settings(
-    model: str,
-    w: float | None,
-    axes: str | None,
-    channel: str | None,
-    tile_size: int | None,
-    batch_size: int | None,
-    device: str,
-    precision: str,
-    invert: bool,
-    dtype: str,
-    ngff: str | None = None,
-    augment: bool = False,
-    *,
-    radius: str = "auto",
-) -> FilterSettings:
-    """The command's FilterSettings, checked against the hardware; a bad option exits 2, a doubtful
-    one (bf16 emulated on this CPU) is printed as a warning."""
+def _settings(**options) -> FilterSettings:
+    """The command's FilterSettings from its options (keywords of :class:`FilterSettings`), checked
+    against the hardware; a bad option exits 2, a doubtful one (bf16 emulated on this CPU) is printed
+    as a warning."""
     from nunet.api import resolve_settings
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", OptionWarning)
-            settings = resolve_settings(
-                FilterSettings(
-                    model=model,
-                    w=w,
-                    axes=axes,
-                    channel=parse_channel(channel),
-                    tile_size=tile_size,
-                    batch_size=batch_size,
-                    device=device,
-                    precision=precision,
-                    invert=invert,
-                    augment=augment,
-                    radius=radius,
-                    dtype=dtype,
-                    ngff=ngff,
-                )
-            )
+            settings = resolve_settings(FilterSettings(**options))
     except NUNetError as exc:
         usage_exit(exc)
     for warning in caught:
@@ -114,11 +83,11 @@ def filter_cmd(
     tile_size: TileOpt = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = Precision.FP32,
     invert: InvertOpt = False,
     augment: AugmentOpt = False,
     radius: RadiusOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = OutputDtype.FLOAT32,
     overwrite: OverwriteOpt = False,
     ngff: NgffOpt = None,
     workers: Annotated[
@@ -137,7 +106,19 @@ def filter_cmd(
     from nunet.registry.models import load_model
 
     settings = _settings(
-        model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff, augment, radius=radius
+        model=model,
+        w=w,
+        axes=axes,
+        channel=channel,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        invert=invert,
+        augment=augment,
+        radius=radius,
+        dtype=dtype,
+        ngff=ngff,
     )
     from nunet.io import ZARR_SUFFIX
 
@@ -225,15 +206,15 @@ def batch(
     tile_size: TileOpt = None,
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = Precision.FP32,
     invert: InvertOpt = False,
     augment: AugmentOpt = False,
     radius: RadiusOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = OutputDtype.FLOAT32,
     overwrite: OverwriteOpt = False,
     output_format: Annotated[
-        str, typer.Option("--format", help="Output format of the default names: tiff (.tif) or zarr (.ome.zarr).")
-    ] = "tiff",
+        OutputFormat, typer.Option("--format", help="Output format of the default names: .tif or .ome.zarr.")
+    ] = OutputFormat.TIFF,
     ngff: NgffOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; write nothing.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Write a JSON report, one record per file.")] = None,
@@ -246,7 +227,19 @@ def batch(
     from nunet.batch.run import run_batch
 
     settings = _settings(
-        model, w, axes, channel, tile_size, batch_size, device, precision, invert, dtype, ngff, augment, radius=radius
+        model=model,
+        w=w,
+        axes=axes,
+        channel=channel,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        invert=invert,
+        augment=augment,
+        radius=radius,
+        dtype=dtype,
+        ngff=ngff,
     )
     if report is not None:
         try:
@@ -289,7 +282,7 @@ def batch(
                 dry_run=dry_run,
                 on_start=lambda n: progress.update(task, total=n),
                 on_file=on_file,
-                output_format=output_format,
+                output_format=output_format.value,
             )
         except NUNetError as exc:
             progress.stop()

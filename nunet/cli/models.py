@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,6 +12,15 @@ from rich.markup import escape
 from nunet.cli.app import err, out, usage_exit
 from nunet.errors import NUNetError, UsageError
 from nunet.options import DEFAULT_MODEL
+
+
+class Weights(str, Enum):
+    """``nunet export --format``: the weight formats of the package (those of
+    :data:`nunet.integrations.bioimageio.FORMATS`, TorchScript always)."""
+
+    TORCHSCRIPT = "torchscript"
+    TORCHSCRIPT_ONNX = "torchscript,onnx"
+
 
 models_app = typer.Typer(help="List the models (works offline) and fetch those not installed.")
 
@@ -75,8 +85,8 @@ def export_cmd(
     model: Annotated[str, typer.Argument(help="Registered model name or TorchScript .pt file.")],
     package: Annotated[Path, typer.Argument(metavar="OUT.zip", help="The bioimage.io package to write.")],
     format: Annotated[
-        str, typer.Option("--format", help="Weights: torchscript, or torchscript,onnx.")
-    ] = "torchscript,onnx",
+        Weights, typer.Option("--format", help="Weights: TorchScript, or TorchScript and ONNX (for deepImageJ).")
+    ] = Weights.TORCHSCRIPT_ONNX,
     sample: Annotated[
         Optional[Path],
         typer.Option(
@@ -90,7 +100,7 @@ def export_cmd(
     """Package a model for bioimage.io tools (deepImageJ, JDLL, bioimageio.core); needs the bioimageio extra."""
     from nunet.integrations.bioimageio import export_bioimageio
 
-    formats = tuple(f.strip() for f in format.split(",") if f.strip())
+    formats = tuple(format.value.split(","))
     try:
         path = export_bioimageio(model, package, formats, sample, overwrite=overwrite)
     except NUNetError as exc:

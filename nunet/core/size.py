@@ -19,6 +19,7 @@ estimate is the weighted median of their radii, sigma x sqrt(2). Tuned on the DS
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -142,6 +143,22 @@ def zoom_factor(radius: float | None, trained: float) -> float:
     if abs(factor - 1.0) <= TOLERANCE:
         return 1.0
     return float(np.clip(factor, *ZOOM_RANGE))
+
+
+@dataclass(frozen=True)
+class Zoom:
+    """The radius resize as a before/after pair (as csbdeep's ``Resizer``): :meth:`before` shrinks
+    planes of ``shape`` by ``factor`` so their nuclei have the model's radius, :meth:`after` brings
+    the output back to ``shape``, clipped to [0, 1]. A factor of 1 leaves both untouched."""
+
+    shape: tuple[int, int]
+    factor: float = 1.0
+
+    def before(self, planes: np.ndarray) -> np.ndarray:
+        return planes if self.factor == 1.0 else resize_planes(planes, zoomed_shape(self.shape, self.factor))
+
+    def after(self, out: np.ndarray) -> np.ndarray:
+        return out if self.factor == 1.0 else np.clip(resize_planes(out, self.shape), 0.0, 1.0)
 
 
 def zoomed_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:

@@ -279,7 +279,7 @@ def register() -> None:
     import torch  # noqa: F401  imported now: an import inside a call that races the interpreter's exit fails
     from jpype import JArray, JClass, JFloat, JImplements, JOverride, JString
 
-    from nunet.api import filter_planes, resolve_settings
+    from nunet.api import filter_planes_with, resolve_settings
     from nunet.io import Calibration
     from nunet.options import SETTING_NAMES, FilterSettings
 
@@ -320,7 +320,7 @@ def register() -> None:
                 float(request.get("pixel_width") or 1.0), unit=None if unit is None else str(unit)
             )
             result = JClass("java.util.ArrayList")()
-            for plane in filter_planes(stack, settings.model, calibration=calibration, **settings.plane_kwargs()):
+            for plane in filter_planes_with(stack, settings, calibration):
                 result.add(JArray(JFloat)(np.ascontiguousarray(plane).ravel()))
             return result
 

@@ -35,7 +35,7 @@ PROTOCOL_KEYS = ("op", "planes", "height", "width", "pixel_width", "unit")
 
 def handle_request(header: dict, planes: np.ndarray) -> np.ndarray:
     """Filter ``planes`` (P, H, W) with the options of a request header; float32 in [0, 1]."""
-    from nunet.api import filter_planes, resolve_settings
+    from nunet.api import filter_planes_with, resolve_settings
     from nunet.io import Calibration
     from nunet.options import FilterSettings
 
@@ -43,9 +43,7 @@ def handle_request(header: dict, planes: np.ndarray) -> np.ndarray:
         FilterSettings.from_mapping({k: v for k, v in header.items() if k not in PROTOCOL_KEYS})
     )
     calibration = Calibration(float(header.get("pixel_width") or 1.0), unit=header.get("unit"))
-    return filter_planes(
-        np.asarray(planes, dtype=np.float32), settings.model, calibration=calibration, **settings.plane_kwargs()
-    )
+    return filter_planes_with(np.asarray(planes, dtype=np.float32), settings, calibration)
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes:

@@ -9,20 +9,12 @@ from pathlib import Path
 
 from nunet.core.preprocess import FRAME_FILLS, Frame
 from nunet.data.synth import MODALITIES, modality_index
-from nunet.errors import NUNetError
+from nunet.errors import NUNetError, UsageError
 
 CHECKPOINT = "checkpoint.pt"
-
-
 SUPERVISED_TARGETS = ("mask", "dome", "cone")
-
-
 SUPERVISED_LOSSES = ("l1", "l2")
-
-
 DOME_FLOOR = 0.5  # a dome target's value at a nucleus's edge (1 at its centre)
-
-
 STACK_DEPTH = 12  # planes of each synthetic 3D stack in the supervised bank
 
 
@@ -166,6 +158,26 @@ class TrainConfig:
         if not self.mask_dirs and not self.synthetic_masks:
             raise NUNetError("config: no blob-mask targets (mask_dirs or synthetic_masks)")
         return self
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (``nunet train --set``) as a dict; each value is read as TOML (``8``,
+    ``0.5``, ``true``, ``["a", "b"]``), else kept as a bare string (``name=nunet-x``)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set: '{item}' is not KEY=VALUE")
+        try:
+            values[key.strip()] = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = text
+    return values
 
 
 def load_config(path: Path | None, overrides: dict) -> TrainConfig:
