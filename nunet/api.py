@@ -46,7 +46,7 @@ from nunet.core.runtime import resolve_device
 from nunet.core.size import TRAINED_RADIUS, Zoom, image_radius, zoom_factor
 from nunet.errors import ImageValueError, OptionWarning, UsageError
 from nunet.io import Calibration, Image, check_axes, guess_axes, with_data
-from nunet.options import DEFAULT_MODEL, FilterSettings, Radius
+from nunet.options import DEFAULT_MODEL, SETTING_NAMES, FilterSettings, Radius
 from nunet.registry import blend_weights, family_of, load_model
 
 if TYPE_CHECKING:
@@ -122,20 +122,7 @@ def enhance(
         float32 in [0, 1], with exactly the input's spatial (Y, X) shape and its other
         axes, minus ``S`` and minus ``C`` for a single-int ``channel``.
     """
-    settings = FilterSettings(
-        model=model,
-        w=w,
-        axes=axes,
-        channel=channel,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        percentiles=percentiles,
-        invert=invert,
-        augment=augment,
-        radius=radius,
-    )
+    settings = FilterSettings(**{k: v for k, v in locals().items() if k in SETTING_NAMES})  # the options above
     if isinstance(image, Image):
         img = image if axes is None else with_data(image, image.data, axes)
     else:
@@ -187,19 +174,7 @@ def filter_image(
 
     See :func:`enhance` for the parameters.
     """
-    settings = FilterSettings(
-        model=model,
-        w=w,
-        channel=channel,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        percentiles=percentiles,
-        invert=invert,
-        augment=augment,
-        radius=radius,
-    )
+    settings = FilterSettings(**{k: v for k, v in locals().items() if k in SETTING_NAMES})  # the options above
     return filter_image_with(image, resolve_settings(settings), progress=progress)
 
 

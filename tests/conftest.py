@@ -88,3 +88,11 @@ def held_out_training_loss(config, backbone, scale: float, seed: int):
             return float(content_loss(out[backbone.content_tap], content) + scale * morphological_loss(out, grams))
 
     return loss
+
+
+def enhance_native(*args, **kwargs):
+    """The filter at the image's own scale (no resize to the model's nucleus radius): for the tests
+    that compare the output with the network's own forward pass, orientations or tiles."""
+    from nunet import enhance
+
+    return enhance(*args, radius="off", **kwargs)

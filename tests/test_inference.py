@@ -1,24 +1,16 @@
-"""enhance(): dtypes, shapes, axes, channels, batching, tiling equality, immutability."""
+"""enhance(): dtypes, shapes, axes, channels, batching, model files, invert, augment, immutability."""
 
 from __future__ import annotations
-
-import tempfile
-from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import blobs
+from conftest import blobs, enhance_native
 from nunet import enhance
-from nunet.core.preprocess import LUMA, normalise_plane, pad_plane
-from nunet.core.tiling import tiled_forward
+from nunet.core.preprocess import LUMA, normalise_plane
 from nunet.errors import AxesError, ModelError, UsageError
 from nunet.io import Image
-
-#: The filter at the image's own scale (no resize to the model's nucleus radius): the tests that
-#: compare the output with the network's own forward pass, orientations or tiles.
-enhance_native = partial(enhance, radius="off")
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64, bool])
@@ -126,43 +118,6 @@ def test_bf16_stays_close_to_fp32(model):
         enhance(img, model, precision="fp16", device="cpu")
 
 
-@pytest.mark.parametrize(("shape", "tile"), [((180, 204), 64), ((36, 44), 8), ((70, 33), 20)])
-def test_tiled_output_equals_whole_plane(model, shape, tile, tmp_path, monkeypatch):
-    """Exact whole-plane statistics and padding, at any tile size; temporary files cleaned up."""
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    img = blobs(shape, seed=3, n=30)
-    whole = enhance(img, model, tile_size=0)
-    tiled = enhance(img, model, tile_size=tile)
-    assert np.abs(whole - tiled).max() <= 1e-5
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_tiled_bf16_is_as_close_to_fp32_as_whole_plane_bf16(model):
-    img = blobs((96, 80), seed=5, n=12)
-    reference = enhance(img, model, tile_size=0)
-    whole = enhance(img, model, tile_size=0, precision="bf16")
-    tiled = enhance(img, model, tile_size=32, precision="bf16")
-    assert np.abs(tiled - reference).max() <= 2 * np.abs(whole - reference).max() + 1e-3
-
-
-@pytest.mark.slow
-def test_naive_tiling_would_show_seams(model):
-    """Control for the test above: tiles run independently (own InstanceNorm stats) differ a lot."""
-    img = blobs((128, 128), seed=4, n=20)
-    x = torch.from_numpy(pad_plane(normalise_plane(img)))[None, None]
-    with torch.inference_mode():
-        whole = model(x)
-        exact = tiled_forward(model.module, x, 64)
-        naive = torch.zeros_like(whole)
-        for y0 in (0, 64):
-            for x0 in (0, 64):
-                naive[..., y0 : y0 + 64, x0 : x0 + 64] = model(x[..., y0 : y0 + 64, x0 : x0 + 64])
-    scale = 255.0
-    assert (whole - exact).abs().max() / scale <= 1e-3
-    assert (whole - naive).abs().max() / scale > 1e-2
-
-
 def test_blend_weights_picks_bracketing_models():
     from nunet.registry.models import blend_weights
 
@@ -214,119 +169,10 @@ def test_w_blends_only_within_the_models_family(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "--w: w=3 is outside the range" in result.output
 
 
-def test_auto_precision_stays_within_tolerance_of_fp32():
-    from nunet import load_model
-    from nunet.core.autotune import AUTO_TOLERANCE, Tuner, precision_candidates
-    from nunet.data.synth import MODALITIES, synth_image
-
-    chosen = Tuner().precision(load_model("nunet-v8"), "cpu")
-    assert chosen in precision_candidates("cpu")
-    for k, modality in enumerate(MODALITIES):
-        image = synth_image(modality, (200, 184), seed=40 + k).image
-        reference = enhance(image, "nunet-v8", device="cpu", precision="fp32")
-        auto = enhance(image, "nunet-v8", device="cpu", precision="auto")
-        assert np.abs(auto - reference).max() <= AUTO_TOLERANCE, modality
-
-
-def test_auto_times_only_what_the_cpu_runs_natively(model, tuner):
-    """Emulated bf16 is never a candidate; only the candidates are timed (how long the measurement
-    takes is a benchmark's figure, not a test's: a loaded machine is slow)."""
-    from nunet.core.autotune import precision_candidates
-    from nunet.core.runtime import cpu_info
-
-    info = cpu_info()
-    print(f"CPU: {info.describe()}")
-    assert precision_candidates("cpu") == (["fp32", "bf16"] if info.native_bf16 else ["fp32"])
-    enhance(blobs((40, 36)), model, device="cpu", precision="auto")
-    timed = {key[2] for key in tuner.seconds}
-    assert timed <= set(precision_candidates("cpu"))
-    tuner.clear()
-    assert not tuner.seconds and not tuner.precisions and not tuner.threads
-
-
-def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
-    from nunet.core.runtime import cpu_flags
-
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\n")
-    assert {"avx2", "avx512_bf16"} <= cpu_flags(info)
-    assert cpu_flags(tmp_path / "missing") is None
-
-
 def test_invert_filters_the_flipped_image(model):
     img = blobs((36, 40))
     np.testing.assert_allclose(enhance(img, model, invert=True), enhance(img.max() - img, model), atol=1e-5)
     assert np.abs(enhance(img, model, invert=True) - enhance(img, model)).max() > 0.05
-
-
-def test_smallest_within_prefers_the_smallest_setting_within_tolerance():
-    from nunet.core.autotune import smallest_within
-
-    assert smallest_within({1: 0.30, 2: 0.32, 4: 0.40}) == 1
-    assert smallest_within({1: 0.30, 4: 0.20, 8: 0.195, 16: 0.21}) == 4
-    assert smallest_within({1: 0.30, 4: 0.20, 8: 0.10}) == 8
-
-
-def test_auto_measures_threads_runs_with_them_and_restores_the_count(model, tuner, monkeypatch):
-    from nunet.core import planes
-
-    before = torch.get_num_threads()
-    img = blobs((40, 36))
-    out = enhance_native(img, model, precision="auto")
-    precision = tuner.precisions[(str(model.path), "cpu")]
-    batch = tuner.batch_sizes[(str(model.path), "cpu", precision)]
-    key = (str(model.path), precision, batch, before)
-    assert tuner.threads[key] in {before, max(1, before // 2)}
-    assert torch.get_num_threads() == before
-    np.testing.assert_allclose(out, enhance_native(img, model, precision=precision), atol=1e-5)
-    seen = []
-    tuner.threads[key] = 1  # a cached choice is used, not measured again
-    monkeypatch.setattr(planes, "crop_plane", lambda y, *_, **__: (seen.append(torch.get_num_threads()), y)[1])
-    enhance_native(img, model, precision="auto")
-    assert seen == [1] and torch.get_num_threads() == before
-
-
-def test_auto_uses_a_cached_batch_size_and_keeps_the_output(model, tuner):
-    from nunet.core.autotune import BATCH_CANDIDATES
-
-    img = blobs((3, 40, 36))
-    out = enhance_native(img, model, precision="auto")
-    precision = tuner.precisions[(str(model.path), "cpu")]
-    key = (str(model.path), "cpu", precision)
-    measured = tuner.batch_sizes[key]
-    assert measured in BATCH_CANDIDATES["cpu"]
-    np.testing.assert_allclose(out, enhance_native(img, model, precision=precision, batch_size=measured), atol=1e-5)
-    tuner.batch_sizes[key] = 2  # a cached choice is used, not measured again
-    np.testing.assert_allclose(
-        enhance_native(img, model, precision="auto"),
-        enhance_native(img, model, precision=precision, batch_size=2),
-        atol=1e-5,  # auto may run with another thread count: another summation order
-    )
-
-
-def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatch):
-    """A plane above the CPU tiling threshold: auto probes each candidate tile side once, runs the
-    plane with the chosen one, and later calls reuse the choice without probing again."""
-    from nunet.core import autotune, planes, tiling
-
-    monkeypatch.setitem(planes.AUTO_TILING, "cpu", (300 * 300, 256))  # smaller sizes, same logic, faster
-    monkeypatch.setattr(autotune, "TILE_PROBE_SIDE", 512)
-    img = blobs((320, 320))
-    sides, real = [], tiling.tiled_forward
-    monkeypatch.setattr(
-        tiling,
-        "tiled_forward",
-        lambda module, x, side, on_pass=None: (sides.append(side), real(module, x, side, on_pass))[1],
-    )
-    out = enhance_native(img, model, precision="auto")
-    precision = tuner.precisions[(str(model.path), "cpu")]
-    (key,) = [k for k in tuner.tile_sides if k[:2] == (str(model.path), precision)]
-    chosen = tuner.tile_sides[key]
-    assert sides == [*autotune.TILE_CANDIDATES, chosen]
-    np.testing.assert_allclose(out, enhance_native(img, model, precision=precision, tile_size=chosen), atol=1e-5)
-    sides.clear()
-    enhance_native(img, model, precision="auto")
-    assert sides == [chosen]
 
 
 def test_device_side_normalisation_equals_numpy():
@@ -343,94 +189,18 @@ def test_device_side_normalisation_equals_numpy():
         normalise_planes_torch(bad)
 
 
-def test_automatic_tiling_depends_on_the_device():
-    from nunet.core.planes import _tiling
-
-    assert _tiling(2000, 2000, None, "cpu") == (True, 256)
-    assert _tiling(1200, 1200, None, "cpu") == (False, 256)
-    assert _tiling(2000, 2000, None, "cuda") == (False, 1024)
-    assert _tiling(4096, 4096, None, "cuda:0") == (True, 1024)
-    assert _tiling(100, 100, 64, "cpu") == (True, 64)
-    assert _tiling(100, 100, 0, "cpu")[0] is False
-
-
-@pytest.fixture
-def tuner():
-    """The tuner enhance uses, empty before and after the test."""
-    from nunet.core.autotune import DEFAULT_TUNER
-
-    DEFAULT_TUNER.clear()
-    yield DEFAULT_TUNER
-    DEFAULT_TUNER.clear()
-
-
 @pytest.mark.parametrize("invert", [False, True])
 @pytest.mark.parametrize(("frame", "fill"), [(0, "zero"), (6, "zero"), (6, "edge"), (6, "mean")])
 def test_device_side_preparation_equals_the_numpy_path(invert, frame, fill):
     """What CUDA runs (normalise, invert, reflect-pad or frame in torch), here on the CPU, equals the NumPy path."""
-    from nunet.core.planes import _prepare, _prepare_torch
+    from nunet.core.planes import prepare_batch, prepare_batch_torch
     from nunet.core.preprocess import Frame
 
     planes = np.stack([blobs((37, 42), seed=s) for s in range(3)])
-    expected = _prepare(planes, (0.1, 99.9), invert, Frame(frame, fill), "cpu")
-    got = _prepare_torch(planes, (0.1, 99.9), invert, Frame(frame, fill), "cpu")
+    expected = prepare_batch(planes, (0.1, 99.9), invert, Frame(frame, fill), "cpu")
+    got = prepare_batch_torch(planes, (0.1, 99.9), invert, Frame(frame, fill), "cpu")
     assert got.shape == expected.shape == ((3, 1, 40, 44) if not frame else (3, 1, 52, 56))
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
-
-
-def test_scratch_dir_avoids_a_ram_backed_tmp(tmp_path, monkeypatch):
-    from nunet.core.tiling import _fs_type, scratch_dir
-
-    mounts = tmp_path / "mounts"
-    mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\n")
-    assert _fs_type("/tmp/x", str(mounts)) == "tmpfs" and _fs_type("/var/tmp", str(mounts)) == "ext4"
-    monkeypatch.delenv("TMPDIR", raising=False)
-    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
-    assert scratch_dir(str(mounts)) == "/var/tmp"
-    mounts.write_text("/dev/vda / ext4 rw 0 0\n")
-    assert scratch_dir(str(mounts)) == "/tmp"
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    assert scratch_dir(str(mounts)) == str(tmp_path)
-
-
-def test_tiled_forward_reports_every_pass(model):
-    from nunet.core.tiling import TILED_PASSES
-
-    x = torch.from_numpy(pad_plane(normalise_plane(blobs((40, 40)))))[None, None]
-    calls = []
-    with torch.inference_mode():
-        tiled_forward(model.module, x, 16, on_pass=lambda: calls.append(1))
-    assert len(calls) == TILED_PASSES == 21
-
-
-@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_repeated_cpu_passes_reuse_memory_instead_of_faulting_it_in():
-    """Without reuse_freed_memory glibc unmaps the freed activations and each 400x400 pass
-    page-faults ~20,000 pages back in; with it warm passes fault almost none (fresh process; the
-    fewest of three warm passes, as the heap occasionally grows by a few thousand pages once)."""
-    import subprocess
-    import sys
-
-    from nunet.core.autotune import precision_candidates
-
-    precision = precision_candidates("cpu")[-1]  # what auto can pick here: bf16 only where it is native
-    print(f"measured at {precision}")
-    script = (
-        "import resource, numpy as np\n"
-        "from nunet import enhance\n"
-        "from nunet.data.synth import synth_image\n"
-        "img = synth_image('dense', (400, 400), seed=1).image\n"
-        f"for _ in range(2): enhance(img, 'nunet-v8', device='cpu', precision='{precision}')\n"
-        "faults = []\n"
-        "for _ in range(3):\n"
-        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        f"    enhance(img, 'nunet-v8', device='cpu', precision='{precision}')\n"
-        "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
-        "print(min(faults))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert int(done.stdout) < 2000
 
 
 def test_a_model_file_carries_its_own_normalisation(tmp_path):
@@ -466,13 +236,6 @@ def test_augment_follows_rotations_and_mirrors_of_the_input(model):
     outputs = [np.rot90(enhance_native(np.ascontiguousarray(a), model), -(k % 4)) for k, a in enumerate(oriented)]
     mean = np.mean([o if k < 4 else np.fliplr(o) for k, o in enumerate(outputs)], axis=0)
     np.testing.assert_allclose(out, mean, atol=1e-5)
-
-
-def test_augment_with_tiles_equals_augment_on_the_whole_plane(model):
-    img = blobs((70, 33), seed=6, n=10)
-    whole = enhance_native(img, model, augment=True, tile_size=0)
-    np.testing.assert_allclose(enhance_native(img, model, augment=True, tile_size=20), whole, atol=1e-5)
-    assert whole.shape == (70, 33)
 
 
 def _framed_model(folder, fill: str):
@@ -515,12 +278,3 @@ def test_float64_values_beyond_float32_range_are_filtered(model):
     np.testing.assert_allclose(enhance(img * 1e300, model), enhance(img, model), atol=1e-4)  # the estimate too
     with pytest.raises(ValueError, match="NaN or infinite"):
         enhance_native(np.full((16, 16), np.inf), model)
-
-
-def test_tiles_smaller_than_the_minimum_are_refused_and_small_ones_warned(model):
-    from nunet.errors import OptionWarning, UsageError
-
-    with pytest.raises(UsageError, match="at least 8 px, got 3"):
-        enhance(blobs((64, 64)), model, tile_size=3)
-    with pytest.warns(OptionWarning, match="tiles under 64 px make a large plane slow"):
-        enhance(blobs((64, 64)), model, tile_size=16)

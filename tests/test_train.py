@@ -169,7 +169,7 @@ def test_hed_vgg16_reads_keras_kernels_with_caffe_input(hed_wheel, tmp_path):
     conv1 = backbone.stages[0][:2]
     with torch.no_grad():
         x = torch.from_numpy(grey / 255).float()[None, None]
-        got = conv1[1](backbone._first_conv(x, conv1[0]))[0, :, 4, 4]
+        got = conv1[1](backbone.first_conv(x, conv1[0]))[0, :, 4, 4]
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-3)
 
 

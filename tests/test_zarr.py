@@ -90,19 +90,18 @@ def test_level0_equals_enhance_exactly_and_the_pyramid_is_made_from_it(tmp_path,
 
 
 def test_local_cluster_one_task_per_plane_model_loaded_on_workers_only(tmp_path, model_path, dask_cluster):
-    from nunet.registry.models import _load_file
+    from nunet.registry import clear_cache, load_count
 
     c, client = dask_cluster
     src, out = tmp_path / "in.ome.zarr", tmp_path / "out.ome.zarr"
     data = _volume(src, shape=(2, 4, 48, 56), axes="CZYX")
-    client.run(lambda: __import__("nunet.registry.models").registry.models.clear_cache())
-    loads_here = _load_file.cache_info()
+    client.run(clear_cache)
+    loads_here = load_count()
     run = cluster.filter_zarr(src, out, _settings(model_path, channel=1), scheduler=c.scheduler_address)
     assert run.filtered == 4  # channel 1 of C=2: 4 planes
-    calls = client.run(lambda: __import__("nunet.registry.models").registry.models._load_file.cache_info())
-    assert sum(i.hits + i.misses for i in calls.values()) == 4  # one model call per plane
-    assert all(i.misses <= 1 for i in calls.values())  # loaded once per worker
-    assert _load_file.cache_info() == loads_here  # never on the client
+    reads = client.run(load_count)
+    assert 1 <= sum(reads.values()) <= len(reads) and all(n <= 1 for n in reads.values())  # once per worker
+    assert load_count() == loads_here  # never on the client
     expected = enhance(data[1], model_path, axes="ZYX", device="cpu")
     image = read_image(out)
     assert image.axes == "ZYX"
@@ -125,12 +124,12 @@ def test_split_chunks_are_rechunked_to_planes_and_the_naive_way_differs(tmp_path
     expected = enhance(data, model_path, axes="ZYX", device="cpu")
     cluster.filter_zarr(src, tmp_path / "out.ome.zarr", _settings(model_path))
     np.testing.assert_array_equal(read_image(tmp_path / "out.ome.zarr").data, expected)
-    from nunet.registry.models import _load_file
+    from nunet.registry import clear_cache, load_count
 
     lazy = da.from_zarr(zarr_io.open_zarr(src).open_array())
-    _load_file.cache_clear()
+    clear_cache()
     graph = cluster.filter_dask(lazy, _settings(model_path))
-    assert _load_file.cache_info().misses == 0  # building the graph (meta given) loads nothing
+    assert load_count() == 0  # building the graph (meta given) loads nothing
     assert graph.chunks == ((1, 1), (64,), (72,))
     np.testing.assert_array_equal(graph.compute(), expected)
     naive = lazy.map_blocks(cluster.filter_block, settings=_settings(model_path), dtype=np.float32).compute()

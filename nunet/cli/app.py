@@ -4,14 +4,18 @@ ways a command reports a usage error (exit 2) or a warning.
 
 from __future__ import annotations
 
+import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-from nunet.errors import OptionWarning
+from nunet.errors import NUNetError, OptionWarning, PlaneReadError, UsageError
 from nunet.options import NgffVersion, OutputDtype, Precision
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -109,9 +113,29 @@ NgffOpt = Annotated[
 ]
 
 
-def usage_exit(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {escape(str(exc))}")
-    raise typer.Exit(2)
+@contextmanager
+def exit_on_error(code: int = 2, *, verbose: bool = False) -> Iterator[None]:
+    """The commands' one error-to-exit rule: a :class:`~nunet.errors.NUNetError` raised inside is one
+    ``error:`` line (with the traceback when ``verbose``) and an exit: 2 for a
+    :class:`~nunet.errors.UsageError` (found before any compute, by definition), 1 for a
+    :class:`~nunet.errors.PlaneReadError` (mid-run; the finished planes are kept), ``code`` for the
+    others (2 where the command has not started its work, 1 where it has)."""
+    try:
+        yield
+    except NUNetError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        if verbose:
+            err.print(traceback.format_exc())
+        exit_code = 2 if isinstance(exc, UsageError) else 1 if isinstance(exc, PlaneReadError) else code
+        raise typer.Exit(exit_code) from None
+
+
+def progress_bar(label: str, *fields: str, transient: bool = False, disable: bool = False) -> Progress:
+    """The commands' one progress bar on stderr: ``label``, the bar, done/total, elapsed and remaining
+    time, and ``fields`` (names of task fields shown after the count)."""
+    columns = [label, BarColumn(), MofNCompleteColumn(), *(f"{{task.fields[{f}]}}" for f in fields)]
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=err, transient=transient, disable=disable)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nunet.cli.app import err, out, usage_exit
-from nunet.errors import NUNetError
+from nunet.cli.app import err, exit_on_error, out
 
 
 class Suite(str, Enum):
@@ -91,7 +90,7 @@ def eval_cmd(
 
     from nunet.evaluation import EvalPlan, run_draws, write_evaluation
 
-    try:
+    with exit_on_error(2):
         plan = EvalPlan(
             suite=suite.value,
             models=tuple(model) if model else None,
@@ -112,8 +111,6 @@ def eval_cmd(
             augment=augment,
         )
         result = run_draws(plan, status=err.status)
-    except NUNetError as exc:
-        usage_exit(exc)
     summary, items = result.summary, result.items
     table = Table(
         title=f"{len({i.dataset for i in items})} datasets, {len(items)} images"

@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from nunet.cli.app import err, out
-from nunet.errors import NUNetError
+from nunet.cli.app import exit_on_error, out
 from nunet.options import DEFAULT_MODEL
 
 
@@ -36,11 +34,8 @@ def fiji_install_cmd(
 
     from nunet.integrations.fiji_install import install
 
-    try:
+    with exit_on_error(2):
         written = install(fiji_dir, python or sys.executable, jython_jar)
-    except NUNetError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
     for path in written:
         out.print(f"installed {path}")
     out.print(
@@ -54,10 +49,7 @@ def fiji_uninstall_cmd(fiji_dir: Annotated[Path, typer.Argument(help="The Fiji.a
     """Remove what 'nunet fiji install' put into FIJI_DIR."""
     from nunet.integrations.fiji_install import uninstall
 
-    try:
+    with exit_on_error(2):
         removed = uninstall(fiji_dir)
-    except NUNetError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
     for path in removed:
         out.print(f"removed {path}")

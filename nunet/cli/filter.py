@@ -27,11 +27,12 @@ from nunet.cli.app import (
     TileOpt,
     VerboseOpt,
     err,
+    exit_on_error,
+    progress_bar,
     show_warning,
-    usage_exit,
 )
-from nunet.errors import NUNetError, OptionWarning, PlaneReadError
-from nunet.options import DEFAULT_MODEL, FilterSettings, OutputDtype, Precision
+from nunet.errors import OptionWarning, UsageError
+from nunet.options import DEFAULT_MODEL, SETTING_NAMES, FilterSettings, OutputDtype, Precision
 
 
 def _settings(**options) -> FilterSettings:
@@ -40,12 +41,9 @@ def _settings(**options) -> FilterSettings:
     as a warning."""
     from nunet.api import resolve_settings
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", OptionWarning)
-            settings = resolve_settings(FilterSettings(**options))
-    except NUNetError as exc:
-        usage_exit(exc)
+    with exit_on_error(2), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OptionWarning)
+        settings = resolve_settings(FilterSettings(**options))
     for warning in caught:
         show_warning(warning.message, warning.category, warning.filename, warning.lineno)
     return settings
@@ -105,34 +103,19 @@ def filter_cmd(
     from nunet.batch.run import filter_file
     from nunet.registry.models import load_model
 
-    settings = _settings(
-        model=model,
-        w=w,
-        axes=axes,
-        channel=channel,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        invert=invert,
-        augment=augment,
-        radius=radius,
-        dtype=dtype,
-        ngff=ngff,
-    )
+    settings = _settings(**{k: v for k, v in locals().items() if k in SETTING_NAMES})  # the options above
     from nunet.io import ZARR_SUFFIX
 
     zarr_pair = input.suffix.lower() == output.suffix.lower() == ZARR_SUFFIX
     if (workers or scheduler) and not zarr_pair:
-        usage_exit(NUNetError("--workers and --scheduler need a zarr input and a zarr output"))
+        with exit_on_error(2):
+            raise UsageError("--workers and --scheduler need a zarr input and a zarr output")
     if zarr_pair:
         _filter_zarr(input, output, settings, workers, scheduler, overwrite)
         return
-    try:
+    with exit_on_error(2):
         loaded = None if settings.w is not None else load_model(settings.model, settings.device)
         record = filter_file(input, output, settings, overwrite=overwrite, model=loaded, progress=True)
-    except NUNetError as exc:
-        usage_exit(exc)
     if record.status == "skipped":
         err.print(f"skipped: {output}: {record.error or 'exists (use --overwrite to replace)'}")
     elif record.status == "failed":
@@ -148,14 +131,12 @@ def _filter_zarr(
     input: Path, output: Path, settings: FilterSettings, workers: int, scheduler: str | None, overwrite: bool
 ) -> None:
     """``nunet filter`` for a zarr input and output: plane tasks, a progress bar, resumable."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
     from nunet.batch.cluster import filter_zarr
 
-    bar = Progress("planes", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+    bar = progress_bar("planes")
     task = bar.add_task("planes", total=None)
     try:
-        with bar:
+        with exit_on_error(2), bar:
             run = filter_zarr(
                 input,
                 output,
@@ -165,11 +146,6 @@ def _filter_zarr(
                 overwrite=overwrite,
                 on_plane=lambda done, total: bar.update(task, completed=done, total=total),
             )
-    except PlaneReadError as exc:  # mid-run: the finished planes are kept, a rerun resumes
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except NUNetError as exc:
-        usage_exit(exc)
     except KeyboardInterrupt:
         err.print(f"interrupted: rerun the same command to resume {output} (finished planes are kept)")
         raise typer.Exit(130) from None
@@ -221,41 +197,15 @@ def batch(
     verbose: VerboseOpt = False,
 ) -> None:
     """Filter every image of a folder; keeps going past bad files and lists them at the end."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     from nunet.batch.plan import check_report_path, write_report
     from nunet.batch.run import run_batch
 
-    settings = _settings(
-        model=model,
-        w=w,
-        axes=axes,
-        channel=channel,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        invert=invert,
-        augment=augment,
-        radius=radius,
-        dtype=dtype,
-        ngff=ngff,
-    )
+    settings = _settings(**{k: v for k, v in locals().items() if k in SETTING_NAMES})  # the options above
     if report is not None:
-        try:
+        with exit_on_error(2):
             check_report_path(report)
-        except NUNetError as exc:
-            usage_exit(exc)
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=dry_run,
-    )
+    progress = progress_bar("filtering", transient=True, disable=dry_run)
     task = progress.add_task("filtering", total=None)
 
     def on_file(record: FileRecord) -> None:
@@ -269,24 +219,20 @@ def batch(
             }[record.status]
             progress.console.print(escape(line), style="red" if record.status == "failed" else None)
 
-    with progress:
-        try:
-            result = run_batch(
-                input_dir,
-                output_dir,
-                settings,
-                patterns=pattern or DEFAULT_PATTERNS,
-                recursive=recursive,
-                template=name_template,
-                overwrite=overwrite,
-                dry_run=dry_run,
-                on_start=lambda n: progress.update(task, total=n),
-                on_file=on_file,
-                output_format=output_format.value,
-            )
-        except NUNetError as exc:
-            progress.stop()
-            usage_exit(exc)
+    with exit_on_error(2), progress:
+        result = run_batch(
+            input_dir,
+            output_dir,
+            settings,
+            patterns=pattern or DEFAULT_PATTERNS,
+            recursive=recursive,
+            template=name_template,
+            overwrite=overwrite,
+            dry_run=dry_run,
+            on_start=lambda n: progress.update(task, total=n),
+            on_file=on_file,
+            output_format=output_format.value,
+        )
     code = _report_failures(result.records, verbose)
     if result.interrupted:
         err.print(f"interrupted: stopped after {len(result.records)} file(s); a rerun resumes")

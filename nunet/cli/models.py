@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from nunet.cli.app import err, out, usage_exit
-from nunet.errors import NUNetError, UsageError
+from nunet.cli.app import err, exit_on_error, out
 from nunet.options import DEFAULT_MODEL
 
 
@@ -72,12 +70,8 @@ def fetch_cmd(
     from nunet.registry.manifest import fetch
 
     for model in name:
-        try:
-            with err.status(f"downloading {model}"):
-                path = fetch(model, to)
-        except NUNetError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(2 if isinstance(exc, UsageError) else 1) from None
+        with exit_on_error(1), err.status(f"downloading {model}"):  # an unknown name is a UsageError: 2
+            path = fetch(model, to)
         out.print(f"installed {path}")
 
 
@@ -101,8 +95,6 @@ def export_cmd(
     from nunet.integrations.bioimageio import export_bioimageio
 
     formats = tuple(format.value.split(","))
-    try:
+    with exit_on_error(2):
         path = export_bioimageio(model, package, formats, sample, overwrite=overwrite)
-    except NUNetError as exc:
-        usage_exit(exc)
     out.print(f"wrote {path}; check it with: bioimageio test {path}")

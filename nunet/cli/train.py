@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from nunet.cli.app import VerboseOpt, err, out
-from nunet.errors import NUNetError
+from nunet.cli.app import VerboseOpt, exit_on_error, out, progress_bar
 
 
 def train_cmd(
@@ -31,34 +29,20 @@ def train_cmd(
     """Train a NU-Net model (self-supervised: content loss + w x morphological loss)."""
     import shlex
     import sys
-    import traceback
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from nunet.training.config import load_config, parse_overrides
     from nunet.training.loop import train
 
-    try:
+    with exit_on_error(2):
         cfg = load_config(config, parse_overrides(set_ or []))
-    except NUNetError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    bar = Progress(
-        "training", BarColumn(), MofNCompleteColumn(), "{task.fields[losses]}", TimeRemainingColumn(), console=err
-    )
+    bar = progress_bar("training", "losses")
     task = bar.add_task("training", total=cfg.steps, losses="")
 
     def progress(step: int, total: int, record: dict) -> None:
         bar.update(task, completed=step, losses=f"content {record['content']:.3g} morph {record['morphological']:.3g}")
 
-    try:
-        with bar:
-            path = train(cfg, resume=resume, command=shlex.join(["nunet", *sys.argv[1:]]), progress=progress)
-    except NUNetError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        if verbose:
-            err.print(traceback.format_exc())
-        raise typer.Exit(1) from None
+    with exit_on_error(1, verbose=verbose), bar:
+        path = train(cfg, resume=resume, command=shlex.join(["nunet", *sys.argv[1:]]), progress=progress)
     out.print(f"wrote {path} and its model card, losses.csv, losses.png")
 
 
@@ -69,18 +53,12 @@ def train_backbone_cmd(
     time_limit: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (0: no limit).")] = None,
 ) -> None:
     """Train the nuclei-vgg perceptual network on degraded synthetic nuclei (for --backbone nuclei-vgg)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
     from nunet.training.nuclei_vgg import BackboneTraining, train_backbone
 
     chosen = {"steps": steps, "seed": seed, "time_limit_s": time_limit}
-    try:
+    with exit_on_error(2):
         options = BackboneTraining(**{k: v for k, v in chosen.items() if v is not None}).validate()
-    except NUNetError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    columns = ("training", BarColumn(), MofNCompleteColumn(), "{task.fields[loss]}", TimeRemainingColumn())
-    bar = Progress(*columns, console=err)
+    bar = progress_bar("training", "loss")
     task = bar.add_task("training", total=options.steps, loss="")
     with bar:
         summary = train_backbone(

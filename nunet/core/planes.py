@@ -79,7 +79,7 @@ def run_planes(
     frame = loaded.frame
     ph, pw = padded_shape(height + 2 * frame.pad, width + 2 * frame.pad)
     measure_tiles = tuned and tile_size is None and device == "cpu"
-    tiled, tile_size = _tiling(ph, pw, tile_size, device)
+    tiled, tile_size = tiling_plan(ph, pw, tile_size, device)
     if tiled and measure_tiles:
         with num_threads(threads):
             tile_size = DEFAULT_TUNER.tile_side(loaded, precision)
@@ -98,7 +98,7 @@ def run_planes(
     ):
         for start in range(0, count, batch_size):
             stop = min(count, start + batch_size)
-            x = _prepare(planes[start:stop], percentiles, invert, frame, device)
+            x = prepare_batch(planes[start:stop], percentiles, invert, frame, device)
             y = _forward(loaded.module, x, views, tile_size if tiled else None, advance)
             out[start:stop] = crop_plane(y[:, 0], height, width, offset=frame.pad).cpu().numpy()
     if not np.isfinite(out).all():  # a model that passed the load-time probe but fails on these planes
@@ -148,13 +148,13 @@ def _unorient(y: "torch.Tensor", turns: int, mirror: bool) -> "torch.Tensor":
     return y.flip(-1) if mirror else y
 
 
-def _prepare(
+def prepare_batch(
     planes: np.ndarray, percentiles: tuple[float, float], invert: bool, frame: Frame, device: str
 ) -> "torch.Tensor":
     """Raw ``(N, H, W)`` planes as the network's input ``(N, 1, H', W')`` on ``device``: normalised,
     inverted if asked, then reflect-padded, or framed (:mod:`nunet.core.preprocess`).
 
-    On a CUDA device the raw planes are uploaded and prepared there (:func:`_prepare_torch`),
+    On a CUDA device the raw planes are uploaded and prepared there (:func:`prepare_batch_torch`),
     so the CPU only copies; elsewhere, and for planes under 8 px, batches too large for
     ``torch.quantile`` or float64 data, with NumPy on the CPU.
     """
@@ -163,7 +163,7 @@ def _prepare(
     height, width = planes.shape[1:]
     single = planes.dtype != np.float64  # float64 is normalised in float64 (its range may exceed float32's)
     if device.startswith("cuda") and min(height, width) >= 8 and planes.size <= QUANTILE_LIMIT and single:
-        return _prepare_torch(planes, percentiles, invert, frame, device)
+        return prepare_batch_torch(planes, percentiles, invert, frame, device)
     normalised = (normalise_plane(p, percentiles) for p in planes)
     prepared = [
         frame_plane(p, frame) if frame.pad else pad_plane(p)
@@ -173,10 +173,10 @@ def _prepare(
     return torch.from_numpy(batch[:, None]).to(device)
 
 
-def _prepare_torch(
+def prepare_batch_torch(
     planes: np.ndarray, percentiles: tuple[float, float], invert: bool, frame: Frame, device: str
 ) -> "torch.Tensor":
-    """:func:`_prepare`'s NumPy steps (normalise, invert, reflect-pad or frame) done by torch on ``device``."""
+    """:func:`prepare_batch`'s NumPy steps (normalise, invert, reflect-pad or frame) done by torch on ``device``."""
     import torch
 
     height, width = planes.shape[1:]
@@ -193,7 +193,7 @@ def _prepare_torch(
     return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
 
 
-def _tiling(height: int, width: int, tile_size: int | None, device: str) -> tuple[bool, int]:
+def tiling_plan(height: int, width: int, tile_size: int | None, device: str) -> tuple[bool, int]:
     """Whether a padded plane is tiled, and the tile side (see ``AUTO_TILING``)."""
     if tile_size is None:
         pixels, side = AUTO_TILING["cpu" if device == "cpu" else "gpu"]

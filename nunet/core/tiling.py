@@ -193,16 +193,16 @@ def scratch_dir(mounts: str = "/proc/mounts") -> str:
     if os.environ.get("TMPDIR"):
         return default
     if (
-        _fs_type(default, mounts) == "tmpfs"
+        fs_type(default, mounts) == "tmpfs"
         and os.path.isdir("/var/tmp")
         and os.access("/var/tmp", os.W_OK)
-        and _fs_type("/var/tmp", mounts) not in (None, "tmpfs")
+        and fs_type("/var/tmp", mounts) not in (None, "tmpfs")
     ):
         return "/var/tmp"
     return default
 
 
-def _fs_type(path: str, mounts: str) -> str | None:
+def fs_type(path: str, mounts: str) -> str | None:
     """File system type of the mount that holds ``path`` (Linux ``/proc/mounts``), or None."""
     try:
         with open(mounts) as fh:

@@ -260,6 +260,12 @@ def _load_file(path: str, key: tuple[int, int, int, int], device: str) -> "Loade
     return load_model_file(path, device=device)
 
 
+def load_count() -> int:
+    """How many times this process has read a model file from disk (a cached model is not read
+    again): what shows that a dask worker loads its model once."""
+    return _load_file.cache_info().misses
+
+
 def clear_cache() -> None:
     """Forget the models :func:`load_model` keeps (e.g. to free GPU memory) and the metadata read."""
     _load_file.cache_clear()

@@ -115,7 +115,7 @@ class Backbone(nn.Module):
         """
         return self._taps(grey / 255.0)
 
-    def _first_conv(self, grey: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    def first_conv(self, grey: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         return grey_conv(grey, conv, self.mean, self.std)
 
     def content_features(self, grey: torch.Tensor) -> torch.Tensor:
@@ -136,7 +136,7 @@ class VGGBackbone(Backbone):
         return self._taps(grey, self.content_tap + 1)[-1]
 
     def _taps(self, grey: torch.Tensor, count: int | None = None) -> list[torch.Tensor]:
-        x = self._first_conv(grey, self.stages[0][0])
+        x = self.first_conv(grey, self.stages[0][0])
         out = []
         for i, stage in enumerate(self.stages[:count]):
             x = stage[1:](x) if i == 0 else stage(x)
@@ -154,7 +154,7 @@ class MultiScaleBackbone(Backbone):
         return [self._stage(grey, stage) for stage in self.stages]
 
     def _stage(self, grey: torch.Tensor, stage: nn.Module) -> torch.Tensor:
-        return stage[1:](self._first_conv(grey, stage[0]))
+        return stage[1:](self.first_conv(grey, stage[0]))
 
 
 def grey_conv(grey: torch.Tensor, conv: nn.Conv2d, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

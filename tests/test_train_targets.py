@@ -1,5 +1,4 @@
-"""The held-out benchmark: realistic degradations, the annotated real images, the seed split,
-the shared threshold, and the supervised training route (real files, a real tiny training run)."""
+"""Supervised training: targets (dome, cone, masks), crops and banks, fine-tunes that lower their loss."""
 
 from __future__ import annotations
 
@@ -7,124 +6,9 @@ import csv
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from nunet.cli import app
-from nunet.data.degrade import Ranges, degrade
-from nunet.data.synth import EVAL_SEED_LIMIT, evaluation_seed, synth_image, training_seed
+from nunet.data.synth import synth_image
 from nunet.errors import NUNetError
-from nunet.evaluation import baselines, metrics
-
-
-def test_degradation_is_seeded_and_keeps_the_truth_exact():
-    s = synth_image("sparse", (128, 128), seed=3)
-    a, b = degrade(s.image, s.labels, s.radius, seed=7), degrade(s.image, s.labels, s.radius, seed=7)
-    np.testing.assert_array_equal(a.image, b.image)
-    assert a.factors == b.factors
-    other = degrade(s.image, s.labels, s.radius, seed=8)
-    assert other.factors != a.factors
-    # no rescale: the labels are the input's, so debris and streaks never enter the truth
-    same = degrade(s.image, s.labels, s.radius, seed=7, ranges=Ranges(scale=(1.0, 1.0), debris_per_area=(40, 40)))
-    np.testing.assert_array_equal(same.labels, s.labels)
-    np.testing.assert_allclose(same.centroids, s.centroids, atol=1e-9)
-    assert same.factors["debris"] > 0 and same.radius == s.radius
-    # a rescale moves the centroids with it and scales the radius
-    double = degrade(s.image, s.labels, s.radius, seed=7, ranges=Ranges(scale=(2.0, 2.0), max_side=256))
-    assert double.image.shape == (256, 256) and double.radius == pytest.approx(2 * s.radius)
-    assert len(double.centroids) == len(s.centroids)
-
-
-def test_debris_is_bright_and_off_the_nuclei_mask():
-    s = synth_image("sparse", (128, 128), seed=4)
-    quiet = Ranges(
-        scale=(1, 1),
-        spread=(1, 1),
-        vignetting=(0, 0),
-        illumination=(0, 0),
-        haze=(0, 0),
-        photons=(1e6, 1e6),
-        read_noise=(0, 0),
-        debris_per_area=(0, 0),
-        streaks_per_area=(0, 0),
-    )
-    from dataclasses import replace
-
-    clean = degrade(s.image, s.labels, s.radius, seed=1, ranges=quiet)
-    dirty = degrade(
-        s.image, s.labels, s.radius, seed=1, ranges=replace(quiet, debris_per_area=(60, 60), debris_brightness=(4, 4))
-    )
-    extra = dirty.image - clean.image
-    assert extra.max() > 2 * np.percentile(clean.image[s.labels > 0], 50)  # spots brighter than nuclei
-    np.testing.assert_array_equal(dirty.labels, clean.labels)
-
-
-def test_training_and_evaluation_seeds_never_meet():
-    assert all(training_seed(seed, *parts) >= EVAL_SEED_LIMIT for seed in range(5) for parts in [(0, 1, 2), (3, 12345)])
-    assert evaluation_seed(12) == 12
-    with pytest.raises(ValueError, match="held-out range"):
-        evaluation_seed(EVAL_SEED_LIMIT)
-
-
-def test_blob_candidates_detect_what_blob_log_detects():
-    from skimage.feature import blob_log
-
-    for seed, modality in enumerate(("sparse", "dense", "uneven")):
-        image = baselines.minmax(synth_image(modality, (128, 128), seed=seed).image)
-        sigma = 6.0 / np.sqrt(2)
-        candidates = metrics.BlobCandidates.of(image, 6.0, 0.01)
-        for threshold in (0.01, 0.05, 0.2):
-            expected = blob_log(
-                image,
-                min_sigma=0.5 * sigma,
-                max_sigma=1.5 * sigma,
-                num_sigma=5,
-                threshold=threshold,
-                exclude_border=False,
-            )[:, :2]
-            got = candidates.detect(threshold)
-            np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected, axis=0))
-
-
-def test_real_images_are_found_or_the_error_names_the_path(tmp_path):
-    from nunet.data.real import load_real_images
-
-    with pytest.raises(NUNetError, match="missing.whl: not the stardist wheel"):
-        load_real_images(tmp_path / "missing.whl")
-    real = load_real_images()  # .ci/run installs the stardist package's data (no dependencies)
-    assert real.image2d.shape == (512, 512) and real.labels2d.max() >= 100
-    assert real.stack.shape == real.labels3d.shape == (31, 61, 57)
-
-
-@pytest.mark.slow
-def test_heldout_suite_is_deterministic_and_reports_shared_thresholds(tmp_path):
-    from nunet import evaluation as evaluate
-    from nunet.data.real import load_real_images
-
-    real = load_real_images()
-    first = evaluate.real_items(real, degraded_2d=2, degraded_planes=2)
-    again = evaluate.real_items(real, degraded_2d=2, degraded_planes=2)
-    assert [i.name for i in first] == [i.name for i in again]
-    for a, b in zip(first, again):
-        np.testing.assert_array_equal(a.image, b.image)
-    assert {i.family for i in first} == {"real", "real-degraded"}
-    synthetic = evaluate.degraded_synthetic_items(n_per_modality=1, size=96)
-    assert {i.family for i in synthetic} == {"synthetic-degraded"}
-    items = [i for i in first if i.dataset != "stardist-3d"][:4] + synthetic[:2]
-    rows, _ = evaluate.evaluate(items, ["nunet-test"])
-    summary = evaluate.summarise(rows)
-    assert {s["family"] for s in summary} == {"real", "real-degraded", "synthetic-degraded", "all"}
-    for method in ("raw", "dog-tuned", "nunet-test"):
-        own = [r for r in rows if r.method == method]
-        assert len({r.threshold_shared for r in own}) == 1  # one threshold for every dataset
-        # the shared threshold can never beat each dataset's own best on average
-        assert np.mean([r.f1_shared for r in own]) <= np.mean([r.f1_best for r in own]) + 1e-9
-
-
-def test_eval_suite_option_is_checked(tmp_path):
-    bad = CliRunner().invoke(app, ["eval", str(tmp_path / "o"), "--suite", "nope"])
-    assert bad.exit_code == 2 and "'nope' is not one of" in bad.output
-    missing = CliRunner().invoke(app, ["eval", str(tmp_path / "o"), "--real-data", str(tmp_path / "none.whl")])
-    assert missing.exit_code == 2 and "none.whl" in missing.output
 
 
 @pytest.mark.slow
@@ -387,25 +271,6 @@ def test_supervised_stacks_add_every_plane_of_3d_stacks_to_the_bank():
     blurred = supervised_bank(load_config(None, config))[len(flat) :]
     assert all(np.array_equal(b.labels, p.labels) for b, p in zip(blurred, planes))  # the truth stays exact
     assert np.std([b.image for b in blurred]) < np.std([p.image for p in planes])
-
-
-def test_defocus_spreads_the_light_of_a_point_wider_with_its_distance_from_the_plane():
-    from scipy import ndimage as ndi
-
-    from nunet.training.data import defocus
-
-    stack = np.random.default_rng(0).random((12, 32, 32)).astype(np.float32)
-    np.testing.assert_allclose(defocus(stack, 2.0, 0.0), ndi.gaussian_filter(stack, (2.0, 0, 0)))
-    point = np.zeros((31, 65, 65), np.float32)
-    point[15, 32, 32] = 1.0
-    blurred = defocus(point, 2.0, 1.5)
-    offsets = np.arange(-6, 7)  # sigma 2: reach 6 planes
-    weights = np.exp(-(offsets**2) / 8.0) / np.exp(-(offsets**2) / 8.0).sum()
-    sums = [float(blurred[15 + k].sum()) for k in range(5)]
-    np.testing.assert_allclose(sums, weights[6:11], rtol=1e-3)  # each plane gets its Gaussian share of the light
-    widths = [int((blurred[15 + k] > blurred[15 + k].max() / 2).sum()) for k in range(5)]
-    assert widths == sorted(widths) and widths[0] == 1 and widths[4] > 40  # and sees it wider further away
-    np.testing.assert_allclose(blurred[15 - 3], blurred[15 + 3], atol=1e-7)
 
 
 def test_stack_z_step_makes_the_nuclei_of_the_bank_stacks_flatter():
