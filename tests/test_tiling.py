@@ -80,13 +80,13 @@ def test_scratch_dir_avoids_a_ram_backed_tmp(tmp_path, monkeypatch):
 
 
 def test_tiled_forward_reports_every_pass(model):
-    from nunet.core.tiling import TILED_PASSES
+    from nunet.core.tiling import tiled_passes
 
     x = torch.from_numpy(pad_plane(normalise_plane(blobs((40, 40)))))[None, None]
     calls = []
     with torch.inference_mode():
         tiled_forward(model.module, x, 16, on_pass=lambda: calls.append(1))
-    assert len(calls) == TILED_PASSES == 21
+    assert len(calls) == tiled_passes(model.module) == 21
 
 
 def test_augment_with_tiles_equals_augment_on_the_whole_plane(model):

@@ -363,3 +363,16 @@ def test_train_set_overrides_the_recipe_with_typed_values(tmp_path):
     ]:
         result = CliRunner().invoke(app, ["train", "-c", str(recipe), *bad])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_distillation_config_needs_its_teacher_and_a_known_architecture(tmp_path):
+    from nunet.errors import NUNetError
+    from nunet.training.config import load_config
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("synthetic_content = 2\nsupervised_images = 2\n")
+    assert load_config(recipe, {"architecture": "nunet-fast"}).architecture == "nunet-fast"
+    with pytest.raises(NUNetError, match="'architecture' must be one of nunet, nunet-fast"):
+        load_config(recipe, {"architecture": "tiny"})
+    with pytest.raises(NUNetError, match="needs a 'teacher'"):
+        load_config(recipe, {"distill_weight": 1.0})

@@ -38,8 +38,11 @@ def train_cmd(
     bar = progress_bar("training", "losses")
     task = bar.add_task("training", total=cfg.steps, losses="")
 
+    terms = ("content", "morphological", "supervised", "distill")
+
     def progress(step: int, total: int, record: dict) -> None:
-        bar.update(task, completed=step, losses=f"content {record['content']:.3g} morph {record['morphological']:.3g}")
+        losses = " ".join(f"{term} {record[term]:.3g}" for term in terms if record.get(term))
+        bar.update(task, completed=step, losses=losses)
 
     with exit_on_error(1, verbose=verbose), bar:
         path = train(cfg, resume=resume, command=shlex.join(["nunet", *sys.argv[1:]]), progress=progress)

@@ -32,6 +32,7 @@ ENCODER = (
     ConvSpec("conv2.conv", 3, 2, norm="in2"),
     ConvSpec("conv3.conv", 3, 2, norm="in3"),
 )
+#: The residual blocks of :class:`NUNet` (a model file may hold fewer: :func:`residual_blocks`).
 RESIDUAL_BLOCKS = ("res1", "res2", "res3", "res4", "res5")
 #: The two convolutions of each residual block, relative to the block.
 RESIDUAL = (ConvSpec("conv1.conv", 3, norm="in1"), ConvSpec("conv2.conv", 3, norm="in2"))
@@ -168,31 +169,33 @@ class ResidualBlock(nn.Module):
 
 
 class NUNet(nn.Module):
-    """The NU-Net filter (1,668,865 parameters).
+    """The NU-Net filter (1,668,865 parameters with the default ``widths``).
 
     Input: a batch of grey planes ``(N, 1, H, W)`` in the training range 0..255, with
     ``H`` and ``W`` multiples of 4. Output: the same shape, unclipped; clip to 0..255
     and divide by 255 to get the filtered image (:func:`nunet.enhance` does this).
+    ``widths`` are the channels at full, half and quarter resolution (the residual trunk's last).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
         super().__init__()
-        self.conv1 = ConvLayer(1, 32, 9)
-        self.in1 = InstanceNorm(32)
-        self.conv2 = ConvLayer(32, 64, 3, stride=2)
-        self.in2 = InstanceNorm(64)
-        self.conv3 = ConvLayer(64, 128, 3, stride=2)
-        self.in3 = InstanceNorm(128)
-        self.res1 = ResidualBlock(128)
-        self.res2 = ResidualBlock(128)
-        self.res3 = ResidualBlock(128)
-        self.res4 = ResidualBlock(128)
-        self.res5 = ResidualBlock(128)
-        self.deconv1 = UpsampleConvLayer(128, 64)
-        self.in4 = InstanceNorm(64)
-        self.deconv2 = UpsampleConvLayer(64, 32)
-        self.in5 = InstanceNorm(32)
-        self.deconv3 = OutputLayer(32, 1, 9)
+        full, half, quarter = widths
+        self.conv1 = ConvLayer(1, full, 9)
+        self.in1 = InstanceNorm(full)
+        self.conv2 = ConvLayer(full, half, 3, stride=2)
+        self.in2 = InstanceNorm(half)
+        self.conv3 = ConvLayer(half, quarter, 3, stride=2)
+        self.in3 = InstanceNorm(quarter)
+        self.res1 = ResidualBlock(quarter)
+        self.res2 = ResidualBlock(quarter)
+        self.res3 = ResidualBlock(quarter)
+        self.res4 = ResidualBlock(quarter)
+        self.res5 = ResidualBlock(quarter)
+        self.deconv1 = UpsampleConvLayer(quarter, half)
+        self.in4 = InstanceNorm(half)
+        self.deconv2 = UpsampleConvLayer(half, full)
+        self.in5 = InstanceNorm(full)
+        self.deconv3 = OutputLayer(full, 1, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu_(self.in1(self.conv1(x)))
@@ -202,6 +205,35 @@ class NUNet(nn.Module):
         y = torch.relu_(self.in4(self.deconv1(y)))
         y = torch.relu_(self.in5(self.deconv2(y)))
         return self.deconv3(y)
+
+
+class NUNetFast(NUNet):
+    """NU-Net with half the channels (16, 32, 64) and four residual blocks: 4.4x fewer multiply-adds
+    (the ``nunet-fast`` family, distilled from the default; same layer names, so tiling and the
+    plain twin work unchanged)."""
+
+    def __init__(self) -> None:
+        super().__init__(widths=(16, 32, 64))
+        del self.res5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu_(self.in1(self.conv1(x)))
+        y = torch.relu_(self.in2(self.conv2(y)))
+        y = torch.relu_(self.in3(self.conv3(y)))
+        y = self.res4(self.res3(self.res2(self.res1(y))))
+        y = torch.relu_(self.in4(self.deconv1(y)))
+        y = torch.relu_(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
+
+
+#: The network architectures a model file may hold, by the name its metadata records (``architecture``).
+ARCHITECTURES = {"nunet": NUNet, "nunet-fast": NUNetFast}
+
+
+def residual_blocks(net: nn.Module) -> list[str]:
+    """The names of a network's residual blocks in order (``res1``...; five for :class:`NUNet`)."""
+    names = [name for name, _ in net.named_children() if name.startswith("res") and name[3:].isdigit()]
+    return sorted(names, key=lambda name: int(name[3:]))
 
 
 class Framed(nn.Module):

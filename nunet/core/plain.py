@@ -40,30 +40,39 @@ class _Residual(nn.Module):
 
 
 class PlainNUNet(nn.Module):
-    """The published NU-Net layers in plain form (see module docstring); input (N, 1, H, W) in 0..255."""
+    """The published NU-Net layers in plain form (see module docstring); input (N, 1, H, W) in 0..255.
+    ``widths`` and ``blocks`` as the network's (:class:`nunet.core.model.NUNet`: (32, 64, 128), 5)."""
 
-    def __init__(self) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), blocks: int = 5) -> None:
         super().__init__()
-        self.conv1, self.in1 = ConvLayer(1, 32, 9), _norm(32)
-        self.conv2, self.in2 = ConvLayer(32, 64, 3, stride=2), _norm(64)
-        self.conv3, self.in3 = ConvLayer(64, 128, 3, stride=2), _norm(128)
-        self.res1, self.res2, self.res3, self.res4, self.res5 = (_Residual(128) for _ in range(5))
-        self.deconv1, self.in4 = _Upsample(128, 64), _norm(64)
-        self.deconv2, self.in5 = _Upsample(64, 32), _norm(32)
-        self.deconv3 = ConvLayer(32, 1, 9)
+        full, half, quarter = widths
+        self.conv1, self.in1 = ConvLayer(1, full, 9), _norm(full)
+        self.conv2, self.in2 = ConvLayer(full, half, 3, stride=2), _norm(half)
+        self.conv3, self.in3 = ConvLayer(half, quarter, 3, stride=2), _norm(quarter)
+        self.blocks = [f"res{i}" for i in range(1, blocks + 1)]
+        for name in self.blocks:
+            setattr(self, name, _Residual(quarter))
+        self.deconv1, self.in4 = _Upsample(quarter, half), _norm(half)
+        self.deconv2, self.in5 = _Upsample(half, full), _norm(full)
+        self.deconv3 = ConvLayer(full, 1, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.in1(self.conv1(x)))
         y = torch.relu(self.in2(self.conv2(y)))
         y = torch.relu(self.in3(self.conv3(y)))
-        y = self.res5(self.res4(self.res3(self.res2(self.res1(y)))))
+        for name in self.blocks:  # traced for ONNX, never scripted
+            y = getattr(self, name)(y)
         y = torch.relu(self.in4(self.deconv1(y)))
         y = torch.relu(self.in5(self.deconv2(y)))
         return self.deconv3(y)
 
 
 def plain_twin(module: torch.nn.Module) -> PlainNUNet:
-    """A :class:`PlainNUNet` holding ``module``'s parameters (loaded strictly), in eval mode on the CPU."""
-    twin = PlainNUNet()
-    twin.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()}, strict=True)
+    """A :class:`PlainNUNet` of ``module``'s widths and blocks holding its parameters (loaded
+    strictly), in eval mode on the CPU."""
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    widths = tuple(int(state[f"{layer}.conv.weight"].shape[0]) for layer in ("conv1", "conv2", "conv3"))
+    blocks = len({key.split(".")[0] for key in state if key.startswith("res")})
+    twin = PlainNUNet(widths, blocks)
+    twin.load_state_dict(state, strict=True)
     return twin.eval()

@@ -87,9 +87,9 @@ def run_planes(
         batch_size = 1
     out = np.empty((count, height, width), dtype=np.float32)
     if tiled:
-        from nunet.core.tiling import TILED_PASSES
+        from nunet.core.tiling import tiled_passes
     views = ORIENTATIONS if settings.augment else ORIENTATIONS[:1]
-    steps = (TILED_PASSES if tiled else 1) * len(views)  # a tiled plane reports each of its passes
+    steps = (tiled_passes(loaded.module) if tiled else 1) * len(views)  # a tiled plane reports each of its passes
     with (
         progress_bar(progress, count * steps, "passes" if tiled or settings.augment else "planes") as advance,
         num_threads(threads),

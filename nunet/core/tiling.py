@@ -39,8 +39,8 @@ from nunet.core.model import (
     ENCODER,
     OUTPUT,
     RESIDUAL,
-    RESIDUAL_BLOCKS,
     ConvSpec,
+    residual_blocks,
     single_output_conv,
     upsample_conv3x3,
 )
@@ -49,7 +49,6 @@ EPS = 1e-5
 
 
 #: Passes over the tiles of one plane: each convolution, and each residual block's sum.
-TILED_PASSES = len(ENCODER) + 3 * len(RESIDUAL_BLOCKS) + len(DECODER) + 1
 
 
 class _FileStore:
@@ -218,6 +217,11 @@ def fs_type(path: str, mounts: str) -> str | None:
     return next((kind for point, kind in entries if point == best), None)
 
 
+def tiled_passes(net: torch.nn.Module) -> int:
+    """How many passes over the tiles :func:`tiled_forward` makes for ``net`` (one per layer)."""
+    return len(ENCODER) + 3 * len(residual_blocks(net)) + len(DECODER) + 1
+
+
 def _tiles(height: int, width: int, side: int) -> Iterator[tuple[int, int, int, int]]:
     for y0 in range(0, height, side):
         for x0 in range(0, width, side):
@@ -336,7 +340,7 @@ def tiled_forward(
         Side of a tile at full resolution; layers at 1/2 and 1/4 resolution use tiles of
         the same area of the plane.
     on_pass : callable, optional
-        Called after each of the ``TILED_PASSES`` passes over the tiles (progress bars).
+        Called after each of the :func:`tiled_passes` passes over the tiles (progress bars).
 
     Returns
     -------
@@ -362,7 +366,7 @@ def tiled_forward(
             act = _Activation(_ArrayStore(x[0, 0].float().cpu()))
             for spec in ENCODER:
                 act = conv_norm_relu(act, spec)
-            for name in RESIDUAL_BLOCKS:
+            for name in residual_blocks(net):
                 act = runner.residual(_module(net, name), name, act)
             for spec in DECODER:
                 act = conv_norm_relu(act, spec)

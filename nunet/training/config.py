@@ -62,6 +62,9 @@ class TrainConfig:
     # images to it): each DSB image is resized so its median nucleus radius is this
     dsb_share: float = 0.5  # the share of each supervised batch's crops drawn from the DSB images
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
+    architecture: str = "nunet"  # the network: nunet (the paper's) or nunet-fast (nunet.core.model.ARCHITECTURES)
+    teacher: str | None = None  # distil this model: the student learns its outputs on the supervised crops
+    distill_weight: float = 0.0  # weight of the distillation term (L1 to the teacher's output, in [0, 1])
     family: str | None = None  # the family of strengths the model joins (its w: supervised_strength)
     steps: int = 2000
     crops_per_dataset: int = 64  # per epoch
@@ -153,6 +156,14 @@ class TrainConfig:
             raise NUNetError(
                 f"config: 'dsb_modalities' must be among {', '.join(DSB_MODALITIES)}, 'radius' > 0, 'dsb_share' in 0..1"
             )
+        from nunet.core.model import ARCHITECTURES
+
+        if self.architecture not in ARCHITECTURES:
+            raise NUNetError(f"config: 'architecture' must be one of {', '.join(ARCHITECTURES)}")
+        if self.distill_weight < 0 or (self.distill_weight > 0) != bool(self.teacher):
+            raise NUNetError("config: 'distill_weight' > 0 needs a 'teacher' model, and a teacher a distill_weight")
+        if self.teacher and not self.supervised_weight and not self.supervised_images:
+            raise NUNetError("config: distillation runs on the supervised crops: set 'supervised_images'")
         if not self.content_dirs and not (self.synthetic_content and self.synthetic_modalities):
             raise NUNetError("config: no content images (content_dirs or synthetic_content)")
         if not self.mask_dirs and not self.synthetic_masks:

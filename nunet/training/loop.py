@@ -66,10 +66,14 @@ def update_ema(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float)
                 ema[key].copy_(value)
 
 
-def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float, optimiser, supervised=None):
-    """One optimiser step; returns the content, morphological, supervised and total losses (floats).
+def _step(
+    net, backbone, targets, batch, rng_torch, config, weight_morph: float, optimiser, supervised=None, teacher=None
+):
+    """One optimiser step; returns the content, morphological, supervised, distillation and total
+    losses (floats).
 
-    ``supervised`` is an (inputs, soft masks) pair for the supervised term, or None.
+    ``supervised`` is an (inputs, soft masks) pair for the supervised term, or None; with a ``teacher``
+    network, the output on those inputs also learns the teacher's (L1 in [0, 1]: distillation).
     """
     from nunet.training.losses import content_loss, morphological_loss
 
@@ -83,7 +87,7 @@ def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float,
         index = torch.randint(len(targets), (min(config.target_batch, len(targets)),), generator=rng_torch)
         content = content_loss(features_out[backbone.content_tap], features_in)
         morph = morphological_loss(features_out, targets, index.to(batch.device))
-    fit = zero
+    fit, distill = zero, zero
     if supervised is not None:
         inputs, masks = supervised
         output = net(inputs).clamp(0.0, 255.0) / 255.0
@@ -91,11 +95,16 @@ def _step(net, backbone, targets, batch, rng_torch, config, weight_morph: float,
             fit = torch.nn.functional.mse_loss(output, masks / 255.0)
         else:
             fit = torch.nn.functional.l1_loss(output, masks / 255.0)
+        if teacher is not None:
+            with torch.no_grad():
+                taught = teacher(inputs).clamp(0.0, 255.0) / 255.0
+            distill = torch.nn.functional.l1_loss(output, taught)
     total = config.content_weight * content + weight_morph * morph + config.supervised_weight * fit
+    total = total + config.distill_weight * distill
     optimiser.zero_grad(set_to_none=True)
     total.backward()
     optimiser.step()
-    return content.item(), morph.item(), fit.item(), total.item()
+    return content.item(), morph.item(), fit.item(), distill.item(), total.item()
 
 
 def train(config: TrainConfig, resume: bool = False, command: str = "", progress=None) -> Path:
@@ -112,8 +121,9 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         ``progress(step, total, losses)`` after each step.
     """
     from nunet import save_model
-    from nunet.core.model import NUNet
+    from nunet.core.model import ARCHITECTURES
     from nunet.core.runtime import resolve_device
+    from nunet.registry import load_model
     from nunet.training.backbones.build import BackboneSpec, build_backbone
     from nunet.training.losses import TargetGrams
 
@@ -139,14 +149,16 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
 
     def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(config.seed)
-        net = NUNet()
+        net = ARCHITECTURES[config.architecture]()
         if config.init_model:
             net.load_state_dict(initial_weights(config.init_model))
         net = net.to(device).train()
         return net, torch.optim.AdamW(net.parameters(), lr=config.lr)
 
-    bank = supervised_bank(config) if config.supervised_weight else None
-    real = real_bank(config) if config.supervised_weight else []
+    crops = config.supervised_weight or config.distill_weight  # the supervised crops feed both terms
+    bank = supervised_bank(config) if crops else None
+    real = real_bank(config) if crops else []
+    teacher = load_model(config.teacher, device).module if config.teacher else None
 
     def supervised(state_rng: np.random.Generator):
         if bank is None:
@@ -172,7 +184,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         feed = batches(dry_rng)
         contents, morphs = [], []
         for _ in range(config.dry_run_steps):
-            c, m, _, _ = _step(net, backbone, targets, next(feed), torch_rng, config, 1.0, optimiser)
+            c, m, _, _, _ = _step(net, backbone, targets, next(feed), torch_rng, config, 1.0, optimiser)
             contents.append(c)
             morphs.append(m)
         state.morph_scale = float(np.mean(contents) / max(np.mean(morphs), 1e-12))
@@ -182,7 +194,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     feed = batches(rng) if config.content_weight or config.w else itertools.repeat(None)  # no content term: no batch
     started = time.perf_counter()
     while state.step < config.steps:
-        c, m, f, t = _step(
+        c, m, f, d, t = _step(
             net,
             backbone,
             targets,
@@ -192,6 +204,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             config.w * state.morph_scale,
             optimiser,
             supervised(rng),
+            teacher,
         )
         state.step += 1
         if state.ema is not None:
@@ -202,6 +215,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
                 "content": c,
                 "morphological": m * state.morph_scale * config.w,
                 "supervised": f,
+                "distill": d,
                 "total": t,
                 "seconds": round(time.perf_counter() - started, 3),
             }
@@ -236,6 +250,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         name=config.name,
         w=saved_w(config),
         radius=config.radius,
+        architecture=config.architecture,
         description=f"NU-Net w={config.w:g}, backbone {backbone.name}",
         training=summary,
         **({"family": config.family} if config.family else {}),

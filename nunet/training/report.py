@@ -26,6 +26,7 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
         ("content", "tab:blue"),
         ("morphological", "tab:orange"),
         ("supervised", "tab:red"),
+        ("distill", "tab:purple"),
         ("total", "tab:green"),
     ):
         values = np.array([r.get(key, 0.0) for r in log])

@@ -1,0 +1,113 @@
+"""Speed of each model family per precision on this CPU, against the default at fp32 and a scipy DoG,
+all measured in one run.
+
+Prints the CPU's capability (AVX2 / AVX-512 / AVX512-BF16 / AMX), the fp32 and bf16 matmul ceilings
+(GFLOP/s of a 2048x2048 product), and for each family's w=1 model: multiply-adds per 400x400 plane,
+ms/plane for fp32, bf16 (where the CPU runs it natively) and ``auto``, the ratio to the default model
+at fp32 and to a scipy DoG. ``--isa avx2`` holds ATen and oneDNN to AVX2 (the figures of an
+AVX2-only CPU on any x86 machine): the script runs itself again in that environment.
+
+Usage: ``python benchmarks/bench_families.py [--size 400] [--repeats 5] [--isa native|avx2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+FAMILIES = ("nunet-v8", "nunet-fast")
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def best_ms(fn, repeats: int) -> float:
+    """Best wall time of ``fn()`` in milliseconds over ``repeats`` runs (after two warm-ups)."""
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
+def matmul_gflops(dtype, repeats: int) -> float:
+    import torch
+
+    a, b = (torch.randn(2048, 2048).to(dtype) for _ in range(2))
+    return 2 * 2048**3 / (best_ms(lambda: torch.mm(a, b), repeats) * 1e-3) / 1e9
+
+
+def multiply_adds(module, side: int) -> int:
+    """Multiply-adds of every convolution the model runs on one side x side plane."""
+    import torch
+
+    total = 0
+
+    def count(layer, inputs, output):
+        nonlocal total
+        total += output.numel() * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+
+    from nunet.core.plain import plain_twin
+
+    twin = plain_twin(module)  # the published layers: the nominal cost, whatever nunet's faster forms
+    hooks = [m.register_forward_hook(count) for m in twin.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        twin(torch.zeros((1, 1, side, side)))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--isa", choices=("native", "avx2"), default="native")
+    args = parser.parse_args()
+    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
+        env = {**os.environ, **AVX2_ENV}
+        raise SystemExit(subprocess.call([sys.executable, *sys.argv], env=env))
+
+    import torch
+    from scipy import ndimage
+
+    from nunet import enhance, load_model
+    from nunet.core.runtime import cpu_info
+    from nunet.data.synth import synth_image
+
+    info = cpu_info()
+    print(
+        f"CPU: {torch.backends.cpu.get_cpu_capability()} (torch), native bf16: {info.native_bf16}, "
+        f"threads {torch.get_num_threads()}, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}"
+    )
+    fp32, bf16 = matmul_gflops(torch.float32, args.repeats), matmul_gflops(torch.bfloat16, args.repeats)
+    print(f"matmul ceilings: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s ({bf16 / fp32:.2f}x)")
+    plane = synth_image("dense", (args.size, args.size), seed=0).image.astype(np.float32)
+    dog = best_ms(lambda: ndimage.gaussian_filter(plane, 2) - ndimage.gaussian_filter(plane, 3.2), args.repeats)
+    print(f"scipy DoG: {dog:.1f} ms/plane ({args.size}x{args.size})")
+    precisions = ["fp32", *(["bf16"] if info.native_bf16 else []), "auto"]
+    reference = None
+    print(f"\n| family | GMAC/plane | {' | '.join(f'{p} ms' for p in precisions)} | fp32 vs default | vs DoG |")
+    print("|---|---|" + "---|" * len(precisions) + "---|---|")
+    for family in FAMILIES:
+        module = load_model(family).module
+        gmac = multiply_adds(module, args.size) / 1e9
+        cells, ms = [], {}
+        for precision in precisions:
+            ms[precision] = best_ms(
+                lambda: enhance(plane, family, device="cpu", precision=precision, radius="off"), args.repeats
+            )
+            cells.append(f"{ms[precision]:.0f}")
+        reference = reference or ms["fp32"]
+        fastest = min(ms.values())
+        print(f"| {family} | {gmac:.1f} | {' | '.join(cells)} | {reference / ms['fp32']:.2f}x | {fastest / dog:.0f}x |")
+
+
+if __name__ == "__main__":
+    main()
