@@ -51,8 +51,8 @@ esac
 "$PYTHON" -W ignore::UserWarning -c 'import torch; print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}")'
 
 if [ "${1:-}" = "--test" ]; then
-    step "installing nunet with the test, bioimageio and zarr extras and the stardist package's test images (no dependencies)"
-    pip_install -e ".[test,bioimageio,zarr]"
+    step "installing nunet with the test, bioimageio, zarr and napari extras and the stardist package's test images (no dependencies)"
+    pip_install -e ".[test,bioimageio,zarr,napari]"
     pip_install --no-deps stardist==0.9.2
     step "checking the code with ruff (lint and format)"
     "$PYTHON" -m ruff check .
