@@ -43,27 +43,6 @@ def matmul_gflops(dtype, repeats: int) -> float:
     return 2 * 2048**3 / (best_ms(lambda: torch.mm(a, b), repeats) * 1e-3) / 1e9
 
 
-def multiply_adds(module, side: int) -> int:
-    """Multiply-adds of every convolution the model runs on one side x side plane."""
-    import torch
-
-    total = 0
-
-    def count(layer, inputs, output):
-        nonlocal total
-        total += output.numel() * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-
-    from nunet.core.plain import plain_twin
-
-    twin = plain_twin(module)  # the published layers: the nominal cost, whatever nunet's faster forms
-    hooks = [m.register_forward_hook(count) for m in twin.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        twin(torch.zeros((1, 1, side, side)))
-    for hook in hooks:
-        hook.remove()
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=400)
@@ -78,6 +57,8 @@ def main() -> None:
     from scipy import ndimage
 
     from nunet import enhance, load_model
+    from nunet.core.model import multiply_adds
+    from nunet.core.plain import plain_twin
     from nunet.core.runtime import cpu_info
     from nunet.data.synth import synth_image
 
@@ -97,7 +78,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(precisions) + "---|---|")
     for family in FAMILIES:
         module = load_model(family).module
-        gmac = multiply_adds(module, args.size) / 1e9
+        gmac = multiply_adds(plain_twin(module), args.size) / 1e9  # the published layers' cost
         cells, ms = [], {}
         for precision in precisions:
             ms[precision] = best_ms(

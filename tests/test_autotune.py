@@ -106,7 +106,7 @@ def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatc
     monkeypatch.setattr(
         tiling,
         "tiled_forward",
-        lambda module, x, side, on_pass=None: (sides.append(side), real(module, x, side, on_pass))[1],
+        lambda module, x, side, on_tile=None: (sides.append(side), real(module, x, side, on_tile))[1],
     )
     out = enhance_native(img, model, precision="auto")
     precision = tuner.precisions[(str(model.path), "cpu")]

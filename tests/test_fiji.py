@@ -591,3 +591,23 @@ def test_session_ending_while_a_macro_filters_in_process(display, model_dir, tmp
     assert "PyExceptionProxy" not in output and "Traceback" not in output and "hs_err" not in output
     assert not (tmp_path / "nunet-worker.log").exists()  # no worker started while the session ended
     assert "has ended" in output or "filtered 399" in output  # and it ended: the subprocess timeout bounds it
+
+
+def test_run_macro_without_a_display_says_so(model_dir, tmp_path):
+    """No DISPLAY: ImageJ 1 builds no commands, and run_macro says a display is needed (xvfb-run), not that
+    the command is missing."""
+    script = (
+        "from nunet import fiji\n"
+        "from nunet.errors import NUNetError\n"
+        "fiji.start()\n"
+        "try:\n"
+        '    fiji.run_macro(\'run("NU-Net Filter", "model=nunet-test");\')\n'
+        "except NUNetError as exc:\n"
+        "    print('error:', exc)\n"
+    )
+    env = {**os.environ, "NUNET_MODEL_PATH": str(model_dir), "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("DISPLAY", None)
+    env.pop("NUNET_IMAGEJ_DIR", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert "error: ImageJ macros need a display here" in done.stdout and "xvfb-run" in done.stdout

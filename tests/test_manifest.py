@@ -120,3 +120,7 @@ def test_manifest_file_is_package_data():
 
     assert resources.files("nunet.registry").joinpath("manifest.json").is_file()
     assert Path(str(resources.files("nunet.registry"))).is_dir()
+
+
+def test_listed_descriptions_never_call_an_older_model_the_default():
+    assert not [e.name for e in read_manifest()[1] if "default" in e.description]

@@ -79,14 +79,15 @@ def test_scratch_dir_avoids_a_ram_backed_tmp(tmp_path, monkeypatch):
     assert scratch_dir(str(mounts)) == str(tmp_path)
 
 
-def test_tiled_forward_reports_every_pass(model):
+def test_tiled_forward_reports_every_tile_of_every_pass(model):
     from nunet.core.tiling import tiled_passes
 
     x = torch.from_numpy(pad_plane(normalise_plane(blobs((40, 40)))))[None, None]
     calls = []
     with torch.inference_mode():
-        tiled_forward(model.module, x, 16, on_pass=lambda: calls.append(1))
-    assert len(calls) == tiled_passes(model.module) == 21
+        tiled_forward(model.module, x, 16, on_tile=calls.append)
+    assert sum(calls) == pytest.approx(tiled_passes(model.module)) and tiled_passes(model.module) == 21
+    assert len(calls) == 21 * 9  # 3 x 3 tiles of the 40-px plane at every resolution
 
 
 def test_augment_with_tiles_equals_augment_on_the_whole_plane(model):

@@ -230,6 +230,25 @@ class NUNetFast(NUNet):
 ARCHITECTURES = {"nunet": NUNet, "nunet-fast": NUNetFast}
 
 
+def multiply_adds(net: nn.Module, side: int = 400) -> int:
+    """Multiply-adds of every convolution ``net`` runs on one ``side`` x ``side`` plane (from the
+    output sizes: run it on :func:`nunet.core.plain.plain_twin` for the published layers' cost)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros((1, 1, side, side)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
 def residual_blocks(net: nn.Module) -> list[str]:
     """The names of a network's residual blocks in order (``res1``...; five for :class:`NUNet`)."""
     names = [name for name, _ in net.named_children() if name.startswith("res") and name[3:].isdigit()]

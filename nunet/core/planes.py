@@ -111,7 +111,7 @@ def _forward(
     x: "torch.Tensor",
     views: Sequence[tuple[int, bool]],
     tile_size: int | None,
-    advance: Callable[[int], None],
+    advance: Callable[[float], None],
 ) -> "torch.Tensor":
     """The network's output for ``x`` in [0, 1]: the mean over ``views`` (see :data:`ORIENTATIONS`)
     of whole-plane passes, or tiled ones when ``tile_size`` is given."""
@@ -122,7 +122,7 @@ def _forward(
             y = module(oriented)
             advance(len(x))
         else:
-            y = _tiled(module, oriented, tile_size, on_pass=lambda: advance(1))
+            y = _tiled(module, oriented, tile_size, on_tile=advance)
         y = _unorient(to_unit_range(y), turns, mirror)
         total = y if total is None else total.add_(y)
     return total.div_(len(views)) if len(views) > 1 else total
@@ -202,11 +202,11 @@ def tiling_plan(height: int, width: int, tile_size: int | None, device: str) -> 
 
 
 def _tiled(
-    module: "torch.nn.Module", x: "torch.Tensor", tile_size: int, on_pass: "Callable[[], None] | None" = None
+    module: "torch.nn.Module", x: "torch.Tensor", tile_size: int, on_tile: "Callable[[float], None] | None" = None
 ) -> "torch.Tensor":
     from nunet.core.tiling import tiled_forward
 
     try:
-        return tiled_forward(module, x, tile_size, on_pass)
+        return tiled_forward(module, x, tile_size, on_tile)
     except AttributeError as exc:
         raise ModelError(f"tiling needs a model with NU-Net's layer names ({exc})") from exc

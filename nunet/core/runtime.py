@@ -147,13 +147,14 @@ def num_threads(threads: int | None) -> Iterator[None]:
 
 
 class progress:
-    """Context manager yielding ``advance(n)``; shows a rich bar on stderr when enabled."""
+    """Context manager yielding ``advance(n)`` (n may be a fraction: a tile of a pass); shows a rich
+    bar on stderr when enabled."""
 
     def __init__(self, enabled: bool, total: int, unit: str = "planes") -> None:
         self.enabled = enabled and total > 1
         self.total, self.unit = total, unit
 
-    def __enter__(self) -> Callable[[int], None]:
+    def __enter__(self) -> Callable[[float], None]:
         if not self.enabled:
             return lambda n: None
         from rich.console import Console

@@ -244,9 +244,9 @@ class _Runner:
         full_height: int,
         device: torch.device,
         folder: Path,
-        on_pass: Callable[[], None],
+        on_tile: Callable[[float], None],
     ) -> None:
-        self.net, self.device, self.folder, self.on_pass = net, device, folder, on_pass
+        self.net, self.device, self.folder, self.on_tile = net, device, folder, on_tile
         self.tile_size, self.full_height = tile_size, full_height
         self.stores: list[_FileStore] = []
 
@@ -281,7 +281,8 @@ class _Runner:
         store, moments, offset = None, _Moments(weight.shape[0]), None
         if sink is None:
             store = self.new_store(height, width, weight.shape[0])
-        for y0, y1, x0, x1 in _tiles(height, width, self.side(height)):
+        tiles = list(_tiles(height, width, self.side(height)))
+        for y0, y1, x0, x1 in tiles:
             window = source.window(
                 _source_indices(y0, y1, spec, source.store.height),
                 _source_indices(x0, x1, spec, source.store.width),
@@ -290,13 +291,13 @@ class _Runner:
             out = _convolve(window, spec, weight, bias)[0].permute(1, 2, 0).float().contiguous()
             if store is None:
                 sink(y0, x0, out)
-                continue
-            if offset is None:
-                offset = out.reshape(-1, out.shape[-1]).mean(dim=0)
-            out -= offset
-            moments.add(out)
-            store.write(y0, x0, out)
-        self.on_pass()
+            else:
+                if offset is None:
+                    offset = out.reshape(-1, out.shape[-1]).mean(dim=0)
+                out -= offset
+                moments.add(out)
+                store.write(y0, x0, out)
+            self.on_tile(1 / len(tiles))
         return store, moments
 
     @staticmethod
@@ -315,18 +316,19 @@ class _Runner:
         a.remove()
         b_in = self.normalised(b, moments_b, _module(block, RESIDUAL[1].norm), relu=False)
         out = self.new_store(b.height, b.width, b.channels)
-        for y0, y1, x0, x1 in _tiles(b.height, b.width, self.side(b.height)):
+        tiles = list(_tiles(b.height, b.width, self.side(b.height)))
+        for y0, y1, x0, x1 in tiles:
             rows, cols = np.arange(y0, y1), np.arange(x0, x1)
             t = x.window(rows, cols, self.device) + b_in.window(rows, cols, self.device)
             out.write(y0, x0, t[0].permute(1, 2, 0).contiguous())
-        self.on_pass()
+            self.on_tile(1 / len(tiles))
         b.remove()
         x.store.remove()
         return _Activation(out)
 
 
 def tiled_forward(
-    net: torch.nn.Module, x: torch.Tensor, tile_size: int, on_pass: Callable[[], None] | None = None
+    net: torch.nn.Module, x: torch.Tensor, tile_size: int, on_tile: Callable[[float], None] | None = None
 ) -> torch.Tensor:
     """Whole-plane NU-Net output of ``x`` (shape ``(1, 1, H, W)``, H and W multiples of 4), by tiles.
 
@@ -339,8 +341,9 @@ def tiled_forward(
     tile_size : int
         Side of a tile at full resolution; layers at 1/2 and 1/4 resolution use tiles of
         the same area of the plane.
-    on_pass : callable, optional
-        Called after each of the :func:`tiled_passes` passes over the tiles (progress bars).
+    on_tile : callable, optional
+        Called after each tile of each pass with the fraction of the pass it was (progress bars: the
+        fractions of one plane add up to :func:`tiled_passes`).
 
     Returns
     -------
@@ -355,7 +358,7 @@ def tiled_forward(
         out[0, 0, y0 : y0 + t.shape[0], x0 : x0 + t.shape[1]] = t[:, :, 0]
 
     with tempfile.TemporaryDirectory(prefix="nunet-tiles-", dir=scratch_dir()) as folder:
-        runner = _Runner(net, tile_size, height, x.device, Path(folder), on_pass or (lambda: None))
+        runner = _Runner(net, tile_size, height, x.device, Path(folder), on_tile or (lambda fraction: None))
 
         def conv_norm_relu(act: _Activation, spec: ConvSpec) -> _Activation:
             store, moments = runner.conv(act, spec)

@@ -346,13 +346,19 @@ def run_macro(code: str, arg: str = "") -> str | None:
     Raises
     ------
     NUNetError
-        Before running, when the code calls ``run("NU-Net Filter")`` and this ImageJ has no such
-        command; after, with ImageJ's message, when the macro stopped on an error, or with the
-        command's own message when "NU-Net Filter" failed (an unknown model, a bad option).
+        Before running, when this JVM has no display (ImageJ 1's commands need one), or the code
+        calls ``run("NU-Net Filter")`` and this ImageJ has no such command; after, with ImageJ's
+        message, when the macro stopped on an error, or with the command's own message when
+        "NU-Net Filter" failed (an unknown model, a bad option).
     """
     from jpype import JClass, JException
 
     commands = JClass("ij.Menus").getCommands()
+    if commands is None and JClass("java.awt.GraphicsEnvironment").isHeadless():
+        raise NUNetError(
+            "ImageJ macros need a display here (ImageJ 1 builds its commands only with one): run Python "
+            "under 'xvfb-run -a' on a server, or with DISPLAY set"
+        )
     if "NU-Net Filter" in code and (commands is None or commands.get("NU-Net Filter") is None):
         raise NUNetError(
             'this ImageJ has no "NU-Net Filter" command: start it with fiji.start() (it installs '
