@@ -4,8 +4,9 @@ all measured in one run.
 Prints the CPU's capability (AVX2 / AVX-512 / AVX512-BF16 / AMX), the fp32 and bf16 matmul ceilings
 (GFLOP/s of a 2048x2048 product), and for each family's w=1 model: multiply-adds per 400x400 plane,
 ms/plane for fp32, bf16 (where the CPU runs it natively) and ``auto``, the ratio to the default model
-at fp32 and to a scipy DoG. ``--isa avx2`` holds ATen and oneDNN to AVX2 (the figures of an
-AVX2-only CPU on any x86 machine): the script runs itself again in that environment.
+at fp32 and to a scipy DoG, and the fraction of the matmul ceiling each precision reaches.
+``--isa avx2`` holds ATen and oneDNN to AVX2 (the figures of an AVX2-only CPU on any x86 machine):
+the script runs itself again in that environment.
 
 Usage: ``python benchmarks/bench_families.py [--size 400] [--repeats 5] [--isa native|avx2]``
 """
@@ -74,20 +75,28 @@ def main() -> None:
     print(f"scipy DoG: {dog:.1f} ms/plane ({args.size}x{args.size})")
     precisions = ["fp32", *(["bf16"] if info.native_bf16 else []), "auto"]
     reference = None
-    print(f"\n| family | GMAC/plane | {' | '.join(f'{p} ms' for p in precisions)} | fp32 vs default | vs DoG |")
-    print("|---|---|" + "---|" * len(precisions) + "---|---|")
+    print(
+        f"\n| family | GMAC/plane | {' | '.join(f'{p} ms' for p in precisions)} | fp32 vs default | vs DoG "
+        "| fraction of the fp32 / bf16 ceiling |"
+    )
+    print("|---|---|" + "---|" * len(precisions) + "---|---|---|")
     for family in FAMILIES:
         module = load_model(family).module
         gmac = multiply_adds(plain_twin(module), args.size) / 1e9  # the published layers' cost
-        cells, ms = [], {}
-        for precision in precisions:
-            ms[precision] = best_ms(
+        ms = {
+            precision: best_ms(
                 lambda: enhance(plane, family, device="cpu", precision=precision, radius="off"), args.repeats
             )
-            cells.append(f"{ms[precision]:.0f}")
+            for precision in precisions
+        }
         reference = reference or ms["fp32"]
-        fastest = min(ms.values())
-        print(f"| {family} | {gmac:.1f} | {' | '.join(cells)} | {reference / ms['fp32']:.2f}x | {fastest / dog:.0f}x |")
+        rates = {p: 2 * gmac / (ms[p] * 1e-3) for p in ms}  # GFLOP/s reached
+        fractions = f"{rates['fp32'] / fp32:.2f}" + (f" / {rates['bf16'] / bf16:.2f}" if "bf16" in ms else "")
+        cells = " | ".join(f"{ms[p]:.0f}" for p in precisions)
+        print(
+            f"| {family} | {gmac:.1f} | {cells} | {reference / ms['fp32']:.2f}x | "
+            f"{min(ms.values()) / dog:.0f}x | {fractions} |"
+        )
 
 
 if __name__ == "__main__":
