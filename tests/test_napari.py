@@ -88,7 +88,13 @@ def test_a_lazy_layer_is_read_one_plane_at_a_time(widget, qtbot):
     Reads.planes_read.clear()
     _run(dock, qtbot, layer)
     assert not errors and max(Reads.planes_read) == 1  # never more than one plane at a time
-    np.testing.assert_allclose(viewer.layers["lazy (NU-Net)"].data, nunet_enhance(volume, axes="ZYX"), atol=1e-6)
+    expected = nunet_enhance(volume, axes="ZYX")
+    np.testing.assert_allclose(viewer.layers["lazy (NU-Net)"].data, expected, atol=1e-6)
+    # a multiscale layer (as napari-ome-zarr opens an OME-Zarr image): its full-resolution level
+    pyramid = viewer.add_image([lazy, lazy[:, ::2, ::2]], multiscale=True, name="pyramid", scale=(1.0, 0.3, 0.3))
+    _run(dock, qtbot, pyramid)
+    np.testing.assert_allclose(viewer.layers["pyramid (NU-Net)"].data, expected, atol=1e-6)
+    assert tuple(viewer.layers["pyramid (NU-Net)"].scale) == (1.0, 0.3, 0.3) and not errors
 
 
 @pytest.mark.parametrize("bad", ["rgba", "nan", "model"])
