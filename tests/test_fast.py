@@ -23,7 +23,7 @@ def test_the_fast_network_needs_at_least_4x_fewermultiply_adds():
 def fast_path(tmp_path_factory):
     torch.manual_seed(2)
     path = tmp_path_factory.mktemp("fast") / "fast-test.pt"
-    save_model(NUNetFast(), path, name="fast-test", w=None, architecture="nunet-fast", frame_pad=8, frame_fill="mean")
+    save_model(NUNetFast(), path, name="fast-test", w=None, frame_pad=8, frame_fill="mean")
     return path
 
 
@@ -49,7 +49,7 @@ def test_the_shipped_fast_family_is_registered_and_blends():
     entries = {e.name: e for e in list_models()}
     fast = [e for e in entries.values() if e.family == "nunet-fast"]
     assert {e.name for e in fast} == {"nunet-fast", "nunet-fast-w0.75", "nunet-fast-w0.5"}
-    assert all(e.metadata.get("architecture") == "nunet-fast" for e in fast)
+    assert all(e.metadata.get("architecture") == "NUNetFast" for e in fast)
     image = blobs((40, 44))
     half = enhance_native(image, "nunet-fast", w=0.875, device="cpu")
     a, b = enhance_native(image, "nunet-fast-w0.75", device="cpu"), enhance_native(image, "nunet-fast", device="cpu")

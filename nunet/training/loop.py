@@ -250,7 +250,6 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         name=config.name,
         w=saved_w(config),
         radius=config.radius,
-        architecture=config.architecture,
         description=f"NU-Net w={config.w:g}, backbone {backbone.name}",
         training=summary,
         **({"family": config.family} if config.family else {}),

@@ -68,8 +68,14 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         f"| content datasets | {', '.join(f'{k} ({v} planes)' for k, v in summary['datasets'].items())} |",
         f"| blob-mask targets | {summary['target_masks']} (folders: {', '.join(config.mask_dirs) or 'none'}; "
         f"synthetic: {config.synthetic_masks}) |",
+        f"| network | {config.architecture} (nunet.core.model.ARCHITECTURES) |",
         f"| initial weights | {config.init_model or 'random (seed ' + str(config.seed) + ')'} |",
         f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
+        *(
+            [f"| distillation | {config.distill_weight:g} x L1 to `{config.teacher}`'s output, supervised crops |"]
+            if config.teacher
+            else []
+        ),
         f"| loss | {config.content_weight:g} x content + w x morphological"
         + (
             f" + {config.supervised_weight:g} x {config.supervised_loss.upper()} to "
