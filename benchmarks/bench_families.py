@@ -69,7 +69,7 @@ def main() -> None:
         f"threads {torch.get_num_threads()}, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}"
     )
     fp32, bf16 = matmul_gflops(torch.float32, args.repeats), matmul_gflops(torch.bfloat16, args.repeats)
-    print(f"matmul ceilings: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s ({bf16 / fp32:.2f}x)")
+    print(f"matmul ceilings: fp32 {fp32:.1f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s ({bf16 / fp32:.3f}x)")
     plane = synth_image("dense", (args.size, args.size), seed=0).image.astype(np.float32)
     dog = best_ms(lambda: ndimage.gaussian_filter(plane, 2) - ndimage.gaussian_filter(plane, 3.2), args.repeats)
     print(f"scipy DoG: {dog:.1f} ms/plane ({args.size}x{args.size})")
