@@ -17,31 +17,12 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
+from bench_inference import best_ms, matmul_gflops  # this folder: run as python benchmarks/bench_families.py
 
 FAMILIES = ("nunet-v8", "nunet-fast")
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-def best_ms(fn, repeats: int) -> float:
-    """Best wall time of ``fn()`` in milliseconds over ``repeats`` runs (after two warm-ups)."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
-
-
-def matmul_gflops(dtype, repeats: int) -> float:
-    import torch
-
-    a, b = (torch.randn(2048, 2048).to(dtype) for _ in range(2))
-    return 2 * 2048**3 / (best_ms(lambda: torch.mm(a, b), repeats) * 1e-3) / 1e9
 
 
 def main() -> None:
@@ -68,7 +49,7 @@ def main() -> None:
         f"CPU: {torch.backends.cpu.get_cpu_capability()} (torch), native bf16: {info.native_bf16}, "
         f"threads {torch.get_num_threads()}, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}"
     )
-    fp32, bf16 = matmul_gflops(torch.float32, args.repeats), matmul_gflops(torch.bfloat16, args.repeats)
+    fp32, bf16 = matmul_gflops(args.repeats, "float32"), matmul_gflops(args.repeats, "bfloat16")
     print(f"matmul ceilings: fp32 {fp32:.1f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s ({bf16 / fp32:.3f}x)")
     plane = synth_image("dense", (args.size, args.size), seed=0).image.astype(np.float32)
     dog = best_ms(lambda: ndimage.gaussian_filter(plane, 2) - ndimage.gaussian_filter(plane, 3.2), args.repeats)

@@ -18,6 +18,7 @@ filtered plane by plane whatever they are.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,6 +71,7 @@ def filter_layer_planes(
     from nunet.api import filter_planes_with, nucleus_radius, resolve_settings
     from nunet.core.preprocess import to_grey
     from nunet.io import Calibration, Image, check_axes
+    from nunet.registry import load_model
 
     check_layer(layer)
     data = _base_data(layer)
@@ -85,6 +87,8 @@ def filter_layer_planes(
     else:  # a lazy (dask, zarr) array: the radius from up to four planes, as nunet.cluster does
         radius = _lazy_radius(data, axes, picks, settings, calibration)
     fixed = settings.with_radius_pixels(radius)
+    if fixed.w is None:  # one model: loaded once here, not looked up again for every plane
+        fixed = replace(fixed, model=load_model(fixed.model, fixed.device))
     kept = [a for a in lead if a != "C" or keep_c]
     shape = [len(picks) if a == "C" else data.shape[axes.index(a)] for a in kept]
     out = np.empty([*shape, data.shape[axes.index("Y")], data.shape[axes.index("X")]], np.float32)
@@ -258,8 +262,7 @@ def FilterWidget(viewer: "napari.viewer.Viewer"):
             show_error("NU-Net filter: open an image first")
             return
         try:
-            chosen = settings()
-            check_layer(layer)
+            chosen = settings()  # the layer itself is checked in the worker, before any compute
         except NUNetError as exc:
             show_error(f"NU-Net filter: {exc}")
             return
