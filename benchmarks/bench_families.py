@@ -5,10 +5,11 @@ Prints the CPU's capability (AVX2 / AVX-512 / AVX512-BF16 / AMX), the fp32 and b
 (GFLOP/s of a 2048x2048 product), and for each family's w=1 model: multiply-adds per 400x400 plane,
 ms/plane for fp32, bf16 (where the CPU runs it natively) and ``auto``, the ratio to the default model
 at fp32 and to a scipy DoG, and the fraction of the matmul ceiling each precision reaches.
-``--isa avx2`` holds ATen and oneDNN to AVX2 (the figures of an AVX2-only CPU on any x86 machine):
-the script runs itself again in that environment.
+``--isa`` holds ATen and oneDNN to a lower level, for the figures of other CPU kinds on one machine:
+``avx2`` (an AVX2-only CPU, bf16 emulated), ``avx512`` (AVX-512 without bf16), ``avx512-bf16``
+(AVX512-BF16 without AMX); the script runs itself again in that environment.
 
-Usage: ``python benchmarks/bench_families.py [--size 400] [--repeats 5] [--isa native|avx2]``
+Usage: ``python benchmarks/bench_families.py [--size 400] [--repeats 5] [--isa native|avx2|avx512|avx512-bf16]``
 """
 
 from __future__ import annotations
@@ -22,17 +23,22 @@ import numpy as np
 from bench_inference import best_ms, matmul_gflops  # this folder: run as python benchmarks/bench_families.py
 
 FAMILIES = ("nunet-v8", "nunet-fast")
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+ISA_ENV = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "avx512-bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--isa", choices=("native", "avx2"), default="native")
+    parser.add_argument("--isa", choices=tuple(ISA_ENV), default="native")
     args = parser.parse_args()
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2_ENV.items()):
-        env = {**os.environ, **AVX2_ENV}
+    if any(os.environ.get(k) != v for k, v in ISA_ENV[args.isa].items()):
+        env = {**os.environ, **ISA_ENV[args.isa]}
         raise SystemExit(subprocess.call([sys.executable, *sys.argv], env=env))
 
     import torch
@@ -46,7 +52,7 @@ def main() -> None:
 
     info = cpu_info()
     print(
-        f"CPU: {torch.backends.cpu.get_cpu_capability()} (torch), native bf16: {info.native_bf16}, "
+        f"CPU: {info.kind} (torch: {info.capability}), native bf16: {info.native_bf16}, "
         f"threads {torch.get_num_threads()}, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')}"
     )
     fp32, bf16 = matmul_gflops(args.repeats, "float32"), matmul_gflops(args.repeats, "bfloat16")

@@ -106,8 +106,9 @@ print(json.dumps({{"seconds": time.perf_counter() - start,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def precision_rows(size: int, repeats: int) -> float:
-    """ms/plane of the full ``enhance`` path per precision, and the ratio to fp32; returns fp32's."""
+def precision_rows(size: int, repeats: int, ceilings: dict[str, float]) -> float:
+    """ms/plane of the full ``enhance`` path per precision, the ratio to fp32 and the fraction of
+    that precision's matmul ceiling (GFLOP/s in ``ceilings``) reached; returns fp32's ms."""
     from nunet import enhance, load_model
     from nunet.core.autotune import Tuner
     from nunet.data.synth import synth_image
@@ -122,11 +123,17 @@ def precision_rows(size: int, repeats: int) -> float:
         f"\nenhance() on one {size}x{size} plane, {DEFAULT_MODEL}, CPU "
         f"(auto picks {chosen}, batch {batch}, {threads} threads):"
     )
+    gflop = nunet_gflop(size, size)
     base = None
     for precision in ("fp32", "bf16", "auto"):
-        ms = best_ms(lambda: enhance(plane, DEFAULT_MODEL, device="cpu", precision=precision), repeats)
+        ms = best_ms(lambda: enhance(plane, DEFAULT_MODEL, device="cpu", precision=precision, radius="off"), repeats)
         base = base or ms
-        print(f"  {precision:<5} {ms:8.1f} ms/plane  {base / ms:5.2f}x fp32  (target <= 150 ms with auto)")
+        ran = chosen if precision == "auto" else precision
+        fraction = gflop / (ms * 1e-3) / ceilings[ran]
+        print(
+            f"  {precision:<5} {ms:8.1f} ms/plane  {base / ms:5.2f}x fp32  {fraction:.2f} of the {ran} ceiling"
+            "  (target on AMX: auto >= 2.5x fp32)"
+        )
     return base
 
 
@@ -190,13 +197,14 @@ def main() -> None:
     from nunet.core.model import untrained
 
     threads_max = torch.get_num_threads()
-    ceiling = matmul_gflops(args.repeats)
+    ceilings = {"fp32": matmul_gflops(args.repeats), "bf16": matmul_gflops(args.repeats, "bfloat16")}
+    ceiling = ceilings["fp32"]
     gflop = nunet_gflop(args.size, args.size)
     from nunet.core.runtime import cpu_info
 
     print(f"torch {torch.__version__}, {threads_max} threads, CPU: {cpu_info().describe()}")
     print(
-        f"matmul ceiling: fp32 {ceiling:.1f} GFLOP/s, bf16 {matmul_gflops(args.repeats, 'bfloat16'):.1f} GFLOP/s; "
+        f"matmul ceiling: fp32 {ceiling:.1f} GFLOP/s, bf16 {ceilings['bf16']:.1f} GFLOP/s; "
         f"NU-Net: {gflop:.2f} GFLOP per {args.size}x{args.size} plane"
     )
 
@@ -226,7 +234,7 @@ def main() -> None:
     dog_ms = best_ms(lambda: ndi.gaussian_filter(plane, 2.0) - ndi.gaussian_filter(plane, 3.2), args.repeats)
     print(f"scipy DoG (sigma 2, 3.2): {dog_ms:.2f} ms/plane; NU-Net / DoG = {best[3] / dog_ms:.0f}x")
 
-    fp32_ms = precision_rows(args.size, args.repeats)
+    fp32_ms = precision_rows(args.size, args.repeats, ceilings)
     batch_overhead(args.files, args.size)
     if args.large_size:
         tiling_cost(args.large_size, fp32_ms * 400**2 / args.size**2)

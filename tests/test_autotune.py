@@ -49,6 +49,20 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_flags(tmp_path / "missing") is None
 
 
+@pytest.mark.parametrize("cap", ["AVX2", "AVX512_CORE", "AVX512_CORE_BF16"])
+def test_onednn_held_below_bf16_or_amx_turns_them_off(cap):
+    """``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 leaves no native bf16, below AMX no AMX (a fresh
+    process: the CPU is read once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from nunet.core.runtime import cpu_info; i = cpu_info(); print(i.native_bf16, i.amx)"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": cap}
+    native, amx = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
+    assert amx == "False" and (native == "False" or cap == "AVX512_CORE_BF16")
+
+
 def test_smallest_within_prefers_the_smallest_setting_within_tolerance():
     from nunet.core.autotune import smallest_within
 
@@ -99,7 +113,8 @@ def test_auto_measures_a_tile_side_for_large_cpu_planes(model, tuner, monkeypatc
     plane with the chosen one, and later calls reuse the choice without probing again."""
     from nunet.core import autotune, planes, tiling
 
-    monkeypatch.setitem(planes.AUTO_TILING, "cpu", (300 * 300, 256))  # smaller sizes, same logic, faster
+    for kind in ("cpu", "cpu-bf16"):  # smaller sizes, same logic, faster
+        monkeypatch.setitem(planes.AUTO_TILING, kind, (300 * 300, 256))
     monkeypatch.setattr(autotune, "TILE_PROBE_SIDE", 512)
     img = blobs((320, 320))
     sides, real = [], tiling.tiled_forward

@@ -57,6 +57,8 @@ def test_automatic_tiling_depends_on_the_device():
 
     assert tiling_plan(2000, 2000, None, "cpu") == (True, 256)
     assert tiling_plan(1200, 1200, None, "cpu") == (False, 256)
+    assert tiling_plan(2000, 2000, None, "cpu", "bf16") == (False, 256)  # half the bytes, a faster whole pass
+    assert tiling_plan(2100, 2100, None, "cpu", "bf16") == (True, 256)
     assert tiling_plan(2000, 2000, None, "cuda") == (False, 1024)
     assert tiling_plan(4096, 4096, None, "cuda:0") == (True, 1024)
     assert tiling_plan(100, 100, 64, "cpu") == (True, 64)

@@ -120,7 +120,7 @@ class Tuner:
         key = (str(loaded.path), device, precision, batch, torch.get_num_threads())
         if key not in self.seconds:
             x = torch.from_numpy(np.repeat(probe_plane()[None, None], batch, axis=0)).to(device)
-            self.seconds[key] = time_passes(loaded.module, x, device, precision)[0]
+            self.seconds[key] = time_passes(loaded.network(precision), x, device, precision)[0]
         return self.seconds[key]
 
     def precision(self, loaded: "LoadedModel", device: str) -> str:
@@ -135,7 +135,7 @@ class Tuner:
                 return candidates[0]
             batch = default_batch_size(device)
             x = torch.from_numpy(np.repeat(probe_plane()[None, None], batch, axis=0)).to(device)
-            results = {p: time_passes(loaded.module, x, device, p) for p in candidates}
+            results = {p: time_passes(loaded.network(p), x, device, p) for p in candidates}
             for p, (seconds, _) in results.items():
                 self.seconds[(str(loaded.path), device, p, batch, torch.get_num_threads())] = seconds
             reference = results["fp32"][1]

@@ -144,7 +144,7 @@ def single_output_conv(padded: torch.Tensor, weight: torch.Tensor, bias: Optiona
     """
     k = weight.shape[-1]
     h, w = padded.shape[-2] - k + 1, padded.shape[-1] - k + 1
-    rows = nn.functional.conv2d(padded, weight[0].permute(1, 0, 2).unsqueeze(2))
+    rows = nn.functional.conv2d(padded, weight[0].permute(1, 0, 2).unsqueeze(2)).contiguous()  # (channels-last in)
     out = torch.zeros((padded.shape[0], h, w), dtype=torch.float32, device=padded.device)
     if bias is not None:
         out += bias.float()

@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,7 @@ class LoadedModel:
     metadata: dict = field(default_factory=dict)
     path: Path | None = None
     device: str = "cpu"
+    _bf16: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -85,6 +86,22 @@ class LoadedModel:
 
     def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
         return self.module(x)
+
+    def network(self, precision: str) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+        """What runs a whole-plane pass at ``precision`` (fp32, bf16 or fp16): on a CPU at bf16 the
+        network in native bf16 (:class:`nunet.core.bf16.Bf16Net`, built once per loaded model), else
+        :attr:`module` (the caller's autocast sets its precision). A network whose layers are not
+        NU-Net's sequence keeps :attr:`module`."""
+        if precision != "bf16" or self.device != "cpu":
+            return self.module
+        if self._bf16 is None:
+            from nunet.core.bf16 import Bf16Net
+
+            try:
+                self._bf16 = Bf16Net(self.module)
+            except ValueError:
+                self._bf16 = self.module
+        return self._bf16
 
 
 @contextmanager

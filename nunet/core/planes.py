@@ -44,10 +44,12 @@ if TYPE_CHECKING:
 
 #: When ``tile_size`` is None, planes with more pixels than this are tiled, with tiles of this side.
 #: CPU: measured on 2 cores, 256-px tiles are as fast as the whole plane or faster from about
-#: 1280x1280 on, in far less memory (benchmarks/bench_inference.py). GPU: tiles keep activations
-#: in host files, so only planes whose whole-plane activations could crowd GPU memory (about
-#: 0.5 kB per pixel) are tiled.
-AUTO_TILING = {"cpu": (1280 * 1280, 256), "gpu": (2048 * 2048, 1024)}
+#: 1280x1280 on, in far less memory (benchmarks/bench_inference.py); at bf16 (native, whole planes
+#: in :class:`nunet.core.bf16.Bf16Net`) a 2048x2048 plane takes 4.0 s whole against 7.4 s tiled,
+#: at a 1.2 GB peak (fp32 at 1280x1280: 0.94 GB), so bf16 tiles from 2048x2048 on. GPU: tiles keep
+#: activations in host files, so only planes whose whole-plane activations could crowd GPU memory
+#: (about 0.5 kB per pixel) are tiled.
+AUTO_TILING = {"cpu": (1280 * 1280, 256), "cpu-bf16": (2048 * 2048, 256), "gpu": (2048 * 2048, 1024)}
 #: torch.quantile's input size limit (elements); larger batches are normalised with NumPy.
 QUANTILE_LIMIT = 2**24
 
@@ -79,7 +81,7 @@ def run_planes(
     frame = loaded.frame
     ph, pw = padded_shape(height + 2 * frame.pad, width + 2 * frame.pad)
     measure_tiles = tuned and tile_size is None and device == "cpu"
-    tiled, tile_size = tiling_plan(ph, pw, tile_size, device)
+    tiled, tile_size = tiling_plan(ph, pw, tile_size, device, precision)
     if tiled and measure_tiles:
         with num_threads(threads):
             tile_size = DEFAULT_TUNER.tile_side(loaded, precision)
@@ -89,6 +91,7 @@ def run_planes(
     if tiled:
         from nunet.core.tiling import tiled_passes
     views = ORIENTATIONS if settings.augment else ORIENTATIONS[:1]
+    network = loaded.module if tiled else loaded.network(precision)  # tiles: the file's module under autocast
     steps = (tiled_passes(loaded.module) if tiled else 1) * len(views)  # a tiled plane reports each of its passes
     with (
         progress_bar(progress, count * steps, "passes" if tiled or settings.augment else "planes") as advance,
@@ -99,7 +102,7 @@ def run_planes(
         for start in range(0, count, batch_size):
             stop = min(count, start + batch_size)
             x = prepare_batch(planes[start:stop], percentiles, invert, frame, device)
-            y = _forward(loaded.module, x, views, tile_size if tiled else None, advance)
+            y = _forward(network, x, views, tile_size if tiled else None, advance)
             out[start:stop] = crop_plane(y[:, 0], height, width, offset=frame.pad).cpu().numpy()
     if not np.isfinite(out).all():  # a model that passed the load-time probe but fails on these planes
         raise ModelError(f"{loaded.name}: the filtered image has NaN or infinite pixels; nothing is written")
@@ -193,10 +196,13 @@ def prepare_batch_torch(
     return torch.nn.functional.pad(x[:, None], (0, pw - width, 0, ph - height), mode="reflect")
 
 
-def tiling_plan(height: int, width: int, tile_size: int | None, device: str) -> tuple[bool, int]:
+def tiling_plan(
+    height: int, width: int, tile_size: int | None, device: str, precision: str = "fp32"
+) -> tuple[bool, int]:
     """Whether a padded plane is tiled, and the tile side (see ``AUTO_TILING``)."""
     if tile_size is None:
-        pixels, side = AUTO_TILING["cpu" if device == "cpu" else "gpu"]
+        kind = ("cpu-bf16" if precision == "bf16" else "cpu") if device == "cpu" else "gpu"
+        pixels, side = AUTO_TILING[kind]
         return height * width > pixels, side
     return tile_size > 0 and max(height, width) > tile_size, tile_size
 

@@ -11,10 +11,11 @@ its first CPU inference nunet therefore asks glibc (``mallopt``) to serve blocks
 
 CPU capability
 --------------
-:func:`cpu_info` reads what the CPU can do once: torch's kernel level (``AVX2``, ``AVX512``, ...)
-and whether bf16 arithmetic is native (AVX512-BF16 or AMX-BF16). Without native bf16, oneDNN
-emulates it and a bf16 pass is an order of magnitude slower than fp32 (about 14x, measured on an
-AVX2-only CPU), so ``precision="auto"`` never considers bf16 there.
+:func:`cpu_info` reads what the CPU can do once: torch's kernel level (``AVX2``, ``AVX512``, ...),
+whether bf16 arithmetic is native (AVX512-BF16 or AMX-BF16) and whether oneDNN may use AMX's
+matrix units; ``ONEDNN_MAX_CPU_ISA`` below those levels turns them off, as it does in oneDNN.
+Without native bf16, oneDNN emulates it and a bf16 pass is an order of magnitude slower than fp32
+(about 14x, measured on an AVX2-only CPU), so ``precision="auto"`` never considers bf16 there.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_FREED_BYTES, HEAP_BLOCK_BYTES = 1 << 30, 32 << 20
 #: /proc/cpuinfo flags of native bf16 arithmetic on x86.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+#: ``ONEDNN_MAX_CPU_ISA`` values (oneDNN's names) below which oneDNN has no native bf16, and no AMX.
+ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+ISAS_WITHOUT_AMX = ISAS_WITHOUT_BF16 | {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512"}
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -61,14 +65,22 @@ class CpuInfo:
         torch's CPU kernel level, ``torch.backends.cpu.get_cpu_capability()`` (e.g. ``AVX2``).
     native_bf16 : bool
         bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16) and enabled in oneDNN.
+    amx : bool
+        AMX-BF16 matrix units in hardware and enabled in oneDNN.
     """
 
     capability: str
     native_bf16: bool
+    amx: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The CPU kind benchmarks report: ``AMX``, ``AVX512-BF16``, or torch's level (``AVX512``, ``AVX2``)."""
+        return "AMX" if self.amx else "AVX512-BF16" if self.native_bf16 else self.capability
 
     def describe(self) -> str:
         """One line for benchmarks and reports, e.g. ``AVX2, bf16 emulated``."""
-        return f"{self.capability}, bf16 {'native' if self.native_bf16 else 'emulated'}"
+        return f"{self.kind}, bf16 {'native' if self.native_bf16 else 'emulated'}"
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
@@ -87,18 +99,21 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
 def cpu_info() -> CpuInfo:
     """This CPU's :class:`CpuInfo` (read once; a hardware fact, not a setting).
 
-    bf16 is native when oneDNN enables its bf16 kernels (``ONEDNN_MAX_CPU_ISA`` can cap them)
+    bf16 is native when oneDNN enables its bf16 kernels, ``ONEDNN_MAX_CPU_ISA`` does not cap them
     and, on Linux x86, the CPU lists a native bf16 flag; oneDNN also "supports" bf16 on plain
     AVX-512 by emulation, which is slower than fp32.
     """
+    import os
     import platform
 
     import torch
 
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     onednn = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     flags = cpu_flags() if platform.machine().lower() in ("x86_64", "amd64") else None
-    native = onednn and (flags is None or bool(flags & BF16_FLAGS))
-    return CpuInfo(torch.backends.cpu.get_cpu_capability(), native)
+    native = onednn and cap not in ISAS_WITHOUT_BF16 and (flags is None or bool(flags & BF16_FLAGS))
+    amx = native and cap not in ISAS_WITHOUT_AMX and flags is not None and "amx_bf16" in flags
+    return CpuInfo(torch.backends.cpu.get_cpu_capability(), native, amx)
 
 
 @lru_cache(maxsize=1)

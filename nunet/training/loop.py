@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nunet.core.runtime import autocast
 from nunet.errors import NUNetError
 from nunet.training.config import CHECKPOINT, TrainConfig
 from nunet.training.data import (
@@ -90,14 +91,15 @@ def _step(
     fit, distill = zero, zero
     if supervised is not None:
         inputs, masks = supervised
-        output = net(inputs).clamp(0.0, 255.0) / 255.0
+        with autocast(inputs.device.type, config.precision):
+            output = net(inputs).float().clamp(0.0, 255.0) / 255.0
         if config.supervised_loss == "l2":
             fit = torch.nn.functional.mse_loss(output, masks / 255.0)
         else:
             fit = torch.nn.functional.l1_loss(output, masks / 255.0)
         if teacher is not None:
-            with torch.no_grad():
-                taught = teacher(inputs).clamp(0.0, 255.0) / 255.0
+            with torch.no_grad(), autocast(inputs.device.type, config.precision):
+                taught = teacher(inputs).float().clamp(0.0, 255.0) / 255.0
             distill = torch.nn.functional.l1_loss(output, taught)
     total = config.content_weight * content + weight_morph * morph + config.supervised_weight * fit
     total = total + config.distill_weight * distill
@@ -158,7 +160,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     crops = config.supervised_weight or config.distill_weight  # the supervised crops feed both terms
     bank = supervised_bank(config) if crops else None
     real = real_bank(config) if crops else []
-    teacher = load_model(config.teacher, device).module if config.teacher else None
+    teacher = load_model(config.teacher, device).network(config.precision) if config.teacher else None
 
     def supervised(state_rng: np.random.Generator):
         if bank is None:
