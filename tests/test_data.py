@@ -129,6 +129,21 @@ def test_thg_fibres_background_is_fibrous_and_nuclei_dark():
     assert s.image[s.labels > 0].mean() < 0.6 * s.image[s.labels == 0].mean()
 
 
+def test_brightfield_cells_are_broad_and_faint_around_darker_nuclei():
+    """``cells``: the ground around each nucleus (within 3x its radius) is darker than the free
+    background and far lighter than the nucleus: inverted, a broad dim blob around a bright one."""
+    from scipy import ndimage as ndi
+
+    s = synth_image("cells", (256, 256), seed=5)
+    nuclei = s.labels > 0
+    near = ndi.binary_dilation(nuclei, iterations=3 * 6) & ~ndi.binary_dilation(nuclei, iterations=3)
+    free = ~ndi.binary_dilation(nuclei, iterations=60)
+    ground, cell, nucleus = (float(np.median(s.image[m])) for m in (free, near, nuclei))
+    assert nucleus < 0.6 * ground and 0.6 * ground < cell < 0.97 * ground
+    with pytest.raises(ValueError, match="2D only"):
+        synth_image("cells", (4, 64, 64))
+
+
 def test_suite_seeds_do_not_depend_on_the_chosen_modalities():
     full = synth_suite(1, (64, 64))
     alone = synth_suite(1, (64, 64), modalities=("thg",))

@@ -409,3 +409,16 @@ def test_a_bf16_distillation_run_moves_the_student_towards_its_teacher(tmp_path)
     assert gap[1] < gap[0]
     with pytest.raises(NUNetError, match="'precision' must be one of fp32, bf16"):
         tiny(tmp_path, precision="fp16")
+
+
+def test_a_modality_listed_twice_doubles_its_images_in_the_supervised_bank(tmp_path):
+    from nunet.training.data import supervised_bank
+
+    config = tiny(tmp_path, synthetic_modalities=["sparse", "cells", "cells"], supervised_images=2, crop=32)
+    bank = supervised_bank(config)
+    assert [s.modality for s in bank] == ["sparse"] * 2 + ["cells"] * 4  # no stacks asked for
+    assert len({s.image.tobytes() for s in bank}) == 6  # the repeat's images have seeds of their own
+    stacked = supervised_bank(
+        tiny(tmp_path, synthetic_modalities=["sparse", "cells"], supervised_images=1, supervised_stacks=1, crop=32)
+    )
+    assert [s.modality for s in stacked].count("cells") == 1  # cells: 2D only, no stack planes

@@ -77,7 +77,7 @@ def eval_cmd(
         Optional[list[str]],
         typer.Option(
             help="--suite synthetic: modality (repeatable; default: "
-            "sparse, dense, thg, low_snr, uneven; also thg_fibres)."
+            "sparse, dense, thg, low_snr, uneven; also thg_fibres and cells)."
         ),
     ] = None,
     stacks: Annotated[int, typer.Option(help="--suite synthetic: 3D stacks (sparse nuclei), per plane.")] = 1,

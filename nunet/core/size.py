@@ -9,11 +9,14 @@ The estimate (:func:`estimate_radius`) is classical scale space: the scale-norma
 Laplacian of Gaussian, ``-sigma^2 LoG``, peaks at the centre of a disc of radius r at sigma =
 r / sqrt(2) whatever r, so the local maxima over (y, x, sigma) of a plane's response are its
 blobs and their sizes. Octaves of a pyramid keep large scales cheap. The plane is first smoothed
-by a Gaussian of :data:`SMOOTH` px (pixel noise); the blobs whose response is at least :data:`KEEP`
-of the strongest ones' (the 99.9th percentile of the responses) vote, each by its response times
-its radius (so the many small maxima of noise, debris and texture do not outvote the nuclei); the
-estimate is the weighted median of their radii, sigma x sqrt(2). Tuned on the DSB training kinds
-(docs/experiments/), measured on the validation kinds and the synthetic suite.
+by a Gaussian whose width follows its pixel noise (:func:`smoothing`: 1 px on clean planes, up to
+3 px on noisy ones, where noise otherwise makes small blobs), and each blob's scale is corrected
+for that smoothing (a blob of scale sigma seen through a smoothing s peaks at sqrt(sigma^2 + s^2)).
+The blobs whose response is at least :data:`KEEP` of the strongest ones' (the 99.9th percentile of
+the responses) vote, each by its response times its radius (so the many small maxima of noise,
+debris and texture do not outvote the nuclei); the estimate is the weighted median of their radii,
+sigma x sqrt(2). Tuned on the DSB training kinds, clean and degraded (docs/experiments/18), measured
+on the validation kinds and the synthetic suite.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from nunet.options import Radius
 #: Scales per octave, in the octave's own pixels (six, and one beyond each end: the local maxima of the middle six).
 OCTAVE_SIGMAS = 2.0 ** (np.arange(-1, 7) / 6)
 #: Share of the strongest blobs' response (the 99.9th percentile) a blob needs to vote.
-KEEP = 0.5
-#: Gaussian smoothing (px) of the plane before the scale space: pixel noise makes no blobs.
-SMOOTH = 1.0
+KEEP = 0.3
+#: Gaussian smoothing (px) of the plane before the scale space: ``NOISE_SMOOTHING`` x its noise
+#: (:func:`noise_level`, on 0..1), within ``SMOOTH_RANGE``: pixel noise makes no blobs.
+NOISE_SMOOTHING = 80.0
+SMOOTH_RANGE = (1.0, 3.0)
 #: The radius range the estimate covers (px).
 RADIUS_RANGE = (1.5, 64.0)
 
@@ -80,16 +85,31 @@ def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 
     responses, radii = [], []
     for plane in picked:
         data = plane if plane.dtype == np.float64 else plane.astype(np.float32)  # float64: its range kept
-        x = normalise_plane(ndi.gaussian_filter(data, SMOOTH)) / 255.0
-        r, s = blobs(1.0 - x if invert else x)
+        smooth = smoothing(normalise_plane(data) / 255.0)
+        x = normalise_plane(ndi.gaussian_filter(data, smooth)) / 255.0
+        r, seen = blobs(1.0 - x if invert else x)
         responses.append(r)
-        radii.append(s)
+        radii.append(np.sqrt(2.0) * np.sqrt(np.clip(seen**2 / 2.0 - smooth**2, 0.25, None)))  # smoothing removed
     responses, radii = np.concatenate(responses), np.concatenate(radii)
     if not len(responses) or not responses.max() > 0:
         return None
     strong = responses >= KEEP * np.percentile(responses, 99.9)
     radius = weighted_median(radii[strong], responses[strong] * radii[strong])
     return radius if RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1] else None
+
+
+def noise_level(plane: np.ndarray) -> float:
+    """Pixel noise of a plane: the robust standard deviation (1.4826 x the median absolute value) of
+    its difference to itself blurred by 1 px."""
+    from scipy import ndimage as ndi
+
+    return float(1.4826 * np.median(np.abs(plane - ndi.gaussian_filter(plane, 1.0))))
+
+
+def smoothing(plane: np.ndarray) -> float:
+    """The Gaussian (px) that smooths a plane normalised to 0..1 before its scale space: its noise
+    times ``NOISE_SMOOTHING``, within ``SMOOTH_RANGE``."""
+    return float(np.clip(NOISE_SMOOTHING * noise_level(plane), *SMOOTH_RANGE))
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

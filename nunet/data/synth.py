@@ -12,9 +12,15 @@ The same seed gives the same image. Modalities:
 ``uneven``  strong illumination gradient and haze;
 ``thg_fibres`` dark nuclei among bright curved fibres, as in THG images of brain tissue, where
             the signal comes from myelinated axons and neurons appear as dark holes.
+``cells``   brightfield of whole cells: on a bright background, large faint cells (3-7 times
+            the nucleus radius, textured, darker at their folded rims, overlapping) each
+            absorbing a little light around one dark nucleus, and dark specks of debris; with
+            ``invert`` each cell is a broad dim blob around a bright nucleus, which a filter of
+            nuclei must leave out (the DSB brightfield images' difficulty).
 
 ``MODALITIES`` is the default suite and the default synthetic training content (the first five;
-``thg_fibres`` was added later and is chosen by name, so earlier figures stay comparable).
+``thg_fibres`` and ``cells`` were added later and are chosen by name, so earlier figures stay
+comparable).
 
 2D images are ``(Y, X)``; 3D stacks ``(Z, Y, X)`` with ellipsoidal nuclei.
 """
@@ -43,6 +49,8 @@ class Modality:
     gradient: float  # illumination falloff across the field (0: flat)
     dark_blobs: bool = False  # nuclei darker than the background
     fibres: float = 0.0  # bright fibres per 256x256 area forming the background (0: none)
+    cells: tuple[float, float] = (0.0, 0.0)  # radius range of a faint cell around each nucleus, in nucleus
+    # radii (0: no cells); brightfield absorption: only with dark_blobs
 
 
 PRESETS = {
@@ -52,6 +60,7 @@ PRESETS = {
     "low_snr": Modality((5, 9), 0.1, (1.0, 1.4), 25, 4, 0.1, 0.1, 0.1),
     "uneven": Modality((5, 9), 0.12, (1.0, 1.4), 300, 3, 0.3, 0.2, 0.8),
     "thg_fibres": Modality((5, 8), 0.15, (1.0, 1.3), 300, 4, 0.5, 0.3, 0.2, dark_blobs=True, fibres=400),
+    "cells": Modality((5, 9), 0.015, (1.0, 1.5), 300, 3, 0.85, 0.05, 0.15, dark_blobs=True, cells=(3.0, 7.0)),
 }
 
 
@@ -75,6 +84,8 @@ def synth_image(
 
     modality_index(modality)  # an unknown name is an error
     p = PRESETS[modality]
+    if p.cells[1] and len(shape) != 2:
+        raise ValueError(f"modality '{modality}' is 2D only")
     if aspect_max:
         p = replace(p, aspect=(1.0, aspect_max))
     rng = np.random.default_rng(seed)
@@ -95,6 +106,8 @@ def synth_image(
         )
     if p.dark_blobs:
         signal = np.clip(background, 0.05, None) * (1.0 - 0.7 * (labels > 0) * np.clip(texture, 0.5, 1.2))
+        if p.cells[1]:
+            signal = signal * (1.0 - cell_absorption(labels, p, rng))
     else:
         signal = np.clip(background, 0.0, None) + nuclei
     signal = signal * _illumination(shape, p.gradient, rng)
@@ -139,6 +152,35 @@ def nuclei_labels(p: Modality, shape: tuple[int, ...], rng: np.random.Generator)
         window[inside] = label
     brightness = np.concatenate([[0.0], rng.lognormal(0.0, 0.3, label).clip(0.3, 2.0) / 2.0])
     return labels, brightness
+
+
+def cell_absorption(labels: np.ndarray, p: Modality, rng: np.random.Generator) -> np.ndarray:
+    """The light a brightfield cell around each nucleus absorbs, in 0..0.6 (a YX plane).
+
+    Each nucleus gets an elliptic cell of ``p.cells`` times its equivalent radius (aspect up to 1.6,
+    its centre up to a third of its radius away from the nucleus), absorbing 0.05-0.2 with a
+    faint texture and a third as much again on a rim of a tenth of its radius (the folded edge);
+    overlapping cells add up. A few dark specks of debris (1-2 px) lie anywhere.
+    """
+    shape = labels.shape
+    absorbed = np.zeros(shape)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    present = np.unique(labels)[1:]
+    areas = ndi.sum_labels(np.ones(shape), labels, present)
+    for centre, area in zip(ndi.center_of_mass(labels > 0, labels, present), areas):
+        radius = np.sqrt(area / np.pi) * rng.uniform(*p.cells)
+        axes = radius * np.array([1.0, rng.uniform(1.0, 1.6)])
+        angle = rng.uniform(0, np.pi)
+        cy, cx = np.array(centre) + rng.uniform(-radius / 3, radius / 3, 2)
+        u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+        v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+        dist = np.sqrt((u / axes[1]) ** 2 + (v / axes[0]) ** 2)
+        absorbed += rng.uniform(0.05, 0.2) * (dist <= 1.0) * (1.0 + 0.3 * (dist > 0.9))
+    absorbed *= np.clip(1.0 + 0.25 * _smooth_noise(shape, 3.0, rng), 0.2, None)
+    specks = max(1, round(20 * labels.size / 256**2))
+    points = np.zeros(shape)
+    points[rng.integers(0, shape[0], specks), rng.integers(0, shape[1], specks)] = rng.uniform(2.0, 8.0, specks)
+    return np.clip(ndi.gaussian_filter(absorbed, 1.0) + ndi.gaussian_filter(points, rng.uniform(0.7, 1.5)), 0, 0.6)
 
 
 def fibres(

@@ -28,7 +28,8 @@ class TrainConfig:
     content_dirs: list[str] = field(default_factory=list)
     invert_dirs: list[str] = field(default_factory=list)
     synthetic_content: int = 0  # synthetic images per modality (0: none)
-    synthetic_modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # nunet.data.synth names
+    synthetic_modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # nunet.data.synth names (one
+    # listed n times gives the supervised bank n times its images)
     mask_dirs: list[str] = field(default_factory=list)
     synthetic_masks: int = 128  # synthetic blob masks in the target bank (0: none)
     separate_touching: bool = False  # cut touching labels of the targets apart (1 px gap)

@@ -43,7 +43,7 @@ def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
     datasets = {}
     for folder in config.content_dirs:
         datasets[Path(folder).name] = _planes_of(Path(folder), folder in config.invert_dirs)
-    for modality in config.synthetic_modalities if config.synthetic_content else ():
+    for modality in dict.fromkeys(config.synthetic_modalities) if config.synthetic_content else ():  # each once
         side = (config.crop * 2, config.crop * 2)
         k = modality_index(modality)
         images = [
@@ -94,8 +94,9 @@ def defocus(stack: np.ndarray, sigma: float, spread: float) -> np.ndarray:
 
 def supervised_bank(config: TrainConfig) -> list:
     """Synthetic images with labels for the supervised term: ``supervised_images`` of each modality of
-    ``synthetic_modalities`` at twice the crop side, and every plane of ``supervised_stacks`` 3D
-    stacks of each (``STACK_DEPTH`` planes, every ``stack_z_step``-th of a deeper stack, with the
+    ``synthetic_modalities`` at twice the crop side (a modality listed n times: n times as many, each
+    with seeds of its own), and every plane of ``supervised_stacks`` 3D stacks of each (but ``cells``,
+    a 2D modality; ``STACK_DEPTH`` planes, every ``stack_z_step``-th of a deeper stack, with the
     out-of-focus light of :func:`defocus`; training seeds only). Dark-blob images are flipped, as a
     user flips them with ``invert``: the network always sees bright nuclei."""
     from dataclasses import replace
@@ -108,11 +109,13 @@ def supervised_bank(config: TrainConfig) -> list:
     def aspect(i: int, n: int) -> float:  # the first aspect_share of n images get aspect_max
         return config.aspect_max if i < round(config.aspect_share * n) else 0.0
 
-    for m in config.synthetic_modalities:
+    for k, m in enumerate(config.synthetic_modalities):
+        repeat = config.synthetic_modalities[:k].count(m)  # a modality listed again: as many new images
         for i in range(config.supervised_images):
-            seed = training_seed(config.seed, 2, i, modality_index(m))
+            seed = training_seed(config.seed, 2, i, modality_index(m), *([repeat] if repeat else []))
             images.append(synth_image(m, side, seed=seed, aspect_max=aspect(i, config.supervised_images)))
-        for i in range(config.supervised_stacks):
+        stacks = 0 if repeat or PRESETS[m].cells[1] else config.supervised_stacks  # cells: 2D only
+        for i in range(stacks):
             seed = training_seed(config.seed, 4, i, modality_index(m))
             stack = synth_image(m, (depth,) + side, seed=seed, aspect_max=aspect(i, config.supervised_stacks))
             image = stack.image
