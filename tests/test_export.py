@@ -111,6 +111,24 @@ def test_a_framed_model_is_exported_with_its_frame(tmp_path, fill):
     assert np.abs(enhance(raw[0, 0], str(tmp_path / "plain.pt"), axes="YX") - expected).max() > 0.05
 
 
+@pytest.mark.slow
+def test_the_shipped_fast_model_passes_bioimageio_test_offline(tmp_path):
+    """``nunet-fast`` (the other architecture: narrower, four residual blocks, framed): exported as
+    the default is, the real ``bioimageio test`` reproduces its outputs with both weight formats."""
+    from nunet.integrations.bioimageio import export_bioimageio
+
+    package = export_bioimageio("nunet-fast", tmp_path / "nunet-fast.zip")
+    bioimageio = Path(sys.executable).parent / "bioimageio"
+    done = subprocess.run(
+        _offline([str(bioimageio), "test", str(package)]),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BIOIMAGEIO_CACHE_PATH": str(tmp_path / "cache")},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "Reproduce test outputs from test inputs (onnx)" in done.stdout
+
+
 def _member(package: Path, name: str) -> np.ndarray:
     import io
     import zipfile
