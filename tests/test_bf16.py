@@ -11,7 +11,6 @@ import torch
 
 from conftest import blobs
 from nunet import load_model
-from nunet.core.autotune import AUTO_TOLERANCE
 from nunet.core.bf16 import Bf16Net, phase_kernels
 from nunet.core.model import upsample_conv3x3
 from nunet.core.preprocess import normalise_plane, pad_plane, to_unit_range
@@ -29,8 +28,9 @@ def test_one_convolution_with_a_channel_per_phase_equals_the_upsampling_convolut
 
 @pytest.mark.parametrize("name", ["nunet-v8", "nunet-fast", "nunet-test"])
 def test_native_bf16_is_the_model_as_close_as_autocast(name):
-    """Trained models (both shipped architectures) within ``auto``'s tolerance of fp32; the random
-    test model, whose output amplifies rounding, no further from fp32 than autocast bf16 is."""
+    """Both shipped architectures and the random test model: native bf16 is no further from fp32
+    than twice autocast bf16's own distance (the two round at different places; either's largest
+    pixel error varies from plane to plane, 0.004-0.02 on [0, 1])."""
     loaded = load_model(name)
     x = torch.from_numpy(pad_plane(normalise_plane(blobs((70, 90), seed=3))))[None, None]
     with torch.inference_mode():
@@ -40,8 +40,7 @@ def test_native_bf16_is_the_model_as_close_as_autocast(name):
             autocast = to_unit_range(loaded.module(x))
         assert native.shape == reference.shape and native.dtype == torch.float32 and native.is_contiguous()
         error = float((to_unit_range(native) - reference).abs().max())
-        bound = AUTO_TOLERANCE if name != "nunet-test" else 1.5 * float((autocast - reference).abs().max())
-        assert error <= bound
+        assert 0 < error <= 2 * float((autocast - reference).abs().max())
 
 
 def test_loaded_models_build_the_bf16_network_once_and_only_for_bf16_on_a_cpu(model):

@@ -64,7 +64,7 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         f"| w | {config.w:g} |",
         f"| backbone | {summary['backbone']} ({summary['backbone_weights']}) |",
         f"| steps | {summary['steps']}{stopped} (content batch {config.content_batch}, target batch "
-        f"{config.target_batch}, crop {config.crop}, AdamW lr {config.lr:g}) |",
+        f"{config.target_batch}, crop {config.crop}, AdamW lr {config.lr:g}, {config.precision}) |",
         f"| content datasets | {', '.join(f'{k} ({v} planes)' for k, v in summary['datasets'].items())} |",
         f"| blob-mask targets | {summary['target_masks']} (folders: {', '.join(config.mask_dirs) or 'none'}; "
         f"synthetic: {config.synthetic_masks}) |",
