@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nunet.core.model import DECODER, ENCODER, OUTPUT, RESIDUAL, ConvSpec, single_output_conv
+from nunet.core.model import DECODER, ENCODER, OUTPUT, RESIDUAL, ConvSpec, residual_blocks, single_output_conv
 
 EPS = 1e-5  # InstanceNorm2d's
 
@@ -81,10 +81,7 @@ class Bf16Net:
 
     def __init__(self, module: nn.Module) -> None:
         state = {key: value.detach().cpu() for key, value in module.state_dict().items()}
-        self.blocks = sorted(
-            {key.split(".")[0] for key in state if key.startswith("res") and key.split(".")[0][3:].isdigit()},
-            key=lambda name: int(name[3:]),
-        )
+        self.blocks = residual_blocks(module)
         if set(state) != expected_keys(self.blocks):
             raise ValueError("not NU-Net's layer sequence")
         self.weights = {
@@ -131,7 +128,7 @@ class Bf16Net:
         weight, bias = self.weights[f"{path}.weight"], self.weights[f"{path}.bias"]
         if spec is OUTPUT:
             return single_output_conv(padded, weight, bias)
-        if weight.shape[1] == 1 and spec.stride == 1:
+        if path in self.rows:
             height = padded.shape[-2] - k + 1
             shifted = torch.cat([padded[:, :, r : r + height] for r in range(k)], 1)
             return nn.functional.conv2d(shifted.contiguous(memory_format=torch.channels_last), self.rows[path], bias)
