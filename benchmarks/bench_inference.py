@@ -111,6 +111,7 @@ def precision_rows(size: int, repeats: int, ceilings: dict[str, float]) -> float
     that precision's matmul ceiling (GFLOP/s in ``ceilings``) reached; returns fp32's ms."""
     from nunet import enhance, load_model
     from nunet.core.autotune import Tuner
+    from nunet.core.runtime import cpu_info
     from nunet.data.synth import synth_image
 
     plane = synth_image("dense", (size, size), seed=3).image
@@ -124,6 +125,8 @@ def precision_rows(size: int, repeats: int, ceilings: dict[str, float]) -> float
         f"(auto picks {chosen}, batch {batch}, {threads} threads):"
     )
     gflop = nunet_gflop(size, size)
+    kind = cpu_info().kind
+    target = {"AMX": "auto >= 2.5x fp32", "AVX512-BF16": "auto >= 1.6x fp32"}.get(kind, "auto keeps fp32")
     base = None
     for precision in ("fp32", "bf16", "auto"):
         ms = best_ms(lambda: enhance(plane, DEFAULT_MODEL, device="cpu", precision=precision, radius="off"), repeats)
@@ -132,7 +135,7 @@ def precision_rows(size: int, repeats: int, ceilings: dict[str, float]) -> float
         fraction = gflop / (ms * 1e-3) / ceilings[ran]
         print(
             f"  {precision:<5} {ms:8.1f} ms/plane  {base / ms:5.2f}x fp32  {fraction:.2f} of the {ran} ceiling"
-            "  (target on AMX: auto >= 2.5x fp32)"
+            f"  (target on {kind}: {target})"
         )
     return base
 

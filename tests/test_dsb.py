@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
@@ -169,3 +170,17 @@ def test_the_dsb_suite_has_clean_and_degraded_validation_images_with_kinds_and_b
     assert {b["band"] for b in bands} == {i.band for i in small} | {"all"}
     assert {b["method"] for b in bands} >= {"raw", "dog", "dog-tuned", "nunet-test"}
     assert items[0].dataset in (tmp_path / "datasets.md").read_text()
+
+
+def test_a_modality_listed_n_times_is_drawn_n_times_as_often():
+    from nunet.training.config import load_config
+    from nunet.training.data import real_bank
+    from nunet.training.report import listing
+
+    base = {"dsb_data": "subset", "synthetic_content": 1, "radius": 6.0}
+    once = real_bank(load_config(None, {**base, "dsb_modalities": ["fluorescence", "brightfield"]}))
+    thrice = real_bank(load_config(None, {**base, "dsb_modalities": ["fluorescence"] + ["brightfield"] * 3}))
+    count = Counter(item.modality for item in once)
+    assert Counter(item.modality for item in thrice) == {**count, "dsb-brightfield": 3 * count["dsb-brightfield"]}
+    assert len({id(item) for item in thrice}) == len(once)  # the same images, not copies
+    assert listing(["fluorescence"] + ["brightfield"] * 3) == "fluorescence, brightfield x3"

@@ -59,7 +59,8 @@ class TrainConfig:
     dsb_data: str | None = None  # a checkout of the DSB repository ("subset": nunet's committed images): the
     # training split's images (never validation kinds, never reserved ids) join the supervised bank
     dsb_modalities: list[str] = field(default_factory=lambda: ["fluorescence"])  # which of them (tissue and
-    # brightfield: dark nuclei, inverted to bright ones as a user's `invert` does)
+    # brightfield: dark nuclei, inverted to bright ones as a user's `invert` does); a modality listed n times:
+    # its images drawn n times as often
     radius: float = 7.0  # the nucleus radius (px) the model is trained for, recorded in its file (nunet resizes
     # images to it): each DSB image is resized so its median nucleus radius is this
     dsb_share: float = 0.5  # the share of each supervised batch's crops drawn from the DSB images

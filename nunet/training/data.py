@@ -128,7 +128,8 @@ def supervised_bank(config: TrainConfig) -> list:
 def real_bank(config: TrainConfig) -> list:
     """The DSB training split's images of ``dsb_modalities`` (none without ``dsb_data``), each resized so
     that its median nucleus radius is ``radius`` and flipped to bright nuclei where they are dark;
-    as :class:`nunet.data.synth.SynthImage` items of the supervised bank."""
+    as :class:`nunet.data.synth.SynthImage` items of the supervised bank, each once per listing of its
+    modality."""
     from nunet.data import dsb
     from nunet.data.degrade import centroids_of
     from nunet.data.synth import SynthImage
@@ -143,7 +144,8 @@ def real_bank(config: TrainConfig) -> list:
         image, labels = resize_to_radius(real.image, real.labels, real.radius, config.radius)
         if real.invert:
             image = image.max() - image
-        items.append(SynthImage(image, labels, centroids_of(labels), config.radius, f"dsb-{real.modality}"))
+        item = SynthImage(image, labels, centroids_of(labels), config.radius, f"dsb-{real.modality}")
+        items += [item] * config.dsb_modalities.count(real.modality)  # listed n times: drawn n times as often
     if not items:
         raise NUNetError(f"{config.dsb_data}: no DSB training images of {', '.join(config.dsb_modalities)}")
     return items

@@ -239,7 +239,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         "morph_scale": state.morph_scale,
         "final_losses": state.log[-1],
         "datasets": {n: len(p) for n, p in datasets.items()},
-        "dsb_training_images": len(real),
+        "dsb_training_images": len({id(item) for item in real}),
         "target_masks": len(targets),
         "config": asdict(config),
         "command": command,

@@ -45,6 +45,12 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
     fig.savefig(out_dir / "losses.png", dpi=100)
 
 
+def listing(names: list[str]) -> str:
+    """Names in order of first appearance, one listed n times as ``name x n``."""
+    counts = {name: names.count(name) for name in names}
+    return ", ".join(name if n == 1 else f"{name} x{n}" for name, n in counts.items())
+
+
 def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
     """The model card: w, backbone and weights, data, steps, losses, the exact command."""
     final = summary["final_losses"]
@@ -89,7 +95,7 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         *(
             [
                 f"| DSB images | {summary['dsb_training_images']} of the 2018 Data Science Bowl's training split "
-                f"({', '.join(config.dsb_modalities)}; never a validation kind or a reserved id), resized to a "
+                f"({listing(config.dsb_modalities)}; never a validation kind or a reserved id), resized to a "
                 f"{config.radius:g}-px median nucleus radius, {config.dsb_share:g} of each supervised batch |"
             ]
             if summary.get("dsb_training_images")
