@@ -184,3 +184,20 @@ def test_a_modality_listed_n_times_is_drawn_n_times_as_often():
     assert Counter(item.modality for item in thrice) == {**count, "dsb-brightfield": 3 * count["dsb-brightfield"]}
     assert len({id(item) for item in thrice}) == len(once)  # the same images, not copies
     assert listing(["fluorescence"] + ["brightfield"] * 3) == "fluorescence, brightfield x3"
+
+
+def test_dsb_images_can_be_content_planes_each_once():
+    from nunet.training.config import load_config
+    from nunet.training.data import content_datasets, real_bank
+
+    config = load_config(
+        None, {"dsb_data": "subset", "dsb_content": True, "dsb_modalities": ["fluorescence", "tissue", "tissue"]}
+    )
+    datasets = content_datasets(config)
+    assert set(datasets) == {"dsb-fluorescence", "dsb-tissue"}  # no synthetic content asked for
+    real = real_bank(config)
+    assert sum(len(planes) for planes in datasets.values()) == len({id(item) for item in real}) < len(real)
+    for plane in datasets["dsb-tissue"]:
+        assert plane.min() >= 0 and plane.max() <= 255 and np.ptp(plane) > 100
+    with pytest.raises(NUNetError, match="dsb_content"):
+        load_config(None, {"dsb_content": True, "synthetic_content": 1})

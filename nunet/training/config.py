@@ -64,6 +64,7 @@ class TrainConfig:
     radius: float = 7.0  # the nucleus radius (px) the model is trained for, recorded in its file (nunet resizes
     # images to it): each DSB image is resized so its median nucleus radius is this
     dsb_share: float = 0.5  # the share of each supervised batch's crops drawn from the DSB images
+    dsb_content: bool = False  # the same DSB images (each once) are also content planes, one dataset per modality
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
     architecture: str = "nunet"  # the network: nunet (the paper's) or nunet-fast (nunet.core.model.ARCHITECTURES)
     teacher: str | None = None  # distil this model: the student learns its outputs on the supervised crops
@@ -171,8 +172,14 @@ class TrainConfig:
             raise NUNetError("config: 'distill_weight' > 0 needs a 'teacher' model, and a teacher a distill_weight")
         if self.teacher and not self.supervised_weight and not self.supervised_images:
             raise NUNetError("config: distillation runs on the supervised crops: set 'supervised_images'")
-        if not self.content_dirs and not (self.synthetic_content and self.synthetic_modalities):
-            raise NUNetError("config: no content images (content_dirs or synthetic_content)")
+        if self.dsb_content and not self.dsb_data:
+            raise NUNetError("config: 'dsb_content' needs 'dsb_data'")
+        if (
+            not self.content_dirs
+            and not self.dsb_content
+            and not (self.synthetic_content and self.synthetic_modalities)
+        ):
+            raise NUNetError("config: no content images (content_dirs, dsb_content or synthetic_content)")
         if not self.mask_dirs and not self.synthetic_masks:
             raise NUNetError("config: no blob-mask targets (mask_dirs or synthetic_masks)")
         return self
