@@ -193,9 +193,9 @@ def test_dsb_images_can_be_content_planes_each_once():
     config = load_config(
         None, {"dsb_data": "subset", "dsb_content": True, "dsb_modalities": ["fluorescence", "tissue", "tissue"]}
     )
-    datasets = content_datasets(config)
-    assert set(datasets) == {"dsb-fluorescence", "dsb-tissue"}  # no synthetic content asked for
     real = real_bank(config)
+    datasets = content_datasets(config, real)
+    assert set(datasets) == {"dsb-fluorescence", "dsb-tissue"}  # no synthetic content asked for
     assert sum(len(planes) for planes in datasets.values()) == len({id(item) for item in real}) < len(real)
     for plane in datasets["dsb-tissue"]:
         assert plane.min() >= 0 and plane.max() <= 255 and np.ptp(plane) > 100

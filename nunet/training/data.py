@@ -36,9 +36,9 @@ def _planes_of(folder: Path, invert: bool) -> list[np.ndarray]:
     return planes
 
 
-def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
+def content_datasets(config: TrainConfig, real: list = ()) -> dict[str, list[np.ndarray]]:
     """Content planes (0..255) grouped by dataset name: the folders', each synthetic modality's and, with
-    ``dsb_content``, the DSB training images of :func:`real_bank` (``dsb-MODALITY``; bright nuclei)."""
+    ``dsb_content``, the DSB images of ``real`` (:func:`real_bank`'s; ``dsb-MODALITY``, bright nuclei)."""
     from nunet.core.preprocess import invert_normalised, normalise_plane
 
     datasets = {}
@@ -62,7 +62,7 @@ def content_datasets(config: TrainConfig) -> dict[str, list[np.ndarray]]:
         planes = [normalise_plane(image) for image in images]
         datasets[f"synthetic-{modality}"] = [invert_normalised(p) if dark else p for p in planes]
     if config.dsb_content:
-        for item in {id(item): item for item in real_bank(config)}.values():  # each image once
+        for item in {id(item): item for item in real}.values():  # each image once
             datasets.setdefault(item.modality, []).append(normalise_plane(item.image))
     return datasets
 

@@ -133,7 +133,9 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     rng = np.random.default_rng(config.seed)
-    datasets = content_datasets(config)
+    crops = config.supervised_weight or config.distill_weight  # the supervised crops feed both terms
+    real = real_bank(config) if crops or config.dsb_content else []
+    datasets = content_datasets(config, real)
     backbone = build_backbone(BackboneSpec(config.backbone, config.seed, config.vgg_weights, config.download_vgg)).to(
         device
     )
@@ -157,9 +159,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         net = net.to(device).train()
         return net, torch.optim.AdamW(net.parameters(), lr=config.lr)
 
-    crops = config.supervised_weight or config.distill_weight  # the supervised crops feed both terms
     bank = supervised_bank(config) if crops else None
-    real = real_bank(config) if crops else []
     teacher = load_model(config.teacher, device).network(config.precision) if config.teacher else None
 
     def supervised(state_rng: np.random.Generator):
