@@ -87,7 +87,8 @@ def _step(
             features_in = backbone.content_features(batch)
         index = torch.randint(len(targets), (min(config.target_batch, len(targets)),), generator=rng_torch)
         content = content_loss(features_out[backbone.content_tap], features_in)
-        morph = morphological_loss(features_out, targets, index.to(batch.device))
+        if weight_morph:  # w = 0: no Gram matrices to compute and differentiate
+            morph = morphological_loss(features_out, targets, index.to(batch.device))
     fit, distill = zero, zero
     if supervised is not None:
         inputs, masks = supervised
