@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from bench_inference import best_ms, matmul_gflops  # this folder: run as python benchmarks/bench_families.py
 
-FAMILIES = ("nunet-v8", "nunet-fast")
+FAMILIES = ("nunet-v10", "nunet-fast")
 ISA_ENV = {
     "native": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},

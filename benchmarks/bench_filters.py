@@ -1,6 +1,6 @@
 """ms/plane of each classical filter and of NU-Net on the same synthetic planes.
 
-Usage: ``python benchmarks/bench_filters.py [--size 400] [--planes 5] [--model nunet-v8]``
+Usage: ``python benchmarks/bench_filters.py [--size 400] [--planes 5] [--model nunet-v10]``
 Prints each filter's median time per plane and its ratio to the DoG, measured in the same run.
 """
 
@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--planes", type=int, default=5)
-    parser.add_argument("--model", default="nunet-v8")
+    parser.add_argument("--model", default="nunet-v10")
     args = parser.parse_args()
 
     from nunet import enhance, load_model

@@ -1,6 +1,6 @@
 """The nucleus-radius estimate's accuracy, and what filtering at the model's scale costs or saves.
 
-Usage: ``python benchmarks/bench_size.py [--data DSB_CHECKOUT] [--model nunet-v8] [--skip-timing]``
+Usage: ``python benchmarks/bench_size.py [--data DSB_CHECKOUT] [--model nunet-v10] [--skip-timing]``
 
 Prints, for the DSB validation kinds (a checkout, else nunet's committed subset; clean and
 degraded at their own scale) and for the synthetic suite (clean and degraded, seed 0), the share
@@ -74,7 +74,7 @@ def timing(model: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="a checkout of the DSB repository (default: the subset)")
-    parser.add_argument("--model", default="nunet-v8")
+    parser.add_argument("--model", default="nunet-v10")
     parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
     print("radius estimate against the labels' median equivalent radius")
