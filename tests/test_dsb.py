@@ -174,7 +174,7 @@ def test_the_dsb_suite_has_clean_and_degraded_validation_images_with_kinds_and_b
 
 def test_a_modality_listed_n_times_is_drawn_n_times_as_often():
     from nunet.training.config import load_config
-    from nunet.training.data import real_bank
+    from nunet.training.data import distinct, real_bank
     from nunet.training.report import listing
 
     base = {"dsb_data": "subset", "synthetic_content": 1, "radius": 6.0}
@@ -182,13 +182,13 @@ def test_a_modality_listed_n_times_is_drawn_n_times_as_often():
     thrice = real_bank(load_config(None, {**base, "dsb_modalities": ["fluorescence"] + ["brightfield"] * 3}))
     count = Counter(item.modality for item in once)
     assert Counter(item.modality for item in thrice) == {**count, "dsb-brightfield": 3 * count["dsb-brightfield"]}
-    assert len({id(item) for item in thrice}) == len(once)  # the same images, not copies
+    assert len(distinct(thrice)) == len(once)  # the same images, not copies
     assert listing(["fluorescence"] + ["brightfield"] * 3) == "fluorescence, brightfield x3"
 
 
 def test_dsb_images_can_be_content_planes_each_once():
     from nunet.training.config import load_config
-    from nunet.training.data import content_datasets, real_bank
+    from nunet.training.data import content_datasets, distinct, real_bank
 
     config = load_config(
         None, {"dsb_data": "subset", "dsb_content": True, "dsb_modalities": ["fluorescence", "tissue", "tissue"]}
@@ -196,7 +196,7 @@ def test_dsb_images_can_be_content_planes_each_once():
     real = real_bank(config)
     datasets = content_datasets(config, real)
     assert set(datasets) == {"dsb-fluorescence", "dsb-tissue"}  # no synthetic content asked for
-    assert sum(len(planes) for planes in datasets.values()) == len({id(item) for item in real}) < len(real)
+    assert sum(len(planes) for planes in datasets.values()) == len(distinct(real)) < len(real)
     for plane in datasets["dsb-tissue"]:
         assert plane.min() >= 0 and plane.max() <= 255 and np.ptp(plane) > 100
     with pytest.raises(NUNetError, match="dsb_content"):

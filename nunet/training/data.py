@@ -62,7 +62,7 @@ def content_datasets(config: TrainConfig, real: list = ()) -> dict[str, list[np.
         planes = [normalise_plane(image) for image in images]
         datasets[f"synthetic-{modality}"] = [invert_normalised(p) if dark else p for p in planes]
     if config.dsb_content:
-        for item in {id(item): item for item in real}.values():  # each image once
+        for item in distinct(real):
             datasets.setdefault(item.modality, []).append(normalise_plane(item.image))
     return datasets
 
@@ -153,6 +153,12 @@ def real_bank(config: TrainConfig) -> list:
     if not items:
         raise NUNetError(f"{config.dsb_data}: no DSB training images of {', '.join(config.dsb_modalities)}")
     return items
+
+
+def distinct(bank: list) -> list:
+    """Each image of a bank once, in order (:func:`real_bank` lists an image once per listing of its
+    modality, as the same object)."""
+    return list({id(item): item for item in bank}.values())
 
 
 def resize_to_radius(

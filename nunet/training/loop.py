@@ -38,6 +38,7 @@ from nunet.training.config import CHECKPOINT, TrainConfig
 from nunet.training.data import (
     content_batch,
     content_datasets,
+    distinct,
     epoch_order,
     mask_bank,
     real_bank,
@@ -85,6 +86,7 @@ def _step(
         features_out = backbone(output)
         with torch.no_grad():
             features_in = backbone.content_features(batch)
+        # drawn even where w = 0 leaves it unused: the random sequence stays that of every other run
         index = torch.randint(len(targets), (min(config.target_batch, len(targets)),), generator=rng_torch)
         content = content_loss(features_out[backbone.content_tap], features_in)
         if weight_morph:  # w = 0: no Gram matrices to compute and differentiate
@@ -240,7 +242,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         "morph_scale": state.morph_scale,
         "final_losses": state.log[-1],
         "datasets": {n: len(p) for n, p in datasets.items()},
-        "dsb_training_images": len({id(item) for item in real}),
+        "dsb_training_images": len(distinct(real)),
         "target_masks": len(targets),
         "config": asdict(config),
         "command": command,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,7 @@ def write_logs(log: list[dict], out_dir: Path) -> None:
 
 def listing(names: list[str]) -> str:
     """Names in order of first appearance, one listed n times as ``name x n``."""
-    counts = {name: names.count(name) for name in names}
-    return ", ".join(name if n == 1 else f"{name} x{n}" for name, n in counts.items())
+    return ", ".join(name if n == 1 else f"{name} x{n}" for name, n in Counter(names).items())
 
 
 def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
