@@ -234,3 +234,16 @@ def test_eval_with_centroid_csv(tmp_path):
     assert raw["cr_before"] == "nan" and float(raw["f1_best"]) > 0.5
     with (out / "summary.csv").open() as fh:
         assert "truth-mask" not in {r["method"] for r in csv.DictReader(fh)}  # no mask, no ceiling
+
+
+def test_models_see_dark_nuclei_as_users_run_them(model):
+    """An item with dark nuclei runs the model with ``invert`` (the dark-nuclei radius estimate), not on
+    an image inverted beforehand; the classical methods see the inverted image."""
+    from nunet import enhance
+    from nunet.evaluation.run import filtered
+    from nunet.evaluation.suites import EvalImage
+
+    image = synth_image("cells", (128, 128), seed=5)
+    item = EvalImage("cells", "a", image.image, image.labels > 0, np.zeros((0, 2)), 6.0, True, "cells")
+    np.testing.assert_array_equal(filtered(item, "m", {"m": model}), enhance(image.image, model, invert=True))
+    np.testing.assert_allclose(filtered(item, "raw", {}), 1.0 - baselines.minmax(image.image), atol=1e-6)

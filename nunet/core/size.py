@@ -12,11 +12,15 @@ blobs and their sizes. Octaves of a pyramid keep large scales cheap. The plane i
 by a Gaussian whose width follows its pixel noise (:func:`smoothing`: 1 px on clean planes, up to
 3 px on noisy ones, where noise otherwise makes small blobs), and each blob's scale is corrected
 for that smoothing (a blob of scale sigma seen through a smoothing s peaks at sqrt(sigma^2 + s^2)).
-The blobs whose response is at least :data:`KEEP` of the strongest ones' (the 99.9th percentile of
-the responses) vote, each by its response times its radius (so the many small maxima of noise,
-debris and texture do not outvote the nuclei); the estimate is the weighted median of their radii,
-sigma x sqrt(2). Tuned on the DSB training kinds, clean and degraded (docs/experiments/18), measured
-on the validation kinds and the synthetic suite.
+The blobs whose response is at least 0.3 of the strongest ones' (the 99.9th percentile of the
+responses) vote, each by its response times its radius (so the many small maxima of noise, debris
+and texture do not outvote the nuclei: :data:`BRIGHT_VOTES`). With ``invert`` (dark nuclei:
+brightfield, stained tissue, where the cells absorb too) a blob whose disc holds the centre of a
+stronger one does not vote (:func:`suppressed`, the overlap pruning of blob detectors: a cell around
+its darker nucleus), and the votes lean less on the radius (:data:`DARK_VOTES`). The estimate is
+the weighted median of the voters' radii, sigma x sqrt(2). Tuned on the DSB training kinds,
+clean and degraded (docs/experiments/18, 20), measured on the validation kinds and the synthetic
+suite.
 """
 
 from __future__ import annotations
@@ -30,8 +34,24 @@ from nunet.options import Radius
 
 #: Scales per octave, in the octave's own pixels (six, and one beyond each end: the local maxima of the middle six).
 OCTAVE_SIGMAS = 2.0 ** (np.arange(-1, 7) / 6)
-#: Share of the strongest blobs' response (the 99.9th percentile) a blob needs to vote.
-KEEP = 0.3
+
+
+@dataclass(frozen=True)
+class Votes:
+    """Which blobs vote, and how much: those whose response is at least ``keep`` of the strongest
+    ones' (the 99.9th percentile), each by its response times its radius to the power ``power``;
+    with ``suppress``, not a blob whose disc holds the centre of a stronger one (:func:`suppressed`)."""
+
+    keep: float
+    power: float
+    suppress: bool
+
+
+#: Bright nuclei (fluorescence): the nuclei are the blobs; radius-weighted votes.
+BRIGHT_VOTES = Votes(keep=0.3, power=1.0, suppress=False)
+#: Dark nuclei (``invert``: brightfield, stained tissue): the cells or tissue around them absorb too and
+#: make larger, weaker blobs that hold a nucleus; they do not vote (docs/experiments/20).
+DARK_VOTES = Votes(keep=0.5, power=0.5, suppress=True)
 #: Gaussian smoothing (px) of the plane before the scale space: ``NOISE_SMOOTHING`` x its noise
 #: (:func:`noise_level`, on 0..1), within ``SMOOTH_RANGE``: pixel noise makes no blobs.
 NOISE_SMOOTHING = 80.0
@@ -48,12 +68,12 @@ def _downsample(x: np.ndarray, factor: int) -> np.ndarray:
     return x[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
 
 
-def blobs(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The scale-space blobs of a plane normalised to 0..1 (bright blobs): their responses and radii
-    (px of the plane)."""
+def blobs(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scale-space blobs of a plane normalised to 0..1 (bright blobs): their responses, radii
+    (px of the plane) and centres ``(N, 2)`` (y, x in px of the plane)."""
     from scipy import ndimage as ndi
 
-    responses, radii = [], []
+    responses, radii, centres = [], [], []
     octave = 0
     while True:
         factor = 2**octave
@@ -63,13 +83,28 @@ def blobs(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         stack = np.stack([-(s**2) * ndi.gaussian_laplace(x, s) for s in OCTAVE_SIGMAS])
         peaks = (stack == ndi.maximum_filter(stack, size=3, mode="nearest")) & (stack > 0)
         peaks[[0, -1]] = False
-        scales = np.nonzero(peaks)[0]
+        scales, rows, cols = np.nonzero(peaks)
         responses.append(stack[peaks])
         radii.append(OCTAVE_SIGMAS[scales] * factor * np.sqrt(2))
+        centres.append((np.stack([rows, cols], axis=1) + 0.5) * factor)
         octave += 1
     if not responses:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(responses), np.concatenate(radii)
+        return np.zeros(0), np.zeros(0), np.zeros((0, 2))
+    return np.concatenate(responses), np.concatenate(radii), np.concatenate(centres)
+
+
+def suppressed(responses: np.ndarray, radii: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Which blobs hold within their radius the centre of a stronger blob (boolean mask): they do not vote."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(centres)
+    return np.array(
+        [
+            any(responses[j] > response for j in tree.query_ball_point(centre, radius))
+            for response, radius, centre in zip(responses, radii, centres)
+        ],
+        dtype=bool,
+    )
 
 
 def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 4) -> float | None:
@@ -82,19 +117,28 @@ def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 
     from nunet.core.preprocess import normalise_plane
 
     picked = np.asarray(planes)[sample_indices(len(planes), max_planes)]
-    responses, radii = [], []
+    found = []
     for plane in picked:
         data = plane if plane.dtype == np.float64 else plane.astype(np.float32)  # float64: its range kept
         smooth = smoothing(normalise_plane(data) / 255.0)
         x = normalise_plane(ndi.gaussian_filter(data, smooth)) / 255.0
-        r, seen = blobs(1.0 - x if invert else x)
-        responses.append(r)
-        radii.append(np.sqrt(2.0) * np.sqrt(np.clip(seen**2 / 2.0 - smooth**2, 0.25, None)))  # smoothing removed
-    responses, radii = np.concatenate(responses), np.concatenate(radii)
+        response, seen, centres = blobs(1.0 - x if invert else x)
+        radii = np.sqrt(2.0) * np.sqrt(np.clip(seen**2 / 2.0 - smooth**2, 0.25, None))  # smoothing removed
+        found.append((response, radii, centres))
+    responses = np.concatenate([response for response, _, _ in found])
     if not len(responses) or not responses.max() > 0:
         return None
-    strong = responses >= KEEP * np.percentile(responses, 99.9)
-    radius = weighted_median(radii[strong], responses[strong] * radii[strong])
+    rule = DARK_VOTES if invert else BRIGHT_VOTES
+    floor = rule.keep * np.percentile(responses, 99.9)
+    voters = []
+    for response, radii, centres in found:
+        strong = response >= floor
+        response, radii, centres = response[strong], radii[strong], centres[strong]
+        vote = ~suppressed(response, radii, centres) if rule.suppress else np.ones(len(radii), bool)
+        voters.append((radii[vote], response[vote]))
+    radii = np.concatenate([r for r, _ in voters])
+    weights = np.concatenate([w for _, w in voters]) * radii**rule.power
+    radius = weighted_median(radii, weights)
     return radius if RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1] else None
 
 

@@ -121,8 +121,9 @@ def filtered(item: EvalImage, method: str, models: dict, radius: str | float = "
         return baselines.minmax(source)
     if method in baselines.CLASSICAL:
         return baselines.classical(method, source, item.radius)
-    size = item.radius if radius == "truth" else radius
-    return enhance(source, models[method], axes="YX", augment=method.endswith(AUGMENTED), radius=size)
+    size = item.radius if radius == "truth" else radius  # models run as users run them: --invert, --radius
+    augment = method.endswith(AUGMENTED)
+    return enhance(item.image, models[method], axes="YX", augment=augment, radius=size, invert=item.invert)
 
 
 def evaluate(
