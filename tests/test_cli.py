@@ -263,6 +263,7 @@ def test_radius_in_microns_on_a_calibrated_tiff_is_converted_printed_and_reporte
     result = run("batch", src, tmp_path / "out", "--model", "nunet-test", "--radius", "off", "--report", report)
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())[0]["radius"] is None
+    assert json.loads(report.read_text())[0]["model"] == "nunet-test"  # which model filtered it
     result = run("batch", src, tmp_path / "out2", "--model", "nunet-test", "--radius", "5um", "--report", report)
     assert json.loads(report.read_text())[0]["radius"] == pytest.approx(10.0)
     result = run("filter", src / "big.tif", tmp_path / "x.tif", "--model", "nunet-test", "--radius", "wide")

@@ -49,6 +49,7 @@ class FileRecord:
     axes: str | None = None
     seconds: float = 0.0
     radius: float | None = None  # the nucleus radius (px) the image was filtered for (None: at its own scale)
+    model: str | None = None  # the model that filtered it (a name or file stem; wN: a family blend)
     error: str | None = None
     traceback: str | None = field(default=None, repr=False)
 

@@ -73,8 +73,17 @@ def _filter(record: FileRecord, image, settings: FilterSettings, model, progress
             if model is not None:
                 fixed = replace(fixed, model=model)
             result = filter_image_with(image, fixed, progress=progress)
+            record.model = model_tag(settings, model)
             result = with_data(result, convert_dtype(result.data, settings.dtype), result.axes)
     return result if record.status == "ok" else None
+
+
+def model_tag(settings: FilterSettings, model) -> str:
+    """The model as output names (``{model}``) and the report give it: the loaded model's name, the
+    settings' model where none is loaded (a dry run), or ``wN`` for a family blend."""
+    if settings.w is not None:
+        return f"w{settings.w:g}"
+    return model.name if model is not None else str(settings.model)
 
 
 def _write(record: FileRecord, result, output: Path, overwrite: bool, ngff: str | None) -> FileRecord:
@@ -198,16 +207,13 @@ def run_batch(
     settings = resolve_settings(settings)
     resolve_model(settings.model)
     model = None if dry_run or settings.w is not None else load_model(settings.model, settings.device)
-    model_tag = (
-        f"w{settings.w:g}" if settings.w is not None else model.name if model is not None else str(settings.model)
-    )
     jobs = plan_batch(
         input_dir,
         output_dir,
         patterns=patterns,
         recursive=recursive,
         template=template,
-        model_tag=model_tag,
+        model_tag=model_tag(settings, model),
         check_folder=not dry_run,
         output_format=output_format,
     )
