@@ -8,7 +8,8 @@ What is measured, in order, on a 256x256 synthetic nuclei plane:
 1. Precision: only candidates that can win on the hardware are timed. On a CPU, fp32, plus
    bf16 where bf16 is native (:func:`nunet.core.runtime.cpu_info`; emulated bf16 is about 14x slower
    than fp32, so it is never timed). On CUDA, fp32, fp16 and bf16. Each is timed (best of 2 after
-   a warm-up) and the fastest whose [0, 1] output is within ``AUTO_TOLERANCE`` of fp32 wins.
+   a warm-up, the candidates taking turns) and the fastest whose [0, 1] output is within
+   ``AUTO_TOLERANCE`` of fp32 wins.
 2. Batch size (GPUs only; on a CPU larger batches are slower per plane, so it is 1): the
    smallest of ``BATCH_CANDIDATES`` within 5% of the best time per plane.
 3. CPU threads: torch's count and half of it, the smaller within 5% (fewer threads leave
@@ -84,18 +85,23 @@ def probe_plane() -> np.ndarray:
 
 
 def time_passes(
-    module: "torch.nn.Module", x: "torch.Tensor", device: str, precision: str
-) -> tuple[float, "torch.Tensor"]:
-    """Best of ``TIMED_PASSES`` forward passes after a warm-up, and the last output in [0, 1]."""
+    modules: "dict[str, torch.nn.Module]", x: "torch.Tensor", device: str
+) -> "dict[str, tuple[float, torch.Tensor]]":
+    """Best of ``TIMED_PASSES`` forward passes after a warm-up of each module (keyed by the precision
+    it runs in), and its last output in [0, 1]. The modules take turns, pass by pass, so a burst of
+    load on a shared machine falls on all of them rather than on one alone."""
     import torch
 
-    times = []
-    with torch.inference_mode(), autocast(device, precision):
+    times: dict[str, list[float]] = {precision: [] for precision in modules}
+    outputs = {}
+    with torch.inference_mode():
         for _ in range(1 + TIMED_PASSES):
-            start = time.perf_counter()
-            y = to_unit_range(module(x)).cpu()
-            times.append(time.perf_counter() - start)
-    return min(times[1:]), y
+            for precision, module in modules.items():
+                with autocast(device, precision):
+                    start = time.perf_counter()
+                    outputs[precision] = to_unit_range(module(x)).cpu()
+                    times[precision].append(time.perf_counter() - start)
+    return {precision: (min(seconds[1:]), outputs[precision]) for precision, seconds in times.items()}
 
 
 @dataclass
@@ -120,7 +126,7 @@ class Tuner:
         key = (str(loaded.path), device, precision, batch, torch.get_num_threads())
         if key not in self.seconds:
             x = torch.from_numpy(np.repeat(probe_plane()[None, None], batch, axis=0)).to(device)
-            self.seconds[key] = time_passes(loaded.network(precision), x, device, precision)[0]
+            self.seconds[key] = time_passes({precision: loaded.network(precision)}, x, device)[precision][0]
         return self.seconds[key]
 
     def precision(self, loaded: "LoadedModel", device: str) -> str:
@@ -135,7 +141,7 @@ class Tuner:
                 return candidates[0]
             batch = default_batch_size(device)
             x = torch.from_numpy(np.repeat(probe_plane()[None, None], batch, axis=0)).to(device)
-            results = {p: time_passes(loaded.network(p), x, device, p) for p in candidates}
+            results = time_passes({p: loaded.network(p) for p in candidates}, x, device)
             for p, (seconds, _) in results.items():
                 self.seconds[(str(loaded.path), device, p, batch, torch.get_num_threads())] = seconds
             reference = results["fp32"][1]
