@@ -132,9 +132,9 @@ def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 
     floor = rule.keep * np.percentile(responses, 99.9)
     voters = []
     for response, radii, centres in found:
-        strong = response >= floor
-        response, radii, centres = response[strong], radii[strong], centres[strong]
-        vote = ~suppressed(response, radii, centres) if rule.suppress else np.ones(len(radii), bool)
+        vote = response >= floor
+        if rule.suppress:
+            vote[vote] = ~suppressed(response[vote], radii[vote], centres[vote])
         voters.append((radii[vote], response[vote]))
     radii = np.concatenate([r for r, _ in voters])
     weights = np.concatenate([w for _, w in voters]) * radii**rule.power
