@@ -101,6 +101,7 @@ class Row:
 
 
 def _source(item: EvalImage) -> np.ndarray:
+    """The image the classical methods see: bright nuclei (an ``invert`` item's image inverted)."""
     return 1.0 - baselines.minmax(item.image) if item.invert else item.image
 
 
@@ -116,11 +117,10 @@ def filtered(item: EvalImage, method: str, models: dict, radius: str | float = "
 
     if method == CEILING:
         return item.mask.astype(np.float32)
-    source = _source(item)
     if method == "raw":
-        return baselines.minmax(source)
+        return baselines.minmax(_source(item))
     if method in baselines.CLASSICAL:
-        return baselines.classical(method, source, item.radius)
+        return baselines.classical(method, _source(item), item.radius)
     size = item.radius if radius == "truth" else radius  # models run as users run them: --invert, --radius
     augment = method.endswith(AUGMENTED)
     return enhance(item.image, models[method], axes="YX", augment=augment, radius=size, invert=item.invert)
