@@ -22,7 +22,9 @@ import sys
 import numpy as np
 from bench_inference import best_ms, matmul_gflops  # this folder: run as python benchmarks/bench_families.py
 
-FAMILIES = ("nunet-v10", "nunet-fast")
+from nunet.options import DEFAULT_MODEL
+
+FAMILIES = (DEFAULT_MODEL, "nunet-fast")
 ISA_ENV = {
     "native": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},

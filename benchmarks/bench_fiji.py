@@ -9,7 +9,7 @@ Three figures, measured in one run with the same model:
 Overhead = call time - filter time; target: < 20% of the filter time once the worker is warm.
 
 Needs ImageJ (Debian's libij-java, or NUNET_IJ_JAR) and a display: on a server run
-``xvfb-run -a python benchmarks/bench_fiji.py [--calls 10] [--model nunet-v10]``.
+``xvfb-run -a python benchmarks/bench_fiji.py [--calls 10] [--model NAME]``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from nunet.options import DEFAULT_MODEL
 
 SIZE = 512
 
@@ -103,7 +105,7 @@ for (i = 0; i < {calls + 1}; i++) {{
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--model", default="nunet-v10")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="default: the default model")
     args = parser.parse_args()
     if not os.environ.get("DISPLAY"):
         sys.exit("needs a display for ImageJ 1.53's run(): use xvfb-run -a python benchmarks/bench_fiji.py")

@@ -1,6 +1,6 @@
 """ms/plane of each classical filter and of NU-Net on the same synthetic planes.
 
-Usage: ``python benchmarks/bench_filters.py [--size 400] [--planes 5] [--model nunet-v10]``
+Usage: ``python benchmarks/bench_filters.py [--size 400] [--planes 5] [--model NAME]``
 Prints each filter's median time per plane and its ratio to the DoG, measured in the same run.
 """
 
@@ -12,13 +12,14 @@ import time
 
 from nunet.data.synth import synth_image
 from nunet.evaluation import baselines
+from nunet.options import DEFAULT_MODEL
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=400)
     parser.add_argument("--planes", type=int, default=5)
-    parser.add_argument("--model", default="nunet-v10")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="default: the default model")
     args = parser.parse_args()
 
     from nunet import enhance, load_model

@@ -1,6 +1,6 @@
 """The nucleus-radius estimate's accuracy, and what filtering at the model's scale costs or saves.
 
-Usage: ``python benchmarks/bench_size.py [--data DSB_CHECKOUT] [--model nunet-v10] [--skip-timing]``
+Usage: ``python benchmarks/bench_size.py [--data DSB_CHECKOUT] [--model NAME] [--skip-timing]``
 
 Prints, for the DSB validation kinds (a checkout, else nunet's committed subset; clean and
 degraded at their own scale) and for the synthetic suite (clean and degraded, seed 0), the share
@@ -15,6 +15,8 @@ import argparse
 import time
 
 import numpy as np
+
+from nunet.options import DEFAULT_MODEL
 
 
 def _score(pairs: list[tuple[float, float | None]]) -> str:
@@ -74,7 +76,7 @@ def timing(model: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="a checkout of the DSB repository (default: the subset)")
-    parser.add_argument("--model", default="nunet-v10")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="default: the default model")
     parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
     print("radius estimate against the labels' median equivalent radius")

@@ -1,6 +1,6 @@
 """Planes/s of ``nunet.cluster.filter_zarr`` in this process and on LocalClusters of 1 and 2 workers.
 
-Usage: ``python benchmarks/bench_zarr.py [--planes 16] [--size 400] [--model nunet-v10] [--workers 1,2]``
+Usage: ``python benchmarks/bench_zarr.py [--planes 16] [--size 400] [--model NAME] [--workers 1,2]``
 
 Writes one synthetic OME-Zarr volume (``--planes`` planes of ``--size`` px square) to a temporary
 folder, filters it into a new OME-Zarr image each time (fresh output; the cluster's start and
@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nunet.options import DEFAULT_MODEL
+
 
 def _load(model: str) -> str:
     """Load ``model`` in a worker's cache (the module itself cannot travel back)."""
@@ -29,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--planes", type=int, default=16)
     parser.add_argument("--size", type=int, default=400)
-    parser.add_argument("--model", default="nunet-v10")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="default: the default model")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     args = parser.parse_args()
 
