@@ -319,3 +319,32 @@ def test_aspect_max_makes_the_nuclei_of_the_bank_longer_and_is_checked():
     for bad in ({"aspect_max": 0.5}, {"aspect_max": 2.0, "aspect_share": 1.5}):
         with pytest.raises(NUNetError, match="aspect_max"):
             load_config(None, {**base, **bad})
+
+
+def test_clean_share_leaves_crops_undegraded_and_is_checked():
+    from nunet.core.preprocess import normalise_plane
+    from nunet.training.config import load_config
+    from nunet.training.data import degraded_crop, supervised_bank, supervised_batch
+
+    image = synth_image("sparse", (48, 48), seed=5)
+    x, labels = degraded_crop([image], 48, 11, np.random.default_rng(3), degrade=False)
+    turns = [(k, flip) for k in range(4) for flip in (False, True)]
+
+    def turned(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+        a = np.rot90(a, k)
+        return a[:, ::-1] if flip else a
+
+    # the crop is the bank image itself (here as large as the crop), only normalised, rotated and flipped
+    k, flip = next((k, f) for k, f in turns if np.array_equal(turned(image.labels, k, f), labels))
+    np.testing.assert_allclose(x, turned(normalise_plane(image.image.astype(np.float32)), k, flip), atol=1e-3)
+    noisy, _ = degraded_crop([image], 48, 11, np.random.default_rng(3))
+    assert not any(np.allclose(noisy, turned(normalise_plane(image.image), k, f), atol=1.0) for k, f in turns)
+
+    base = {"supervised_weight": 1.0, "supervised_images": 1, "supervised_batch": 3, "crop": 48, "synthetic_content": 1}
+    bank = supervised_bank(load_config(None, base))
+    clean, _ = supervised_batch(bank, load_config(None, {**base, "clean_share": 1.0}), np.random.default_rng(4))
+    degraded, _ = supervised_batch(bank, load_config(None, base), np.random.default_rng(4))
+    smoothness = [float(np.abs(np.diff(b.numpy(), axis=-1)).mean()) for b in (clean, degraded)]
+    assert smoothness[0] < smoothness[1]  # synthetic images without the degradations' photon noise
+    with pytest.raises(NUNetError, match="clean_share"):
+        load_config(None, {**base, "clean_share": 1.5})

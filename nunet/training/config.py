@@ -64,6 +64,8 @@ class TrainConfig:
     radius: float = 7.0  # the nucleus radius (px) the model is trained for, recorded in its file (nunet resizes
     # images to it): each DSB image is resized so its median nucleus radius is this
     dsb_share: float = 0.5  # the share of each supervised batch's crops drawn from the DSB images
+    clean_share: float = 0.0  # the share of supervised crops left undegraded (cropped, normalised, turned only):
+    # what a distilled student sees of the teacher on clean images
     dsb_content: bool = False  # the same DSB images (each once) are also content planes, one dataset per modality
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
     architecture: str = "nunet"  # the network: nunet (the paper's) or nunet-fast (nunet.core.model.ARCHITECTURES)
@@ -162,6 +164,8 @@ class TrainConfig:
             raise NUNetError(
                 f"config: 'dsb_modalities' must be among {', '.join(DSB_MODALITIES)}, 'radius' > 0, 'dsb_share' in 0..1"
             )
+        if not 0 <= self.clean_share <= 1:
+            raise NUNetError("config: 'clean_share' must be in 0..1")
         from nunet.core.model import ARCHITECTURES
 
         if self.architecture not in ARCHITECTURES:

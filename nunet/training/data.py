@@ -177,7 +177,8 @@ def supervised_batch(
     """Degraded crops as the network's input (N, 1, side, side) in 0..255 and their targets (soft masks, dome
     or cone targets, mixed with the input by ``supervised_strength``); the side is ``crop``, or with
     ``crop_min`` a multiple of 4 between the two drawn for the batch (plus the frame's, when framed).
-    With ``real`` images (:func:`real_bank`), each crop comes from them with probability ``dsb_share``."""
+    With ``real`` images (:func:`real_bank`), each crop comes from them with probability ``dsb_share``;
+    a crop is left undegraded with probability ``clean_share``."""
     inputs, targets = [], []
     target = {
         "mask": soft_mask,
@@ -190,30 +191,38 @@ def supervised_batch(
         side = 4 * int(rng.integers(config.crop_min // 4, config.crop // 4 + 1))
     for _ in range(config.supervised_batch):
         pool = real if real and rng.random() < config.dsb_share else bank
-        x, labels = degraded_crop(pool, side, config.seed, rng, Frame(config.frame_pad, config.frame_fill))
+        clean = bool(config.clean_share) and rng.random() < config.clean_share  # no draw at 0: old recipes' crops kept
+        frame = Frame(config.frame_pad, config.frame_fill)
+        x, labels = degraded_crop(pool, side, config.seed, rng, frame, degrade=not clean)
         inputs.append(x)
         targets.append(strength * target(labels) + (1.0 - strength) * np.clip(x, 0.0, 255.0))
     return torch.from_numpy(np.stack(inputs)[:, None]), torch.from_numpy(np.stack(targets)[:, None].astype(np.float32))
 
 
 def degraded_crop(
-    bank: list, crop: int, seed: int, rng: np.random.Generator, frame: Frame = Frame()
+    bank: list, crop: int, seed: int, rng: np.random.Generator, frame: Frame = Frame(), degrade: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One image of ``bank`` degraded (:func:`nunet.data.degrade.degrade`, a fresh training seed), at most
-    ``crop`` px, reflect-padded to ``crop`` x ``crop``, normalised to 0..255, randomly rotated and
-    flipped; with its labels, moved alike. With a ``frame`` (pad > 0) the normalised image is instead
-    framed (:func:`nunet.core.preprocess.frame_plane`: ``frame.pad`` px on every side, and to ``crop`` at
-    the bottom and right) as a model trained so is run, its labels framed by 0 (no nucleus)."""
+    """One image of ``bank`` degraded (:func:`nunet.data.degrade.degrade`, a fresh training seed; without
+    ``degrade`` only cut at a random place), at most ``crop`` px, reflect-padded to ``crop`` x ``crop``,
+    normalised to 0..255, randomly rotated and flipped; with its labels, moved alike. With a ``frame``
+    (pad > 0) the normalised image is instead framed (:func:`nunet.core.preprocess.frame_plane`:
+    ``frame.pad`` px on every side, and to ``crop`` at the bottom and right) as a model trained so is
+    run, its labels framed by 0 (no nucleus)."""
     from nunet.core.preprocess import frame_plane, normalise_plane
 
     image = bank[rng.integers(len(bank))]
-    degraded, labels = _degraded(image, training_seed(seed, 3, int(rng.integers(2**31))), crop, False)
+    if degrade:
+        plane, labels = _degraded(image, training_seed(seed, 3, int(rng.integers(2**31))), crop, False)
+    else:
+        y0, x0 = (int(rng.integers(max(1, n - crop + 1))) for n in image.image.shape)
+        window = np.s_[y0 : y0 + crop, x0 : x0 + crop]
+        plane, labels = np.asarray(image.image[window], np.float32), image.labels[window]
     if frame.pad:
-        x = frame_plane(normalise_plane(degraded), frame, crop)
+        x = frame_plane(normalise_plane(plane), frame, crop)
         labels = frame_plane(labels, Frame(frame.pad, "zero"), crop)
     else:
-        pad = [(0, crop - degraded.shape[0]), (0, crop - degraded.shape[1])]
-        x, labels = normalise_plane(np.pad(degraded, pad, mode="reflect")), np.pad(labels, pad, mode="reflect")
+        pad = [(0, crop - plane.shape[0]), (0, crop - plane.shape[1])]
+        x, labels = normalise_plane(np.pad(plane, pad, mode="reflect")), np.pad(labels, pad, mode="reflect")
     turns, flip = int(rng.integers(4)), bool(rng.integers(2))
     x, labels = np.rot90(x, turns), np.rot90(labels, turns)
     if flip:
