@@ -86,7 +86,9 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         + (
             f" + {config.supervised_weight:g} x {config.supervised_loss.upper()} to "
             f"{target} of degraded synthetic nuclei (strength {config.supervised_strength:g}, batch "
-            f"{config.supervised_batch}, {config.supervised_images} images per modality)"
+            f"{config.supervised_batch}, {config.supervised_images} images per modality"
+            + (f"; {config.clean_share:g} of the crops left undegraded" if config.clean_share else "")
+            + ")"
             if config.supervised_weight
             else ""
         )
