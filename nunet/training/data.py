@@ -189,10 +189,10 @@ def supervised_batch(
     side = config.crop
     if config.crop_min:
         side = 4 * int(rng.integers(config.crop_min // 4, config.crop // 4 + 1))
+    frame = Frame(config.frame_pad, config.frame_fill)
     for _ in range(config.supervised_batch):
         pool = real if real and rng.random() < config.dsb_share else bank
         clean = bool(config.clean_share) and rng.random() < config.clean_share  # no draw at 0: old recipes' crops kept
-        frame = Frame(config.frame_pad, config.frame_fill)
         x, labels = degraded_crop(pool, side, config.seed, rng, frame, degrade=not clean)
         inputs.append(x)
         targets.append(strength * target(labels) + (1.0 - strength) * np.clip(x, 0.0, 255.0))
