@@ -212,15 +212,11 @@ def _wait_for_outputs(out: Path, count: int, proc: subprocess.Popen, timeout: fl
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # SIGTERM: timeout, Slurm, Kubernetes
 def test_sigint_and_sigterm_print_the_summary_and_write_the_report(tmp_path, model_dir, stop):
     count = 60  # enough that a loaded machine, slow to send the signal, still interrupts the run
-    src, report = _folder(tmp_path, count), tmp_path / "report.json"
-    for attempt in range(3):  # a run that ended before a starved test could signal it proves nothing: again
-        out = tmp_path / f"out{attempt}"
-        proc = _batch(src, out, model_dir, "--report", str(report))
-        _wait_for_outputs(out, 2, proc)
-        proc.send_signal(stop)
-        _, stderr = proc.communicate(timeout=120)
-        if not (proc.returncode == 0 and len(list(out.glob("img*.tif"))) == count):
-            break
+    src, out, report = _folder(tmp_path, count), tmp_path / "out", tmp_path / "report.json"
+    proc = _batch(src, out, model_dir, "--report", str(report))
+    _wait_for_outputs(out, 2, proc)
+    proc.send_signal(stop)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "filtered" in stderr
     records = json.loads(report.read_text())
