@@ -197,6 +197,8 @@ def _batch(src: Path, out: Path, model_dir: Path, *extra: str) -> subprocess.Pop
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a foreground user has it (a shell
+        # starts background jobs, a CI run with &, with SIGINT ignored, and a child keeps that)
     )
 
 
