@@ -6,8 +6,8 @@ printed, never a copy edited by hand.
 
 Usage::
 
-    nunet eval runs/heldout -m nunet-v10 -m nunet-fast
-    nunet eval runs/dsb --suite dsb --data kaggle-dsbowl-2018-dataset-fixes -m nunet-v10 -m nunet-fast
+    nunet eval runs/heldout -m nunet-v11 -m nunet-fast
+    nunet eval runs/dsb --suite dsb --data kaggle-dsbowl-2018-dataset-fixes -m nunet-v11 -m nunet-fast
     python docs/make_evaluation.py heldout=runs/heldout dsb=runs/dsb
 """
 

@@ -1,9 +1,9 @@
 // Filter every .tif of a folder with NU-Net (the worker starts once and serves every image).
-// Headless:  ImageJ -batch nunet_batch.ijm "input=[/data/in] output=[/data/out] model=nunet-v10"
+// Headless:  ImageJ -batch nunet_batch.ijm "input=[/data/in] output=[/data/out] model=nunet-v11"
 args = getArgument();
 input = call("ij.Macro.getValue", args, "input", "");
 output = call("ij.Macro.getValue", args, "output", "");
-model = call("ij.Macro.getValue", args, "model", "nunet-v10");
+model = call("ij.Macro.getValue", args, "model", "nunet-v11");
 setBatchMode(true);
 File.makeDirectory(output);
 files = getFileList(input);

@@ -1,6 +1,6 @@
 #@ File (label="Input folder", style="directory") input_dir
 #@ File (label="Output folder", style="directory") output_dir
-#@ String (label="Model", value="nunet-v10") model
+#@ String (label="Model", value="nunet-v11") model
 # Filter every .tif of a folder with NU-Net: the Jython twin of nunet_batch.ijm.
 # In Fiji the #@ lines ask for the folders; elsewhere set input_dir, output_dir, model first.
 import os

@@ -1,9 +1,9 @@
 // The same counting macro as dog_pipeline.ijm, with the DoG lines replaced by one NU-Net call.
-// Headless:  ImageJ -batch nunet_pipeline.ijm "input=[/data/cells.tif] output=[/data/cells_nunet.tif] model=nunet-v10"
+// Headless:  ImageJ -batch nunet_pipeline.ijm "input=[/data/cells.tif] output=[/data/cells_nunet.tif] model=nunet-v11"
 args = getArgument();
 input = call("ij.Macro.getValue", args, "input", "");
 output = call("ij.Macro.getValue", args, "output", "");
-model = call("ij.Macro.getValue", args, "model", "nunet-v10");
+model = call("ij.Macro.getValue", args, "model", "nunet-v11");
 setBatchMode(true);
 open(input);
 

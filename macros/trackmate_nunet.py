@@ -1,5 +1,5 @@
 #@ ImagePlus imp
-#@ String (label="NU-Net model", value="nunet-v10") model
+#@ String (label="NU-Net model", value="nunet-v11") model
 #@ Double (label="Nucleus radius (calibrated units)", value=2.5) radius
 #@ Double (label="LoG threshold on NU-Net output", value=0.1) threshold
 # NU-Net as TrackMate preprocessing: filter a time-lapse hyperstack, then detect with LoG.

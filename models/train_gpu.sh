@@ -36,7 +36,7 @@ for config in "$@"; do
         --set output_dir="$run/$name" --set device="${DEVICE:-auto}" >"$run/logs/train-$name.log" 2>&1 &
 done
 wait
-models=(-m nunet-v10 -m nunet-v8 -m nunet-v5)  # the default, the one before, and the parent of the sweep's runs
+models=(-m nunet-v11 -m nunet-v10 -m nunet-v5)  # the default, the one before, and the parent of the sweep's runs
 for name in "${names[@]}"; do
     if [ -f "$run/$name/$name.pt" ]; then
         models+=(-m "$run/$name/$name.pt")

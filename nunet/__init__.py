@@ -3,7 +3,7 @@
 Public API (torch is imported on first use, so ``import nunet`` is instant)::
 
     from nunet import enhance, load_model, list_models, save_model, NUNet
-    out = enhance(image, model="nunet-v10", axes="TZYX")
+    out = enhance(image, model="nunet-v11", axes="TZYX")
 """
 
 from __future__ import annotations

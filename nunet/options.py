@@ -16,7 +16,7 @@ from typing import Any
 from nunet.errors import OptionWarning, UsageError
 
 #: The model filtered with when none is named.
-DEFAULT_MODEL = "nunet-v10"
+DEFAULT_MODEL = "nunet-v11"
 
 
 class Precision(str, Enum):

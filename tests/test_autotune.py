@@ -15,12 +15,12 @@ def test_auto_precision_stays_within_tolerance_of_fp32():
     from nunet.core.autotune import AUTO_TOLERANCE, Tuner, precision_candidates
     from nunet.data.synth import MODALITIES, synth_image
 
-    chosen = Tuner().precision(load_model("nunet-v8"), "cpu")
+    chosen = Tuner().precision(load_model("nunet-v10"), "cpu")
     assert chosen in precision_candidates("cpu")
     for k, modality in enumerate(MODALITIES):
         image = synth_image(modality, (200, 184), seed=40 + k).image
-        reference = enhance(image, "nunet-v8", device="cpu", precision="fp32")
-        auto = enhance(image, "nunet-v8", device="cpu", precision="auto")
+        reference = enhance(image, "nunet-v10", device="cpu", precision="fp32")
+        auto = enhance(image, "nunet-v10", device="cpu", precision="auto")
         assert np.abs(auto - reference).max() <= AUTO_TOLERANCE, modality
 
 
@@ -161,11 +161,11 @@ def test_repeated_cpu_passes_reuse_memory_instead_of_faulting_it_in():
         "from nunet import enhance\n"
         "from nunet.data.synth import synth_image\n"
         "img = synth_image('dense', (400, 400), seed=1).image\n"
-        f"for _ in range(2): enhance(img, 'nunet-v8', device='cpu', precision='{precision}')\n"
+        f"for _ in range(2): enhance(img, 'nunet-v10', device='cpu', precision='{precision}')\n"
         "faults = []\n"
         "for _ in range(3):\n"
         "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-        f"    enhance(img, 'nunet-v8', device='cpu', precision='{precision}')\n"
+        f"    enhance(img, 'nunet-v10', device='cpu', precision='{precision}')\n"
         "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
         "print(min(faults))\n"
     )

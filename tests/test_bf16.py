@@ -26,7 +26,7 @@ def test_one_convolution_with_a_channel_per_phase_equals_the_upsampling_convolut
     np.testing.assert_allclose(interleaved, upsample_conv3x3(padded, weight, bias), atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["nunet-v8", "nunet-fast", "nunet-test"])
+@pytest.mark.parametrize("name", ["nunet-v10", "nunet-fast", "nunet-test"])
 def test_native_bf16_is_the_model_as_close_as_autocast(name):
     """Both shipped architectures and the random test model: native bf16 is no further from fp32
     than twice autocast bf16's own distance (the two round at different places; either's largest

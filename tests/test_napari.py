@@ -132,7 +132,7 @@ def test_sample_data_opens_and_a_screenshot_of_the_widget(widget, qtbot, tmp_pat
     viewer.open_sample("nunet-filter", "synthetic-nuclei-2d")
     layer = viewer.layers["synthetic_nuclei_2d_uint16"]
     assert layer.data.shape == (192, 160)
-    dock.model.value = "nunet-v8"
+    dock.model.value = "nunet-v10"
     _run(dock, qtbot, layer)
     assert "synthetic_nuclei_2d_uint16 (NU-Net)" in viewer.layers and not errors
     shot = tmp_path / "napari_widget.png"

@@ -60,6 +60,6 @@ def test_the_wheel_is_small_and_carries_the_plugin_macros_manifest_and_default_f
     assert "nunet/integrations/macros/nunet_pipeline.ijm" in names
     assert "nunet/registry/manifest.json" in names and "nunet/data/dsb_split.json" in names
     models = sorted(Path(n).name for n in names if n.endswith(".pt"))
-    families = ("nunet-fast", "nunet-v10", "nunet-v8")
+    families = ("nunet-fast", "nunet-v10", "nunet-v11")
     shipped = [f"{family}{member}.pt" for family in families for member in ("-w0.5", "-w0.75", "")]
     assert models == ["nuclei-vgg.pt", *shipped]

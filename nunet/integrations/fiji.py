@@ -6,7 +6,7 @@ same calls work in a pyimagej session driving Fiji and on a plain ``ij.jar``::
     from nunet.integrations import fiji
     fiji.start()                                  # or reuse the JVM of imagej.init(...)
     imp = fiji.to_imageplus(nunet.read_image("cells.tif"))
-    out = fiji.filter_imageplus(imp, model="nunet-v10")
+    out = fiji.filter_imageplus(imp, model="nunet-v11")
     fiji.register()                               # macros' run("NU-Net Filter", ...) now run here
 
 scyjava and JPype are imported only by :func:`start` and the functions that need a JVM.

@@ -6,7 +6,7 @@ transfer and the filter itself. The protocol runs over stdin/stdout, no temporar
 
 - on start the worker writes the line ``READY nunet <version>``;
 - a request is one JSON line ``{"op": "filter", "planes": P, "height": H, "width": W,
-  "pixel_width": 0.65, "unit": "micron", "model": "nunet-v10", "w": null, "tile_size": null,
+  "pixel_width": 0.65, "unit": "micron", "model": "nunet-v11", "w": null, "tile_size": null,
   "device": "auto", "radius": "auto"}`` followed by ``P*H*W`` little-endian float32 values (the
   planes of one image, row-major: the radius is estimated once for them all); ``pixel_width`` and
   ``unit`` (the image's calibration, optional) convert a radius given as a length;

@@ -2,7 +2,7 @@
 # (a module is compiled once and cached; the command script itself is recompiled at every call).
 #
 # Macro syntax (what the Macro Recorder writes):
-#   run("NU-Net Filter", "model=nunet-v10 w=0 channels=all tile=0 device=auto output=32-bit radius=auto");
+#   run("NU-Net Filter", "model=nunet-v11 w=0 channels=all tile=0 device=auto output=32-bit radius=auto");
 #   model     registered model name or path to a TorchScript .pt file (empty: nunet's default)
 #   w         filtering strength; 0 uses `model`, otherwise blends the two registered models around w
 #   channels  "all" or 1-based channel numbers, e.g. "1" or "1,3"
