@@ -117,6 +117,8 @@ def test_upsample_conv_on_the_low_res_grid_equals_upsampling_first(shape):
     reference = nn.functional.conv2d(nn.functional.pad(up, [1, 1, 1, 1], mode="reflect"), weight, bias)
     padded = nn.functional.pad(x, [1, 1, 1, 1], mode="replicate")
     torch.testing.assert_close(upsample_conv3x3(padded, weight, bias), reference, atol=1e-5, rtol=1e-5)
+    unbiased = reference - bias[:, None, None]
+    torch.testing.assert_close(upsample_conv3x3(padded, weight, None), unbiased, atol=1e-5, rtol=1e-5)
 
 
 def test_single_output_conv_equals_conv2d():

@@ -110,28 +110,38 @@ def upsample_conv3x3(padded: torch.Tensor, weight: torch.Tensor, bias: Optional[
     torch.Tensor
         ``(N, C_out, 2h, 2w)``. Output row ``2i`` reads upsampled rows ``2i-1, 2i, 2i+1``,
         i.e. low-res rows ``i-1, i, i``; row ``2i+1`` reads ``i, i, i+1``. Each of the four
-        output phases is therefore a 2x2 convolution with summed taps; the four are
+        output phases ``(a, b)`` is therefore a 2x2 convolution with summed taps
+        (:func:`phase_kernels_2x2`) read at offset ``(a, b)`` of the padded grid. The four run
+        as one 2x2 convolution with ``4 C_out`` output channels over the ``(h + 1, w + 1)``
+        grid (on a 2-core Xeon oneDNN ran it 1.3-1.8x as fast as four convolutions of
+        ``C_out`` channels; the extra row and column cost ``1/h + 1/w``); the phases are
         interleaved into the output.
     """
     n, h, w = padded.shape[0], padded.shape[-2] - 2, padded.shape[-1] - 2
+    channels = weight.shape[0]
+    phases = nn.functional.conv2d(padded, phase_kernels_2x2(weight), None if bias is None else bias.repeat(4))
+    out = torch.empty((n, channels, h, 2, w, 2), dtype=phases.dtype, device=padded.device)
+    for a in range(2):
+        for b in range(2):
+            first = (2 * a + b) * channels
+            out[:, :, :, a, :, b] = phases[:, first : first + channels, a : a + h, b : b + w]
+    return out.view(n, channels, 2 * h, 2 * w)
+
+
+def phase_kernels_2x2(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution's weight ``(C_out, C_in, 3, 3)`` after nearest x2 upsampling, as the four
+    phases' 2x2 kernels ``(4 C_out, C_in, 2, 2)``: output channel ``(2a + b) C_out + c`` is output
+    pixel ``(2i + a, 2j + b)`` of channel ``c``, read at ``(i + a, j + b)`` of the padded grid."""
     rows = [
         torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
         torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2),
     ]
-    phases: list[torch.Tensor] = []
+    kernels: list[torch.Tensor] = []
     for a in range(2):
         r = rows[a]
-        columns = [
-            torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3),
-            torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3),
-        ]
-        for b in range(2):
-            phases.append(nn.functional.conv2d(padded[:, :, a : a + h + 1, b : b + w + 1], columns[b], bias))
-    out = torch.empty((n, phases[0].shape[1], h, 2, w, 2), dtype=phases[0].dtype, device=padded.device)
-    for a in range(2):
-        for b in range(2):
-            out[:, :, :, a, :, b] = phases[2 * a + b]
-    return out.view(n, out.shape[1], 2 * h, 2 * w)
+        kernels.append(torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3))
+        kernels.append(torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3))
+    return torch.cat(kernels, 0)
 
 
 def single_output_conv(padded: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
