@@ -1,5 +1,5 @@
 """Speed of each model family per precision on this CPU, against the default at fp32 and a scipy DoG,
-all measured in one run.
+all measured in one run, the families' passes interleaved round by round.
 
 Prints the CPU's capability (AVX2 / AVX-512 / AVX512-BF16 / AMX), the fp32 and bf16 matmul ceilings
 (GFLOP/s of a 2048x2048 product), and for each family's w=1 model: multiply-adds per 400x400 plane,
@@ -69,15 +69,20 @@ def main() -> None:
         "| fraction of the fp32 / bf16 ceiling |"
     )
     print("|---|---|" + "---|" * len(precisions) + "---|---|---|")
+    calls = {
+        (family, precision): (
+            lambda family=family, precision=precision: enhance(
+                plane, family, device="cpu", precision=precision, radius="off"
+            )
+        )
+        for family in FAMILIES
+        for precision in precisions
+    }
+    rounds = interleaved_ms(calls, args.repeats)  # every family's passes share the machine's quiet and busy spells
     for family in FAMILIES:
         module = load_model(family).module
         gmac = multiply_adds(plain_twin(module), args.size) / 1e9  # the published layers' cost
-        ms = {
-            precision: best_ms(
-                lambda: enhance(plane, family, device="cpu", precision=precision, radius="off"), args.repeats
-            )
-            for precision in precisions
-        }
+        ms = {precision: min(rounds[family, precision]) for precision in precisions}
         reference = reference or ms["fp32"]
         rates = {p: 2 * gmac / (ms[p] * 1e-3) for p in ms}  # GFLOP/s reached
         fractions = f"{rates['fp32'] / fp32:.2f}" + (f" / {rates['bf16'] / bf16:.2f}" if "bf16" in ms else "")
@@ -86,6 +91,27 @@ def main() -> None:
             f"| {family} | {gmac:.1f} | {cells} | {reference / ms['fp32']:.2f}x | "
             f"{min(ms.values()) / dog:.0f}x | {fractions} |"
         )
+    ratios = np.divide(rounds[FAMILIES[0], "fp32"], rounds[FAMILIES[-1], "fp32"])
+    print(
+        f"\nfp32 {FAMILIES[0]} / {FAMILIES[-1]} within each of {len(ratios)} rounds: median {np.median(ratios):.2f}x "
+        f"(range {ratios.min():.2f}-{ratios.max():.2f}x)"
+    )
+
+
+def interleaved_ms(calls: dict, repeats: int) -> dict:
+    """Wall times in ms of every call in ``calls``, run in ``repeats`` rounds of one call each
+    (after one warm-up each), so that all of them see the same spells of a shared machine."""
+    import time
+
+    for call in calls.values():
+        call()
+    times: dict = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[key].append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 if __name__ == "__main__":
