@@ -53,8 +53,9 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     grid: output channel ``(2a + b) C_out + c`` is output pixel ``(2i + a, 2j + b)`` of channel ``c``.
 
     The phases' 2x2 kernels (:func:`nunet.core.model.phase_kernels_2x2`) sit at offset ``(a, b)``
-    of the 3x3 window: 2.25x the multiply-adds of the 2x2 convolution, but every phase on the same
-    ``(h, w)`` grid, which AMX ran faster.
+    of the 3x3 window: 2.25x the multiply-adds, but one convolution, which AMX ran faster than four
+    2x2 ones (the one 2x2 convolution with a channel per phase that fp32 uses has not been measured
+    on AMX).
     """
     channels = weight.shape[0]
     phases = phase_kernels_2x2(weight)
