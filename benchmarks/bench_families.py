@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 import numpy as np
-from bench_inference import best_ms, matmul_gflops  # this folder: run as python benchmarks/bench_families.py
+from bench_inference import best_ms, interleaved_ms, matmul_gflops  # this folder: run as a script from the root
 
 from nunet.options import DEFAULT_MODEL
 
@@ -96,22 +96,6 @@ def main() -> None:
         f"\nfp32 {FAMILIES[0]} / {FAMILIES[-1]} within each of {len(ratios)} rounds: median {np.median(ratios):.2f}x "
         f"(range {ratios.min():.2f}-{ratios.max():.2f}x)"
     )
-
-
-def interleaved_ms(calls: dict, repeats: int) -> dict:
-    """Wall times in ms of every call in ``calls``, run in ``repeats`` rounds of one call each
-    (after one warm-up each), so that all of them see the same spells of a shared machine."""
-    import time
-
-    for call in calls.values():
-        call()
-    times: dict = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[key].append(1e3 * (time.perf_counter() - start))
-    return times
 
 
 if __name__ == "__main__":

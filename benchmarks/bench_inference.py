@@ -29,13 +29,21 @@ from nunet.options import DEFAULT_MODEL
 
 def best_ms(fn, repeats: int) -> float:
     """Best wall time of ``fn()`` in milliseconds over ``repeats`` runs (after one warm-up)."""
-    fn()
-    times = []
+    return min(interleaved_ms({None: fn}, repeats)[None])
+
+
+def interleaved_ms(calls: dict, repeats: int) -> dict:
+    """Wall times in ms of every call in ``calls`` (by key), run in ``repeats`` rounds of one call
+    each after one warm-up each, so that all of them see the same spells of a shared machine."""
+    for call in calls.values():
+        call()
+    times: dict = {key: [] for key in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[key].append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 def matmul_gflops(repeats: int, dtype: str = "float32") -> float:
