@@ -10,21 +10,41 @@ import torch
 
 from conftest import blobs, enhance_native
 from nunet import list_models, load_model, save_model
-from nunet.core.model import ARCHITECTURES, NUNet, NUNetFast, multiply_adds, residual_blocks
+from nunet.core.model import ARCHITECTURES, NUNet, NUNetFast, NUNetFastThin, multiply_adds, residual_blocks
 
 
-def test_the_fast_network_needs_at_least_4x_fewermultiply_adds():
-    assert multiply_adds(NUNet().eval()) >= 4 * multiply_adds(NUNetFast().eval())
-    assert residual_blocks(NUNetFast()) == ["res1", "res2", "res3", "res4"]
-    assert set(ARCHITECTURES) == {"nunet", "nunet-fast"}
+@pytest.mark.parametrize("fast", [NUNetFast, NUNetFastThin])
+def test_the_fast_networks_need_at_least_4x_fewer_multiply_adds(fast):
+    assert multiply_adds(NUNet().eval()) >= 4 * multiply_adds(fast().eval())
+    assert residual_blocks(fast()) == ["res1", "res2", "res3", "res4"]
+    assert set(ARCHITECTURES) == {"nunet", "nunet-fast", "nunet-fast-thin"}
 
 
-@pytest.fixture(scope="module")
-def fast_path(tmp_path_factory):
+@pytest.fixture(scope="module", params=[NUNetFast, NUNetFastThin])
+def fast_path(request, tmp_path_factory):
     torch.manual_seed(2)
     path = tmp_path_factory.mktemp("fast") / "fast-test.pt"
-    save_model(NUNetFast(), path, name="fast-test", w=None, frame_pad=8, frame_fill="mean")
+    save_model(request.param(), path, name="fast-test", w=None, frame_pad=8, frame_fill="mean")
     return path
+
+
+def test_a_thin_student_starts_from_the_strongest_inner_channels_of_a_wider_network():
+    from nunet.training.thin import thin_residual_blocks
+
+    torch.manual_seed(3)
+    wide, thin = NUNetFast().state_dict(), NUNetFastThin().state_dict()
+    strong = torch.arange(0, 64, 2)  # the even channels: made the strongest in every block
+    for block in residual_blocks(NUNetFast()):
+        wide[f"{block}.in1.weight"][strong] += 10.0
+    state = thin_residual_blocks(wide, thin)
+    net = NUNetFastThin()
+    net.load_state_dict(state, strict=True)
+    for block in residual_blocks(net):
+        assert torch.equal(state[f"{block}.conv1.conv.weight"], wide[f"{block}.conv1.conv.weight"][strong])
+        assert torch.equal(state[f"{block}.conv2.conv.weight"], wide[f"{block}.conv2.conv.weight"][:, strong])
+        assert torch.equal(state[f"{block}.conv2.conv.bias"], wide[f"{block}.conv2.conv.bias"])
+    assert torch.equal(state["conv1.conv.weight"], wide["conv1.conv.weight"])
+    assert thin_residual_blocks(wide, wide) == wide  # same widths: nothing cut
 
 
 def test_a_fast_model_keeps_the_filter_contract(fast_path):

@@ -30,10 +30,10 @@ def _norm(channels: int) -> nn.InstanceNorm2d:
 
 
 class _Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, inner: int) -> None:
         super().__init__()
-        self.conv1, self.in1 = ConvLayer(channels, channels, 3), _norm(channels)
-        self.conv2, self.in2 = ConvLayer(channels, channels, 3), _norm(channels)
+        self.conv1, self.in1 = ConvLayer(channels, inner, 3), _norm(inner)
+        self.conv2, self.in2 = ConvLayer(inner, channels, 3), _norm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.in2(self.conv2(torch.relu(self.in1(self.conv1(x)))))
@@ -41,9 +41,10 @@ class _Residual(nn.Module):
 
 class PlainNUNet(nn.Module):
     """The published NU-Net layers in plain form (see module docstring); input (N, 1, H, W) in 0..255.
-    ``widths`` and ``blocks`` as the network's (:class:`nunet.core.model.NUNet`: (32, 64, 128), 5)."""
+    ``widths`` and ``blocks`` as the network's (:class:`nunet.core.model.NUNet`: (32, 64, 128), 5);
+    ``inner``: the channels inside each residual block (default: the quarter-resolution width)."""
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), blocks: int = 5) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), blocks: int = 5, inner: int | None = None) -> None:
         super().__init__()
         full, half, quarter = widths
         self.conv1, self.in1 = ConvLayer(1, full, 9), _norm(full)
@@ -51,7 +52,7 @@ class PlainNUNet(nn.Module):
         self.conv3, self.in3 = ConvLayer(half, quarter, 3, stride=2), _norm(quarter)
         self.blocks = [f"res{i}" for i in range(1, blocks + 1)]
         for name in self.blocks:
-            setattr(self, name, _Residual(quarter))
+            setattr(self, name, _Residual(quarter, inner or quarter))
         self.deconv1, self.in4 = _Upsample(quarter, half), _norm(half)
         self.deconv2, self.in5 = _Upsample(half, full), _norm(full)
         self.deconv3 = ConvLayer(full, 1, 9)
@@ -73,6 +74,7 @@ def plain_twin(module: torch.nn.Module) -> PlainNUNet:
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     widths = tuple(int(state[f"{layer}.conv.weight"].shape[0]) for layer in ("conv1", "conv2", "conv3"))
     blocks = len({key.split(".")[0] for key in state if key.startswith("res")})
-    twin = PlainNUNet(widths, blocks)
+    inner = int(state["res1.conv1.conv.weight"].shape[0]) if blocks else None
+    twin = PlainNUNet(widths, blocks, inner)
     twin.load_state_dict(state, strict=True)
     return twin.eval()
