@@ -113,7 +113,7 @@ def test_a_framed_model_is_exported_with_its_frame(tmp_path, fill):
 
 @pytest.mark.slow
 def test_the_shipped_fast_model_passes_bioimageio_test_offline(tmp_path):
-    """``nunet-fast`` (the other architecture: narrower, four residual blocks, framed): exported as
+    """``nunet-fast`` (the other architecture: narrower, four thinner residual blocks, framed): exported as
     the default is, the real ``bioimageio test`` reproduces its outputs with both weight formats."""
     from nunet.integrations.bioimageio import export_bioimageio
 

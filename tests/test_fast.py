@@ -69,7 +69,7 @@ def test_the_shipped_fast_family_is_registered_and_blends():
     entries = {e.name: e for e in list_models()}
     fast = [e for e in entries.values() if e.family == "nunet-fast"]
     assert {e.name for e in fast} == {"nunet-fast", "nunet-fast-w0.75", "nunet-fast-w0.5"}
-    assert all(e.metadata.get("architecture") == "NUNetFast" for e in fast)
+    assert all(e.metadata.get("architecture") == "NUNetFastThin" for e in fast)
     image = blobs((40, 44))
     half = enhance_native(image, "nunet-fast", w=0.875, device="cpu")
     a, b = enhance_native(image, "nunet-fast-w0.75", device="cpu"), enhance_native(image, "nunet-fast", device="cpu")
