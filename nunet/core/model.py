@@ -246,7 +246,7 @@ class NUNetFastThin(NUNetFast):
     def __init__(self) -> None:
         super().__init__()
         quarter = self.conv3.conv.out_channels
-        for name in RESIDUAL_BLOCKS[:4]:
+        for name in residual_blocks(self):
             setattr(self, name, ResidualBlock(quarter, inner=quarter // 2))
 
 
