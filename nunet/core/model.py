@@ -186,10 +186,11 @@ class NUNet(nn.Module):
     Input: a batch of grey planes ``(N, 1, H, W)`` in the training range 0..255, with
     ``H`` and ``W`` multiples of 4. Output: the same shape, unclipped; clip to 0..255
     and divide by 255 to get the filtered image (:func:`nunet.enhance` does this).
-    ``widths`` are the channels at full, half and quarter resolution (the residual trunk's last).
+    ``widths`` are the channels at full, half and quarter resolution (the residual trunk's last);
+    ``inner`` the channels inside each residual block (default: the quarter-resolution width).
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
+    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), inner: Optional[int] = None) -> None:
         super().__init__()
         full, half, quarter = widths
         self.conv1 = ConvLayer(1, full, 9)
@@ -198,11 +199,11 @@ class NUNet(nn.Module):
         self.in2 = InstanceNorm(half)
         self.conv3 = ConvLayer(half, quarter, 3, stride=2)
         self.in3 = InstanceNorm(quarter)
-        self.res1 = ResidualBlock(quarter)
-        self.res2 = ResidualBlock(quarter)
-        self.res3 = ResidualBlock(quarter)
-        self.res4 = ResidualBlock(quarter)
-        self.res5 = ResidualBlock(quarter)
+        self.res1 = ResidualBlock(quarter, inner)
+        self.res2 = ResidualBlock(quarter, inner)
+        self.res3 = ResidualBlock(quarter, inner)
+        self.res4 = ResidualBlock(quarter, inner)
+        self.res5 = ResidualBlock(quarter, inner)
         self.deconv1 = UpsampleConvLayer(quarter, half)
         self.in4 = InstanceNorm(half)
         self.deconv2 = UpsampleConvLayer(half, full)
@@ -224,8 +225,8 @@ class NUNetFast(NUNet):
     (the ``nunet-fast`` family, distilled from the default; same layer names, so tiling and the
     plain twin work unchanged)."""
 
-    def __init__(self) -> None:
-        super().__init__(widths=(16, 32, 64))
+    def __init__(self, inner: Optional[int] = None) -> None:
+        super().__init__(widths=(16, 32, 64), inner=inner)
         del self.res5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,10 +245,7 @@ class NUNetFastThin(NUNetFast):
     the twentieth session (docs/experiments/24)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        quarter = self.conv3.conv.out_channels
-        for name in residual_blocks(self):
-            setattr(self, name, ResidualBlock(quarter, inner=quarter // 2))
+        super().__init__(inner=32)
 
 
 #: The network architectures a model file may hold, by the name its metadata records (``architecture``).
