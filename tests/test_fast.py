@@ -10,14 +10,22 @@ import torch
 
 from conftest import blobs, enhance_native
 from nunet import list_models, load_model, save_model
-from nunet.core.model import ARCHITECTURES, NUNet, NUNetFast, NUNetFastThin, multiply_adds, residual_blocks
+from nunet.core.model import (
+    ARCHITECTURES,
+    NUNet,
+    NUNetFast,
+    NUNetFastMid,
+    NUNetFastThin,
+    multiply_adds,
+    residual_blocks,
+)
 
 
-@pytest.mark.parametrize("fast", [NUNetFast, NUNetFastThin])
+@pytest.mark.parametrize("fast", [NUNetFast, NUNetFastMid, NUNetFastThin])
 def test_the_fast_networks_need_at_least_4x_fewer_multiply_adds(fast):
     assert multiply_adds(NUNet().eval()) >= 4 * multiply_adds(fast().eval())
     assert residual_blocks(fast()) == ["res1", "res2", "res3", "res4"]
-    assert set(ARCHITECTURES) == {"nunet", "nunet-fast", "nunet-fast-thin"}
+    assert set(ARCHITECTURES) == {"nunet", "nunet-fast", "nunet-fast-48", "nunet-fast-thin"}
 
 
 @pytest.fixture(scope="module", params=[NUNetFast, NUNetFastThin])
@@ -45,6 +53,23 @@ def test_a_thin_student_starts_from_the_strongest_inner_channels_of_a_wider_netw
         assert torch.equal(state[f"{block}.conv2.conv.bias"], wide[f"{block}.conv2.conv.bias"])
     assert torch.equal(state["conv1.conv.weight"], wide["conv1.conv.weight"])
     assert thin_residual_blocks(wide, wide) == wide  # same widths: nothing cut
+
+
+def test_a_wider_student_starts_computing_what_the_narrower_network_did():
+    from nunet.training.thin import thin_residual_blocks
+
+    torch.manual_seed(4)
+    narrow, wider = NUNetFastThin().eval(), NUNetFastMid().eval()
+    fresh = {key: value.clone() for key, value in wider.state_dict().items()}
+    wider.load_state_dict(thin_residual_blocks(narrow.state_dict(), fresh), strict=True)
+    x = torch.rand((1, 1, 40, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(wider(x), narrow(x))
+    state = wider.state_dict()
+    for block in residual_blocks(wider):  # the new channels compute (their fresh weights) but are not read yet
+        new = fresh[f"{block}.conv1.conv.weight"][32:]
+        assert new.abs().sum() > 0 and torch.equal(state[f"{block}.conv1.conv.weight"][32:], new)
+        assert not state[f"{block}.conv2.conv.weight"][:, 32:].any()
 
 
 def test_a_fast_model_keeps_the_filter_contract(fast_path):

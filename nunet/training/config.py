@@ -68,7 +68,7 @@ class TrainConfig:
     # what a distilled student sees of the teacher on clean images
     dsb_content: bool = False  # the same DSB images (each once) are also content planes, one dataset per modality
     init_model: str | None = None  # start from this model's weights (a registered name or a .pt path)
-    architecture: str = "nunet"  # nunet (the paper's), nunet-fast or nunet-fast-thin (nunet.core.model.ARCHITECTURES)
+    architecture: str = "nunet"  # a name in nunet.core.model.ARCHITECTURES: nunet (the paper's) or a fast student
     teacher: str | None = None  # distil this model: the student learns its outputs on the supervised crops
     distill_weight: float = 0.0  # weight of the distillation term (L1 to the teacher's output, in [0, 1])
     family: str | None = None  # the family of strengths the model joins (its w: supervised_strength)
