@@ -37,14 +37,14 @@ def fast_path(request, tmp_path_factory):
 
 
 def test_a_thin_student_starts_from_the_strongest_inner_channels_of_a_wider_network():
-    from nunet.training.thin import thin_residual_blocks
+    from nunet.training.thin import fit_residual_blocks
 
     torch.manual_seed(3)
     wide, thin = NUNetFast().state_dict(), NUNetFastThin().state_dict()
     strong = torch.arange(0, 64, 2)  # the even channels: made the strongest in every block
     for block in residual_blocks(NUNetFast()):
         wide[f"{block}.in1.weight"][strong] += 10.0
-    state = thin_residual_blocks(wide, thin)
+    state = fit_residual_blocks(wide, thin)
     net = NUNetFastThin()
     net.load_state_dict(state, strict=True)
     for block in residual_blocks(net):
@@ -52,16 +52,16 @@ def test_a_thin_student_starts_from_the_strongest_inner_channels_of_a_wider_netw
         assert torch.equal(state[f"{block}.conv2.conv.weight"], wide[f"{block}.conv2.conv.weight"][:, strong])
         assert torch.equal(state[f"{block}.conv2.conv.bias"], wide[f"{block}.conv2.conv.bias"])
     assert torch.equal(state["conv1.conv.weight"], wide["conv1.conv.weight"])
-    assert thin_residual_blocks(wide, wide) == wide  # same widths: nothing cut
+    assert fit_residual_blocks(wide, wide) == wide  # same widths: nothing cut
 
 
 def test_a_wider_student_starts_computing_what_the_narrower_network_did():
-    from nunet.training.thin import thin_residual_blocks
+    from nunet.training.thin import fit_residual_blocks
 
     torch.manual_seed(4)
     narrow, wider = NUNetFastThin().eval(), NUNetFastMid().eval()
     fresh = {key: value.clone() for key, value in wider.state_dict().items()}
-    wider.load_state_dict(thin_residual_blocks(narrow.state_dict(), fresh), strict=True)
+    wider.load_state_dict(fit_residual_blocks(narrow.state_dict(), fresh), strict=True)
     x = torch.rand((1, 1, 40, 48))
     with torch.no_grad():
         torch.testing.assert_close(wider(x), narrow(x))

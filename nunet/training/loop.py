@@ -131,7 +131,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     from nunet.registry import load_model
     from nunet.training.backbones.build import BackboneSpec, build_backbone
     from nunet.training.losses import TargetGrams
-    from nunet.training.thin import thin_residual_blocks
+    from nunet.training.thin import fit_residual_blocks
 
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,8 +158,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(config.seed)
         net = ARCHITECTURES[config.architecture]()
-        if config.init_model:  # a wider network's residual blocks are thinned to the student's
-            net.load_state_dict(thin_residual_blocks(initial_weights(config.init_model), net.state_dict()))
+        if config.init_model:  # its residual blocks thinned or widened to the student's
+            net.load_state_dict(fit_residual_blocks(initial_weights(config.init_model), net.state_dict()))
         net = net.to(device).train()
         return net, torch.optim.AdamW(net.parameters(), lr=config.lr)
 

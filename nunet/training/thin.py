@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 
-def thin_residual_blocks(state: dict[str, torch.Tensor], shapes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fit_residual_blocks(state: dict[str, torch.Tensor], shapes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` fitted to the parameter shapes of ``shapes`` (a freshly initialised network's state
     dict) where its residual blocks have another number of channels between their two convolutions;
     other parameters are kept as they are.
