@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import torch
 
+#: A residual block's parameters with one row per inner channel (the first convolution's outputs and their norm).
+INNER_ROWS = ("conv1.conv.weight", "conv1.conv.bias", "in1.weight", "in1.bias")
+
 
 def fit_residual_blocks(state: dict[str, torch.Tensor], shapes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` fitted to the parameter shapes of ``shapes`` (a freshly initialised network's state
@@ -40,11 +43,11 @@ def fit_residual_blocks(state: dict[str, torch.Tensor], shapes: dict[str, torch.
             scale, shift = state[f"{block}.in1.weight"], state[f"{block}.in1.bias"]
             strength = (scale.abs() + shift.clamp(min=0)) * reader.flatten(2).norm(dim=(0, 2))
             keep = strength.topk(inner).indices.sort().values
-            for name in ("conv1.conv.weight", "conv1.conv.bias", "in1.weight", "in1.bias"):
+            for name in INNER_ROWS:
                 out[f"{block}.{name}"] = state[f"{block}.{name}"][keep].clone()
             out[f"{block}.conv2.conv.weight"] = reader[:, keep].clone()
         elif had < inner:
-            for name in ("conv1.conv.weight", "conv1.conv.bias", "in1.weight", "in1.bias"):
+            for name in INNER_ROWS:
                 out[f"{block}.{name}"] = torch.cat([state[f"{block}.{name}"], shapes[f"{block}.{name}"][had:]])
             silent = torch.zeros_like(shapes[f"{block}.conv2.conv.weight"][:, had:])
             out[f"{block}.conv2.conv.weight"] = torch.cat([reader, silent], dim=1)
