@@ -376,11 +376,33 @@ def test_a_distillation_config_needs_its_teacher_and_a_known_architecture(tmp_pa
         load_config(recipe, {"architecture": "tiny"})
     with pytest.raises(NUNetError, match="needs a 'teacher'"):
         load_config(recipe, {"distill_weight": 1.0})
+    with pytest.raises(NUNetError, match="'distill_blobs' >= 0, and > 0 only with a distill_weight"):
+        load_config(recipe, {"distill_blobs": 1.0})
+
+
+def test_blob_responses_are_the_evaluations_scale_normalised_log_at_its_three_scales():
+    """The distillation's blob term reads what blob_log reads: -sigma^2 LoG at 0.5, 1, 1.5 x r / sqrt(2);
+    (within 2% of scipy's, which differentiates its Gaussian where this takes finite differences); a cone of
+    radius r answers most at its centre."""
+    from scipy import ndimage as ndi
+
+    from nunet.training.losses import blob_responses
+
+    y, x = np.mgrid[:96, :96]
+    cone = np.clip(1 - np.hypot(y - 48, x - 48) / 7, 0, 1).astype(np.float32)
+    responses = blob_responses(torch.from_numpy(cone)[None, None], 7.0)[0].numpy()
+    assert responses.shape == (3, 96, 96)
+    for got, factor in zip(responses, (0.5, 1.0, 1.5)):
+        sigma = factor * 7 / np.sqrt(2)
+        expected = -ndi.gaussian_laplace(cone, sigma) * sigma**2
+        assert np.abs(got - expected)[16:-16, 16:-16].max() < 0.02 * expected.max()
+    assert np.unravel_index(responses[1].argmax(), cone.shape) == (48, 48)
 
 
 def test_a_bf16_distillation_run_moves_the_student_towards_its_teacher(tmp_path):
     """``precision = "bf16"``: the student's passes under autocast, the teacher in native bf16; the
-    exported student is a float32 model nearer its teacher than the same seeded start was."""
+    exported student is a float32 model nearer its teacher than the same seeded start was; the blob-response
+    term joins the distillation and its card says so."""
     from nunet.core.model import NUNetFast
 
     config = tiny(
@@ -390,6 +412,7 @@ def test_a_bf16_distillation_run_moves_the_student_towards_its_teacher(tmp_path)
         architecture="nunet-fast",
         teacher="nunet-test",
         distill_weight=1.0,
+        distill_blobs=1.0,
         supervised_weight=0.01,
         supervised_images=2,
         supervised_batch=2,
@@ -397,7 +420,9 @@ def test_a_bf16_distillation_run_moves_the_student_towards_its_teacher(tmp_path)
         lr=3e-3,
         steps=12,
     )
-    model = load_model(train(config, command="test"))
+    path = train(config, command="test")
+    assert "+ 1 x L1 to its blob-detection responses" in path.with_suffix(".md").read_text()
+    model = load_model(path)
     assert all(p.dtype == torch.float32 for p in model.module.parameters())
     x = torch.from_numpy(synth_image("dense", (48, 48), seed=7).image).float()[None, None]
     x = 255 * (x - x.min()) / (x.max() - x.min())

@@ -71,6 +71,8 @@ class TrainConfig:
     architecture: str = "nunet"  # a name in nunet.core.model.ARCHITECTURES: nunet (the paper's) or a fast student
     teacher: str | None = None  # distil this model: the student learns its outputs on the supervised crops
     distill_weight: float = 0.0  # weight of the distillation term (L1 to the teacher's output, in [0, 1])
+    distill_blobs: float = 0.0  # > 0: the distillation term adds this times the L1 between the blob-detection
+    # responses of output and teacher (nunet.training.losses.blob_responses at `radius`)
     family: str | None = None  # the family of strengths the model joins (its w: supervised_strength)
     steps: int = 2000
     crops_per_dataset: int = 64  # per epoch
@@ -172,6 +174,8 @@ class TrainConfig:
             raise NUNetError(f"config: 'architecture' must be one of {', '.join(ARCHITECTURES)}")
         if self.precision not in TRAIN_PRECISIONS:
             raise NUNetError(f"config: 'precision' must be one of {', '.join(TRAIN_PRECISIONS)}")
+        if self.distill_blobs < 0 or (self.distill_blobs > 0 and not self.distill_weight):
+            raise NUNetError("config: 'distill_blobs' >= 0, and > 0 only with a distill_weight")
         if self.distill_weight < 0 or (self.distill_weight > 0) != bool(self.teacher):
             raise NUNetError("config: 'distill_weight' > 0 needs a 'teacher' model, and a teacher a distill_weight")
         if self.teacher and not self.supervised_weight and not self.supervised_images:

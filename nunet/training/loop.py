@@ -77,7 +77,7 @@ def _step(
     ``supervised`` is an (inputs, soft masks) pair for the supervised term, or None; with a ``teacher``
     network, the output on those inputs also learns the teacher's (L1 in [0, 1]: distillation).
     """
-    from nunet.training.losses import content_loss, morphological_loss
+    from nunet.training.losses import blob_responses, content_loss, morphological_loss
 
     zero = torch.zeros((), device=next(net.parameters()).device)
     content, morph = zero, zero
@@ -104,6 +104,10 @@ def _step(
             with torch.no_grad(), autocast(inputs.device.type, config.precision):
                 taught = teacher(inputs).float().clamp(0.0, 255.0) / 255.0
             distill = torch.nn.functional.l1_loss(output, taught)
+            if config.distill_blobs:
+                distill = distill + config.distill_blobs * torch.nn.functional.l1_loss(
+                    blob_responses(output, config.radius), blob_responses(taught, config.radius)
+                )
     total = config.content_weight * content + weight_morph * morph + config.supervised_weight * fit
     total = total + config.distill_weight * distill
     optimiser.zero_grad(set_to_none=True)

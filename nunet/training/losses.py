@@ -90,3 +90,27 @@ def morphological_loss(
         per_output = (g * g).sum(dim=(1, 2)) - 2 * (g * mean_target).sum(dim=(1, 2)) + target_sq
         total = total + per_output.mean() / (g.shape[1] * g.shape[2])
     return total
+
+
+def blob_responses(images: torch.Tensor, radius: float) -> torch.Tensor:
+    """The scale-normalised Laplacian of Gaussian, ``-sigma^2 LoG``, of images ``(N, 1, H, W)`` at the
+    scales the evaluation's blob detection reads for nuclei of ``radius`` px (``sigma`` = 0.5, 1 and
+    1.5 x ``radius / sqrt(2)``): ``(N, 3, H, W)``. Reflected borders; Gaussian truncated at 3 sigma."""
+    import math
+
+    laplace = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=images.device)
+    out = []
+    for sigma in (0.5 * radius / math.sqrt(2.0), radius / math.sqrt(2.0), 1.5 * radius / math.sqrt(2.0)):
+        half = int(math.ceil(3 * sigma))
+        taps = torch.exp(
+            -(torch.arange(-half, half + 1, device=images.device, dtype=images.dtype) ** 2) / (2 * sigma**2)
+        )
+        taps = taps / taps.sum()
+        x = torch.nn.functional.pad(images, (half, half, half, half), mode="reflect")
+        x = torch.nn.functional.conv2d(x, taps.view(1, 1, 1, -1))
+        x = torch.nn.functional.conv2d(x, taps.view(1, 1, -1, 1))
+        x = torch.nn.functional.conv2d(
+            torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), laplace.view(1, 1, 3, 3)
+        )
+        out.append(-(sigma**2) * x)
+    return torch.cat(out, dim=1)

@@ -78,7 +78,11 @@ def write_card(path: Path, config: TrainConfig, summary: dict) -> None:
         f"| initial weights | {config.init_model or 'random (seed ' + str(config.seed) + ')'} |",
         f"| dry-run morphological scale | {summary['morph_scale']:.4g} |",
         *(
-            [f"| distillation | {config.distill_weight:g} x L1 to `{config.teacher}`'s output, supervised crops |"]
+            [
+                f"| distillation | {config.distill_weight:g} x (L1 to `{config.teacher}`'s output"
+                + (f" + {config.distill_blobs:g} x L1 to its blob-detection responses" if config.distill_blobs else "")
+                + "), supervised crops |"
+            ]
             if config.teacher
             else []
         ),
