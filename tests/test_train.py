@@ -386,13 +386,15 @@ def test_blob_responses_are_the_evaluations_scale_normalised_log_at_its_three_sc
     radius r answers most at its centre."""
     from scipy import ndimage as ndi
 
-    from nunet.training.losses import blob_responses
+    from nunet.evaluation.metrics import SIGMA_RANGE
+    from nunet.training.losses import BLOB_SCALES, blob_responses
 
+    assert (BLOB_SCALES[0], BLOB_SCALES[-1]) == SIGMA_RANGE
     y, x = np.mgrid[:96, :96]
     cone = np.clip(1 - np.hypot(y - 48, x - 48) / 7, 0, 1).astype(np.float32)
     responses = blob_responses(torch.from_numpy(cone)[None, None], 7.0)[0].numpy()
     assert responses.shape == (3, 96, 96)
-    for got, factor in zip(responses, (0.5, 1.0, 1.5)):
+    for got, factor in zip(responses, BLOB_SCALES):
         sigma = factor * 7 / np.sqrt(2)
         expected = -ndi.gaussian_laplace(cone, sigma) * sigma**2
         assert np.abs(got - expected)[16:-16, 16:-16].max() < 0.02 * expected.max()

@@ -21,6 +21,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 MIN_BACKGROUND = 1.0 / 255.0
+#: Detection scales: ``blob_log``'s sigmas span these multiples of ``radius / sqrt(2)`` (five steps).
+SIGMA_RANGE = (0.5, 1.5)
 
 
 def contrast_ratio(image: np.ndarray, mask: np.ndarray) -> float:
@@ -58,7 +60,7 @@ class BlobCandidates:
 
         image = np.asarray(image, dtype=np.float32)
         sigma = radius / np.sqrt(2.0)
-        sigmas = np.linspace(0.5 * sigma, 1.5 * sigma, 5).astype(np.float32)
+        sigmas = np.linspace(SIGMA_RANGE[0] * sigma, SIGMA_RANGE[1] * sigma, 5).astype(np.float32)
         cube = np.empty(image.shape + (len(sigmas),), dtype=np.float32)
         for i, s in enumerate(sigmas):
             cube[..., i] = -ndi.gaussian_laplace(image, s) * s**2

@@ -8,6 +8,9 @@
   absorbed by the dry-run balancing.)
 - Total: content + w * scale * morphological, where ``scale`` comes from the dry run so that
   both terms start with the same magnitude.
+- Blob responses (not in the paper; for distilling a fast student, docs/experiments/27): the
+  scale-normalised LoG that the evaluation's blob detection reads, so a student can learn how
+  strongly the teacher's blobs answer it.
 
 Target Grams are fixed: :class:`TargetGrams` precomputes them once, and the average over a
 sampled target batch uses mean_s ||G - G_s||^2 = ||G||^2 - 2 <G, mean_s G_s> + mean_s ||G_s||^2.
@@ -15,7 +18,13 @@ sampled target batch uses mean_s ||G - G_s||^2 = ||G||^2 - 2 <G, mean_s G_s> + m
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+#: The scales of :func:`blob_responses`, in multiples of ``radius / sqrt(2)``: the two ends and the middle of the
+#: evaluation's detection scales (nunet.evaluation.metrics.SIGMA_RANGE; training does not import evaluation).
+BLOB_SCALES = (0.5, 1.0, 1.5)
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
@@ -94,23 +103,19 @@ def morphological_loss(
 
 def blob_responses(images: torch.Tensor, radius: float) -> torch.Tensor:
     """The scale-normalised Laplacian of Gaussian, ``-sigma^2 LoG``, of images ``(N, 1, H, W)`` at the
-    scales the evaluation's blob detection reads for nuclei of ``radius`` px (``sigma`` = 0.5, 1 and
-    1.5 x ``radius / sqrt(2)``): ``(N, 3, H, W)``. Reflected borders; Gaussian truncated at 3 sigma."""
-    import math
-
+    scales the evaluation's blob detection reads for nuclei of ``radius`` px (``sigma`` = :data:`BLOB_SCALES`
+    x ``radius / sqrt(2)``): ``(N, 3, H, W)``. A separable Gaussian (truncated at 3 sigma, reflected
+    borders), then the 5-point Laplacian."""
+    functional = torch.nn.functional
     laplace = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=images.device)
     out = []
-    for sigma in (0.5 * radius / math.sqrt(2.0), radius / math.sqrt(2.0), 1.5 * radius / math.sqrt(2.0)):
-        half = int(math.ceil(3 * sigma))
-        taps = torch.exp(
-            -(torch.arange(-half, half + 1, device=images.device, dtype=images.dtype) ** 2) / (2 * sigma**2)
-        )
+    for sigma in (scale * radius / math.sqrt(2.0) for scale in BLOB_SCALES):
+        half = math.ceil(3 * sigma)
+        offsets = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
+        taps = torch.exp(-(offsets**2) / (2 * sigma**2))
         taps = taps / taps.sum()
-        x = torch.nn.functional.pad(images, (half, half, half, half), mode="reflect")
-        x = torch.nn.functional.conv2d(x, taps.view(1, 1, 1, -1))
-        x = torch.nn.functional.conv2d(x, taps.view(1, 1, -1, 1))
-        x = torch.nn.functional.conv2d(
-            torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), laplace.view(1, 1, 3, 3)
-        )
+        x = functional.pad(images, (half, half, half, half), mode="reflect")
+        x = functional.conv2d(functional.conv2d(x, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))
+        x = functional.conv2d(functional.pad(x, (1, 1, 1, 1), mode="replicate"), laplace.view(1, 1, 3, 3))
         out.append(-(sigma**2) * x)
     return torch.cat(out, dim=1)
