@@ -44,7 +44,7 @@ import numpy as np
 from nunet.core.planes import run_planes
 from nunet.core.preprocess import select_channels, to_grey
 from nunet.core.runtime import resolve_device
-from nunet.core.size import TRAINED_RADIUS, Zoom, image_radius, zoom_factor
+from nunet.core.size import TRAINED_RADIUS, Look, Zoom, image_radius, zoom_factor
 from nunet.errors import ImageValueError, OptionWarning, UsageError
 from nunet.io import Calibration, Image, check_axes, guess_axes, with_data
 from nunet.options import DEFAULT_MODEL, SETTING_NAMES, FilterSettings, Radius
@@ -182,10 +182,16 @@ def filter_image(
 def filter_image_with(image: Image, settings: FilterSettings, *, progress: bool = False) -> Image:
     """:func:`filter_image` with settings already built and resolved (:func:`resolve_settings`), for
     faces that build them once (the batch runner)."""
+    return filter_image_sized(image, settings, progress=progress)[0]
+
+
+def filter_image_sized(image: Image, settings: FilterSettings, *, progress: bool = False) -> tuple[Image, float | None]:
+    """:func:`filter_image_with`, and the nucleus radius (px) it filtered for (None: at the image's own
+    scale), for the faces that report it."""
     planes, lead_shape, axes, order = _planes_of(image, settings.channel)
-    out = filter_planes_with(planes, settings, image.calibration, progress=progress)
+    out, radius = filter_planes_sized(planes, settings, image.calibration, progress=progress)
     out = np.transpose(out.reshape(lead_shape + out.shape[-2:]), np.argsort(order))
-    return with_data(image, out, axes)
+    return with_data(image, out, axes), radius
 
 
 def _planes_of(image: Image, channel: int | Sequence[int] | None) -> tuple[np.ndarray, tuple[int, ...], str, list[int]]:
@@ -203,23 +209,49 @@ def _planes_of(image: Image, channel: int | Sequence[int] | None) -> tuple[np.nd
     return planes, moved.shape[:-2], axes, order
 
 
-def nucleus_radius(
-    image: Image,
-    radius: "str | float | Radius | None" = "auto",
-    *,
-    channel: int | Sequence[int] | None = None,
-    invert: bool = False,
-) -> float | None:
-    """The nucleus radius (px) that :func:`filter_image` uses for ``image`` with these options: given,
-    converted from a length with the image's calibration, or estimated (``auto``) from its planes;
-    None for ``off`` or where no blob stands out (then the image is filtered at its own scale)."""
+def nucleus_radius(image: Image, settings: FilterSettings) -> float | None:
+    """The nucleus radius (px) that :func:`filter_image_with` uses for ``image`` with resolved
+    ``settings``: given, converted from a length with the image's calibration, or estimated
+    (``auto``) from its planes with the model's second look; None for ``off`` or where no blob stands
+    out (then the image is filtered at its own scale)."""
     calibration = image.calibration
     return image_radius(
-        radius,
-        lambda: _planes_of(image, channel)[0],
-        invert,
+        settings.radius,
+        lambda: _planes_of(image, settings.channel)[0],
+        settings.invert,
         calibration.pixel_width,
         calibration.unit,
+        radius_look(settings),
+    )
+
+
+def radius_look(settings: FilterSettings, *, progress: bool = False) -> Look | None:
+    """The model's side of the radius estimate's second look (:func:`nunet.core.size.estimate_radius`):
+    planes filtered with ``settings``' model (without a ``w`` blend) for nuclei of a given radius, the
+    output at the planes' shape; None where the model does not draw nuclei over their masks
+    (:func:`draws_masks`)."""
+    from dataclasses import replace
+
+    if not draws_masks(settings.model):
+        return None
+    named = replace(settings, w=None)
+
+    def look(planes: np.ndarray, radius: float) -> np.ndarray:
+        return _filter_zoomed(planes, named, zoom_factor(radius, model_radius(settings.model)), progress=progress)
+
+    return look
+
+
+def draws_masks(model: "str | os.PathLike | LoadedModel") -> bool:
+    """Whether a model draws each nucleus at 0.5 or more over its whole mask, so that its output's area
+    measures the nuclei (:func:`nunet.core.size.output_radius`): trained on cone or dome targets at
+    full strength, as the strongest members of the shipped families (their metadata's training
+    configuration says so)."""
+    config = _metadata(model).get("training", {}).get("config", {})
+    return (
+        config.get("supervised_target") in ("cone", "dome")
+        and config.get("supervised_weight", 0.0) > 0
+        and config.get("supervised_strength", 1.0) == 1.0
     )
 
 
@@ -260,11 +292,41 @@ def filter_planes(
 def filter_planes_with(
     planes: np.ndarray, settings: FilterSettings, calibration: "Calibration | None" = None, *, progress: bool = False
 ) -> np.ndarray:
-    """:func:`filter_planes` with settings already built and resolved: the radius zoom around one
-    model's plane loop, or around the blend of two members of its family."""
+    """:func:`filter_planes` with settings already built and resolved."""
+    return filter_planes_sized(planes, settings, calibration, progress=progress)[0]
+
+
+def filter_planes_sized(
+    planes: np.ndarray, settings: FilterSettings, calibration: "Calibration | None" = None, *, progress: bool = False
+) -> tuple[np.ndarray, float | None]:
+    """:func:`filter_planes_with`, and the nucleus radius (px) it filtered for. With ``auto``, the
+    estimate's second look filters the sampled planes at the first estimate; where they are all the
+    planes and the estimate keeps the zoom, that output is the result (no second pass)."""
     calibration = calibration or Calibration()
-    pixels = image_radius(settings.radius, planes, settings.invert, calibration.pixel_width, calibration.unit)
-    zoom = Zoom(planes.shape[1:], zoom_factor(pixels, model_radius(settings.model)))
+    trained = model_radius(settings.model)
+    reader = radius_look(settings, progress=progress)
+    looked: dict[float, np.ndarray] = {}  # zoom factor -> every plane filtered at it by the second look
+
+    def look(sample: np.ndarray, radius: float) -> np.ndarray:
+        out = reader(sample, radius)
+        if len(sample) == len(planes) and settings.w is None:  # then it is this filter's output at that zoom
+            looked[zoom_factor(radius, trained)] = out
+        return out
+
+    second = look if reader is not None else None
+    pixels = image_radius(settings.radius, planes, settings.invert, calibration.pixel_width, calibration.unit, second)
+    factor = zoom_factor(pixels, trained)
+    if factor in looked:
+        return looked[factor], pixels
+    return _filter_zoomed(planes, settings, factor, progress=progress), pixels
+
+
+def _filter_zoomed(
+    planes: np.ndarray, settings: FilterSettings, factor: float, *, progress: bool = False
+) -> np.ndarray:
+    """Planes filtered where they are zoomed by ``factor`` (the radius zoom), the output at their shape:
+    one model's plane loop, or the blend of two members of its family."""
+    zoom = Zoom(planes.shape[1:], factor)
     planes = zoom.before(planes)
     if settings.w is None:
         out = run_planes(planes, load_model(settings.model, settings.device), settings, progress=progress)
@@ -285,11 +347,14 @@ def _model_file(model: "str | os.PathLike | LoadedModel") -> "str | os.PathLike"
 def model_radius(model: "str | os.PathLike | LoadedModel") -> float:
     """The nucleus radius (px) a model was trained for: its metadata's ``radius``, else
     :data:`nunet.core.size.TRAINED_RADIUS`."""
+    return float(_metadata(model).get("radius", TRAINED_RADIUS))
+
+
+def _metadata(model: "str | os.PathLike | LoadedModel") -> dict:
     from nunet.core.modelfile import LoadedModel, read_metadata
     from nunet.registry.models import resolve_model
 
-    metadata = model.metadata if isinstance(model, LoadedModel) else read_metadata(resolve_model(model))
-    return float(metadata.get("radius", TRAINED_RADIUS))
+    return model.metadata if isinstance(model, LoadedModel) else read_metadata(resolve_model(model))
 
 
 def resolve_settings(settings: FilterSettings) -> FilterSettings:

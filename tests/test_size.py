@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nunet import enhance
-from nunet.core.size import estimate_radius, resize_planes, zoom_factor, zoomed_shape
+from nunet.core.size import estimate_radius, output_radius, resize_planes, zoom_factor, zoomed_shape
 from nunet.data.dsb import median_radius
 from nunet.data.synth import synth_image
 from nunet.errors import UsageError
@@ -85,13 +85,62 @@ def test_resize_round_trip_keeps_the_exact_shape():
         assert resize_planes(small, (37, 53)).shape == planes.shape
 
 
+def cones(centres: list[tuple[int, int]], radius: float, shape=(128, 128)) -> np.ndarray:
+    """A filter output as the models were trained to draw it: a cone per nucleus, 1 at its centre and
+    0.5 at its edge (``cone_mask``), 0 outside; where two discs overlap, the higher cone."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape, np.float32)
+    for y, x in centres:
+        distance = np.hypot(yy - y, xx - x)
+        out = np.maximum(out, np.where(distance <= radius, 1.0 - 0.5 * distance / radius, 0.0))
+    return out
+
+
+def test_the_output_radius_reads_the_nuclei_not_the_specks_of_a_degraded_output():
+    alone = [(20, 20), (20, 60), (60, 20), (100, 100), (100, 60)]
+    touching = [(60, 70), (60, 86)]  # one region over the level, two peaks: two nuclei of its area's half
+    out = cones(alone + touching, 9.0)
+    assert output_radius(out[None], 9.0) == pytest.approx(9.0, rel=0.08)
+    specks = np.zeros_like(out)
+    rng = np.random.default_rng(0)
+    for y, x in rng.integers(0, 126, (150, 2)):
+        specks[y : y + 2, x : x + 2] = 0.6  # noise and debris: too small to be nuclei
+    assert output_radius(np.maximum(out, specks)[None], 9.0) == pytest.approx(9.0, rel=0.08)
+    assert output_radius(np.zeros((1, 64, 64), np.float32), 9.0) is None
+
+
+def test_the_second_look_reads_large_nuclei_off_a_trained_models_output():
+    """The shipped fast model filters the sampled planes at the scale-space estimate; its output's area
+    per nucleus gives the radius, and the image filtered once at it is the result."""
+    from scipy import ndimage as ndi
+
+    from nunet.api import filter_planes_sized, resolve_settings
+    from nunet.options import FilterSettings
+
+    source = synth_image("sparse", (96, 96), seed=3)
+    image = ndi.zoom(source.image, 3.0, order=1)
+    truth = median_radius(ndi.zoom(source.labels, 3.0, order=0))  # ~21 px
+    out, used = filter_planes_sized(image[None], resolve_settings(FilterSettings(model="nunet-fast", device="cpu")))
+    assert 0.8 * truth <= used <= 1.25 * truth and used != estimate_radius(image[None])  # the output's reading
+    np.testing.assert_array_equal(out[0], enhance(image, "nunet-fast", device="cpu", radius=used))
+
+
+def test_only_models_that_draw_nuclei_over_their_masks_take_the_second_look(model):
+    """Cone targets at full strength (the strongest members of the shipped families); not a member that
+    keeps some of the input, nor a model trained otherwise (the random test model)."""
+    from nunet.api import draws_masks
+
+    assert draws_masks("nunet-v11") and draws_masks("nunet-fast")
+    assert not draws_masks("nunet-v11-w0.5") and not draws_masks(model)
+
+
 def test_large_nuclei_are_filtered_at_the_models_scale_and_come_back_at_theirs(model):
     from scipy import ndimage as ndi
 
     image = ndi.zoom(synth_image("sparse", (96, 96), seed=3).image, 3.0, order=1)  # radius ~21 px
     out = enhance(image, model)
     assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
-    estimate = estimate_radius(image[None])
+    estimate = estimate_radius(image[None])  # the random test model takes no second look
     assert estimate > 14
     np.testing.assert_array_equal(out, enhance(image, model, radius=estimate))  # auto: the estimate, once
     assert not np.allclose(out, enhance(image, model, radius="off"), atol=0.05)  # off: the image's own scale

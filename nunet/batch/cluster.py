@@ -270,11 +270,17 @@ def with_radius(
     settings: FilterSettings, sample: Callable[[], np.ndarray], calibration: "Calibration | None" = None
 ) -> FilterSettings:
     """``settings`` with the nucleus radius fixed in pixels for every task: estimated once from the
-    ``sample()`` planes (``auto``), or a length converted with ``calibration``; ``off`` if none."""
+    ``sample()`` planes (``auto``, with the model's second look at them), or a length converted with
+    ``calibration``; ``off`` if none."""
+    from nunet.api import draws_masks, radius_look, resolve_settings
     from nunet.core.size import image_radius
 
+    def look(planes: np.ndarray, radius: float) -> np.ndarray:  # here, before any task: the device resolved
+        return radius_look(resolve_settings(settings))(planes, radius)
+
     calibration = calibration or Calibration()
-    pixels = image_radius(settings.radius, sample, settings.invert, calibration.pixel_width, calibration.unit)
+    second = look if draws_masks(settings.model) else None
+    pixels = image_radius(settings.radius, sample, settings.invert, calibration.pixel_width, calibration.unit, second)
     return settings.with_radius_pixels(pixels)
 
 

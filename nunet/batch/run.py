@@ -62,17 +62,14 @@ def _read(job: Job, settings: FilterSettings, overwrite: bool, dry_run: bool):
 
 
 def _filter(record: FileRecord, image, settings: FilterSettings, model, progress: bool):
-    from nunet.api import filter_image_with, nucleus_radius
+    from nunet.api import filter_image_sized
     from nunet.io import convert_dtype, with_data
 
     result = None
     if image is not None:
         with _stage(record):
-            record.radius = nucleus_radius(image, settings.radius, channel=settings.channel, invert=settings.invert)
-            fixed = settings.with_radius_pixels(record.radius)
-            if model is not None:
-                fixed = replace(fixed, model=model)
-            result = filter_image_with(image, fixed, progress=progress)
+            fixed = settings if model is None else replace(settings, model=model)
+            result, record.radius = filter_image_sized(image, fixed, progress=progress)
             record.model = model_tag(settings, model)
             result = with_data(result, convert_dtype(result.data, settings.dtype), result.axes)
     return result if record.status == "ok" else None

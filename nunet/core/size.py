@@ -21,6 +21,15 @@ its darker nucleus), and the votes lean less on the radius (:data:`DARK_VOTES`).
 the weighted median of the voters' radii, sigma x sqrt(2). Tuned on the DSB training kinds,
 clean and degraded (docs/experiments/18, 20), measured on the validation kinds and the synthetic
 suite.
+
+Where the filter's model draws each nucleus over its mask (``nunet.api.draws_masks``: the
+strongest members of the shipped families), the estimate takes a second look, as Cellpose reads
+its size off its own masks: the sampled planes are filtered at the scale-space estimate and the
+radius is read off the output (:func:`output_radius`). Those models were trained to draw each
+annotated nucleus as a cone that is at least 0.5 over its whole mask and 0 outside, so the
+output's area per nucleus measures the nucleus as annotators outline it, dim rims included,
+where the scale space sees the bright body, or a nucleus with the cell around it
+(docs/experiments/28).
 """
 
 from __future__ import annotations
@@ -58,6 +67,14 @@ NOISE_SMOOTHING = 80.0
 SMOOTH_RANGE = (1.0, 3.0)
 #: The radius range the estimate covers (px).
 RADIUS_RANGE = (1.5, 64.0)
+#: The second look (:func:`output_radius`): a nucleus is where the output is over ``OUTPUT_LEVEL`` (half
+#: the trained cones' 0.5 at a mask's edge), and a peak of the output over ``PEAK_LEVEL`` is one nucleus.
+OUTPUT_LEVEL = 0.25
+PEAK_LEVEL = 0.5
+
+#: A function that filters planes ``(P, H, W)`` for nuclei of a radius (px) and returns the output at
+#: the planes' shape: the model's side of the estimate's second look.
+Look = Callable[[np.ndarray, float], np.ndarray]
 
 
 def _downsample(x: np.ndarray, factor: int) -> np.ndarray:
@@ -107,18 +124,31 @@ def suppressed(responses: np.ndarray, radii: np.ndarray, centres: np.ndarray) ->
     )
 
 
-def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 4) -> float | None:
+def estimate_radius(
+    planes: np.ndarray, invert: bool = False, max_planes: int = 4, look: Look | None = None
+) -> float | None:
     """The typical nucleus radius (px) of a stack of planes ``(P, H, W)`` (one estimate for all of
     them, from at most ``max_planes`` spread evenly); None where no blob stands out (a flat plane).
 
-    Each plane is normalised to its 0.1 / 99.9 percentiles (inverted with ``invert``: dark nuclei)."""
+    Each plane is normalised to its 0.1 / 99.9 percentiles (inverted with ``invert``: dark nuclei).
+    With ``look``, the sampled planes are then filtered at that estimate and the radius is read off
+    the output (:func:`output_radius`; the scale-space estimate where the output holds no nucleus)."""
+    picked = np.asarray(planes)[sample_indices(len(planes), max_planes)]
+    first = scale_space_radius(picked, invert)
+    if first is None or look is None:
+        return first
+    second = output_radius(look(picked, first), first)
+    return first if second is None else second
+
+
+def scale_space_radius(planes: np.ndarray, invert: bool = False) -> float | None:
+    """The scale-space estimate (module docstring) over every plane of ``planes`` ``(P, H, W)``."""
     from scipy import ndimage as ndi
 
     from nunet.core.preprocess import normalise_plane
 
-    picked = np.asarray(planes)[sample_indices(len(planes), max_planes)]
     found = []
-    for plane in picked:
+    for plane in planes:
         data = plane if plane.dtype == np.float64 else plane.astype(np.float32)  # float64: its range kept
         smooth = smoothing(normalise_plane(data) / 255.0)
         x = normalise_plane(ndi.gaussian_filter(data, smooth)) / 255.0
@@ -139,6 +169,37 @@ def estimate_radius(planes: np.ndarray, invert: bool = False, max_planes: int = 
     radii = np.concatenate([r for r, _ in voters])
     weights = np.concatenate([w for _, w in voters]) * radii**rule.power
     radius = weighted_median(radii, weights)
+    return radius if RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1] else None
+
+
+def output_radius(outputs: np.ndarray, first: float) -> float | None:
+    """The nucleus radius (px) read off filtered planes ``(P, H, W)`` in [0, 1], filtered for nuclei
+    of ``first`` px; None where no nucleus stands out.
+
+    Each connected region over :data:`OUTPUT_LEVEL` that reaches :data:`PEAK_LEVEL` and covers at
+    least a disc of the smallest radius holds ``n`` nuclei, its peaks over :data:`PEAK_LEVEL` (local
+    maxima within ``first`` px; at least one), each of the radius of a disc of the region's area
+    over ``n``. The estimate is their median weighted by the square root of the region's area: the
+    many small regions that noise and debris leave in a degraded output do not outvote the nuclei,
+    nor do a few large clumps outvote the rest."""
+    from scipy import ndimage as ndi
+
+    radii, weights = [], []
+    window = max(3, int(round(first)))
+    for out in np.asarray(outputs, np.float32):
+        regions, count = ndi.label(out > OUTPUT_LEVEL)
+        if not count:
+            continue
+        index = np.arange(1, count + 1)
+        area = ndi.sum_labels(np.ones_like(out), regions, index)
+        peaks = (out == ndi.maximum_filter(out, size=window)) & (out > PEAK_LEVEL)
+        nuclei = np.maximum(ndi.sum_labels(peaks, regions, index), 1)
+        kept = (area >= np.pi * RADIUS_RANGE[0] ** 2) & (ndi.maximum(out, regions, index) >= PEAK_LEVEL)
+        radii.append(np.sqrt(area[kept] / (np.pi * nuclei[kept])))
+        weights.append(np.sqrt(area[kept]))
+    if not radii or not sum(len(r) for r in radii):
+        return None
+    radius = weighted_median(np.concatenate(radii), np.concatenate(weights))
     return radius if RADIUS_RANGE[0] <= radius <= RADIUS_RANGE[1] else None
 
 
@@ -180,17 +241,19 @@ def image_radius(
     invert: bool = False,
     pixel_width: float = 1.0,
     unit: str | None = None,
+    look: Look | None = None,
 ) -> float | None:
     """The nucleus radius of an image in pixels, as the ``radius`` option asks: given (a length is
-    converted with the calibration), estimated from ``planes`` (``auto``; None where no blob stands
-    out), or None (``off``). ``planes`` may be a function that reads them, called only to estimate."""
+    converted with the calibration), estimated from ``planes`` (``auto``, with the second ``look``
+    where one is given; None where no blob stands out), or None (``off``). ``planes`` may be a
+    function that reads them, called only to estimate."""
     spec = Radius.parse(radius)
     if spec.off:
         return None
     given = spec.pixels(pixel_width, unit)
     if given is not None:
         return given
-    return estimate_radius(planes() if callable(planes) else planes, invert)
+    return estimate_radius(planes() if callable(planes) else planes, invert, look=look)
 
 
 def sample_indices(count: int, most: int = 4) -> list[int]:

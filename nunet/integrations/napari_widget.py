@@ -83,7 +83,7 @@ def filter_layer_planes(
     keep_c = "C" in lead and not isinstance(settings.channel, int)
     if isinstance(data, np.ndarray):
         image = Image(data, axes, calibration)
-        radius = nucleus_radius(image, settings.radius, channel=settings.channel, invert=settings.invert)
+        radius = nucleus_radius(image, settings)
     else:  # a lazy (dask, zarr) array: the radius from up to four planes, as nunet.cluster does
         radius = _lazy_radius(data, axes, picks, settings, calibration)
     fixed = settings.with_radius_pixels(radius)
@@ -134,6 +134,7 @@ def _channels(axes: str, shape: tuple[int, ...], channel) -> list[int]:
 
 def _lazy_radius(data, axes: str, channels: list[int], settings: FilterSettings, calibration) -> float | None:
     """The nucleus radius of a lazy array from up to four of its planes (of the chosen channels)."""
+    from nunet.api import radius_look
     from nunet.core.preprocess import to_grey
     from nunet.core.size import image_radius, sample_indices
 
@@ -150,7 +151,8 @@ def _lazy_radius(data, axes: str, channels: list[int], settings: FilterSettings,
             picked.append(to_grey(plane, "YXS" if axes.endswith("S") else "YX")[0])
         return np.stack(picked)
 
-    return image_radius(settings.radius, sample, settings.invert, calibration.pixel_width, calibration.unit)
+    look = radius_look(settings)
+    return image_radius(settings.radius, sample, settings.invert, calibration.pixel_width, calibration.unit, look)
 
 
 def _unit(layer) -> str | None:
