@@ -289,3 +289,18 @@ def test_a_bare_array_says_which_axes_were_guessed(tmp_path, model_path):
         source = zarr_io.open_zarr(store)
     assert source.axes == "TZCYX"
     assert zarr_io.open_zarr(store, "TCZYX").axes == "TCZYX"  # --axes decides
+
+
+def test_the_radius_second_look_runs_on_this_machine_whatever_device_the_tasks_ask_for():
+    """The shipped fast model takes the second look; here, before any task, it runs on this machine's own
+    device at fp32, so a device only the workers may have (CUDA on a CPU-only client) does not stop the
+    estimate, and the radius is the one a CPU run fixes."""
+    from scipy import ndimage as ndi
+
+    from nunet.data.synth import synth_image
+    from nunet.options import Radius
+
+    planes = ndi.zoom(synth_image("sparse", (96, 96), seed=3).image, 3.0, order=1)[None]  # nuclei of ~21 px
+    on_cpu = cluster.with_radius(FilterSettings(model="nunet-fast", device="cpu"), lambda: planes)
+    elsewhere = cluster.with_radius(FilterSettings(model="nunet-fast", device="cuda", precision="fp16"), lambda: planes)
+    assert Radius.parse(on_cpu.radius).pixels() > 14 and elsewhere.radius == on_cpu.radius

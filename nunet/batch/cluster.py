@@ -20,7 +20,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -271,16 +271,14 @@ def with_radius(
 ) -> FilterSettings:
     """``settings`` with the nucleus radius fixed in pixels for every task: estimated once from the
     ``sample()`` planes (``auto``, with the model's second look at them), or a length converted with
-    ``calibration``; ``off`` if none."""
-    from nunet.api import draws_masks, radius_look, resolve_settings
+    ``calibration``; ``off`` if none. The second look runs here, before any task, on this machine's
+    own device at fp32: the device the tasks ask for may exist only on the workers."""
+    from nunet.api import radius_look, resolve_settings
     from nunet.core.size import image_radius
 
-    def look(planes: np.ndarray, radius: float) -> np.ndarray:  # here, before any task: the device resolved
-        return radius_look(resolve_settings(settings))(planes, radius)
-
     calibration = calibration or Calibration()
-    second = look if draws_masks(settings.model) else None
-    pixels = image_radius(settings.radius, sample, settings.invert, calibration.pixel_width, calibration.unit, second)
+    look = radius_look(resolve_settings(replace(settings, device="auto", precision="fp32")))
+    pixels = image_radius(settings.radius, sample, settings.invert, calibration.pixel_width, calibration.unit, look)
     return settings.with_radius_pixels(pixels)
 
 
