@@ -36,7 +36,9 @@ def estimates(model: str, data: str | None) -> dict[str, list]:
     from nunet.evaluation.suites import degraded_synthetic_items, dsb_items, synthetic_items
     from nunet.options import FilterSettings
 
-    looks = {invert: radius_look(resolve_settings(FilterSettings(model=model, invert=invert))) for invert in (0, 1)}
+    looks = {
+        invert: radius_look(resolve_settings(FilterSettings(model=model, invert=invert))) for invert in (False, True)
+    }
     found: dict[str, list] = {}
     for item in dsb_items(data) + synthetic_items() + degraded_synthetic_items():
         # a DSB item's radius is its clean image's median radius (degraded copies keep the scale);

@@ -234,10 +234,10 @@ def radius_look(settings: FilterSettings, *, progress: bool = False) -> Look | N
 
     if not draws_masks(settings.model):
         return None
-    named = replace(settings, w=None)
+    named, trained = replace(settings, w=None), model_radius(settings.model)
 
     def look(planes: np.ndarray, radius: float) -> np.ndarray:
-        return _filter_zoomed(planes, named, zoom_factor(radius, model_radius(settings.model)), progress=progress)
+        return _filter_zoomed(planes, named, zoom_factor(radius, trained), progress=progress)
 
     return look
 
